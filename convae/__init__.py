@@ -1,0 +1,1 @@
+"""The ConVAE: model, reconstruction losses and training loop (a library: tensors in and out)."""

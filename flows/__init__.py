@@ -1,0 +1,1 @@
+"""Normalizing flows from zuko and nflows, on ConVAE latents or on particles (a library)."""

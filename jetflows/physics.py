@@ -1,0 +1,160 @@
+"""Jet physics from particle clouds: observables and coordinate conversions.
+
+The one home for these formulas: losses (torch, with gradients), metrics and plots (numpy) call
+the same functions. Each function takes numpy arrays or torch tensors and answers in kind.
+
+Conventions (see DESIGN.md): particles (N, P, 3) ordered (eta_rel, phi_rel, pt_rel), relative to
+the jet axis (eta_rel = eta - eta_jet, phi_rel wrapped to (-pi, pi], pt_rel = pt / pt_jet); a
+boolean mask (N, P) marks real particles; padding is zero. Particles are treated as massless, as
+JetNet's three features carry no mass. Pass the jet's (pt, eta, phi) to get absolute quantities
+in GeV; with the defaults (1, 0, 0) every quantity is in the jet's relative frame (pt ~ 1,
+mass ~ m_jet / pt_jet), which is what JetNet's W1M compares.
+
+jetnet.utils.jet_features does the observables in numpy only; losses need gradients through the
+same formulas, hence this module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: Jet-level observables returned by `jet_observables`, in this order.
+OBSERVABLES: tuple[str, ...] = ("mass", "pt", "eta", "phi", "energy", "multiplicity")
+
+#: Index of each particle feature in the last axis.
+ETA, PHI, PT = 0, 1, 2
+
+Array = Any  # numpy.ndarray or torch.Tensor; the functions answer in the type they are given
+
+
+def _xp(x: Array) -> Any:
+    """The array namespace of ``x``: torch for tensors (imported lazily), numpy otherwise."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def _per_jet(value: Array | float) -> Array | float:
+    """Broadcast a per-jet quantity (N,) against particles (N, P); scalars pass through."""
+    return value if isinstance(value, (int, float)) else value[..., None]
+
+
+def _safe(x: Array, eps: float = 1e-12) -> Array:
+    """``x`` floored at ``eps``, so sqrt/division stay finite and differentiable at zero."""
+    return _xp(x).where(x > eps, x, eps)
+
+
+def particle_mask(particles: Array) -> Array:
+    """Mask of real particles, from pt_rel > 0. particles: (N, P, 3) -> (N, P) bool."""
+    return particles[..., PT] > 0
+
+
+def wrap_phi(phi: Array) -> Array:
+    """Wrap angles to (-pi, pi]."""
+    xp = _xp(phi)
+    return phi - 2 * math.pi * xp.ceil((phi - math.pi) / (2 * math.pi))
+
+
+def relative_to_cartesian(
+    particles: Array,
+    mask: Array | None = None,
+    *,
+    jet_pt: Array | float = 1.0,
+    jet_eta: Array | float = 0.0,
+    jet_phi: Array | float = 0.0,
+) -> Array:
+    """(eta_rel, phi_rel, pt_rel) -> massless (px, py, pz).
+
+    Arguments:
+        particles: (N, P, 3) relative coordinates.
+        mask: (N, P) real particles; defaults to pt_rel > 0. Padding stays zero.
+        jet_pt, jet_eta, jet_phi: scalars or (N,) jet kinematics; defaults give the jet frame.
+
+    Returns:
+        (N, P, 3) momenta (px, py, pz), in units of jet_pt.
+    """
+    xp = _xp(particles)
+    mask = particle_mask(particles) if mask is None else mask
+    pt = particles[..., PT] * _per_jet(jet_pt)
+    eta = particles[..., ETA] + _per_jet(jet_eta)
+    phi = particles[..., PHI] + _per_jet(jet_phi)
+    momenta = xp.stack([pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta)], -1)
+    return momenta * mask[..., None]
+
+
+def cartesian_to_relative(
+    momenta: Array,
+    mask: Array | None = None,
+    *,
+    jet_pt: Array | float = 1.0,
+    jet_eta: Array | float = 0.0,
+    jet_phi: Array | float = 0.0,
+) -> Array:
+    """Massless (px, py, pz) -> (eta_rel, phi_rel, pt_rel); the inverse of `relative_to_cartesian`.
+
+    Arguments:
+        momenta: (N, P, 3) momenta.
+        mask: (N, P) real particles; defaults to px^2 + py^2 > 0. Padding comes back zero.
+        jet_pt, jet_eta, jet_phi: scalars or (N,) jet kinematics the result is relative to.
+
+    Returns:
+        (N, P, 3) relative coordinates, phi_rel wrapped to (-pi, pi].
+    """
+    xp = _xp(momenta)
+    px, py, pz = momenta[..., 0], momenta[..., 1], momenta[..., 2]
+    pt2 = px**2 + py**2
+    mask = pt2 > 0 if mask is None else mask
+    # padding has pt = 0: substitute 1 before sqrt/division so values and gradients stay finite
+    pt = xp.sqrt(xp.where(mask, pt2, xp.ones_like(pt2)))
+    eta = xp.arcsinh(pz / pt) - _per_jet(jet_eta)
+    phi = wrap_phi(xp.arctan2(py, px) - _per_jet(jet_phi))
+    relative = xp.stack([eta, phi, pt / _per_jet(jet_pt)], -1)
+    return relative * mask[..., None]
+
+
+def jet_observables(
+    particles: Array,
+    mask: Array | None = None,
+    *,
+    jet_pt: Array | float = 1.0,
+    jet_eta: Array | float = 0.0,
+    jet_phi: Array | float = 0.0,
+) -> dict[str, Array]:
+    """Jet mass, pt, eta, phi, energy and multiplicity from its particles (massless sum).
+
+    Arguments:
+        particles: (N, P, 3) (eta_rel, phi_rel, pt_rel).
+        mask: (N, P) real particles; defaults to pt_rel > 0. Padding never counts.
+        jet_pt, jet_eta, jet_phi: scalars or (N,) jet kinematics; give them for GeV values.
+
+    Returns:
+        A dict keyed by `OBSERVABLES`, each (N,). Differentiable for torch input.
+
+    Example:
+        >>> two = np.array([[[0.0, 0.0, 0.5], [0.0, np.pi, 0.5]]])  # back to back, pt 0.5 each
+        >>> round(float(jet_observables(two, jet_pt=100.0)["mass"][0]), 6)
+        100.0
+    """
+    xp = _xp(particles)
+    mask = particle_mask(particles) if mask is None else mask
+    momenta = relative_to_cartesian(
+        particles, mask, jet_pt=jet_pt, jet_eta=jet_eta, jet_phi=jet_phi
+    )
+    pt = particles[..., PT] * _per_jet(jet_pt) * mask
+    energy = (pt * xp.cosh(particles[..., ETA] + _per_jet(jet_eta))).sum(-1)  # (N,)
+    px, py, pz = (momenta[..., i].sum(-1) for i in range(3))  # (N,) each
+    jet_pt2 = px**2 + py**2
+    mass2 = energy**2 - jet_pt2 - pz**2
+    return {
+        "mass": xp.sqrt(_safe(mass2)),
+        "pt": xp.sqrt(_safe(jet_pt2)),
+        "eta": xp.arcsinh(pz / xp.sqrt(_safe(jet_pt2))),
+        "phi": xp.arctan2(py, px),
+        "energy": energy,
+        "multiplicity": mask.sum(-1),
+    }

@@ -36,15 +36,26 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
     from pipelines.data import check_num_particles, jetnet_filename
     from pipelines.generate import GeneratorConfig, generate_file
 
-    cfg = GeneratorConfig(args.jet_class, seed=args.seed, mpi=not args.no_mpi)
+    cfg = GeneratorConfig(
+        args.jet_class, seed=args.seed, mpi=not args.no_mpi, chunk_size=args.chunk_size
+    )
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     check_num_particles(args.particles)
     out = args.out or Path("data") / jetnet_filename(cfg.jet_class, args.particles)
-    path, written = generate_file(cfg, args.n, out, num_particles=args.particles,
-                                  jobs=args.jobs, overwrite=args.overwrite, cache_dir=args.cache)
-    print(f"{'wrote' if written else 'up to date:'} {path} ({args.n} {cfg.jet_class} jets, "
-          f"{args.particles} particles)")
+    path, written = generate_file(
+        cfg,
+        args.n,
+        out,
+        num_particles=args.particles,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        cache_dir=args.cache,
+    )
+    print(
+        f"{'wrote' if written else 'up to date:'} {path} ({args.n} {cfg.jet_class} jets, "
+        f"{args.particles} particles)"
+    )
 
 
 def cmd_data_summary(args: argparse.Namespace) -> None:
@@ -71,8 +82,9 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     """Fetch a JetNet file from Zenodo (needs the network); a no-op when it is on disk."""
     from pipelines.data import check_num_particles, locate_jetnet_file
 
-    path = locate_jetnet_file(args.jet_class, args.dir, check_num_particles(args.particles),
-                              download=True)
+    path = locate_jetnet_file(
+        args.jet_class, args.dir, check_num_particles(args.particles), download=True
+    )
     print(f"{path} ready")
 
 
@@ -80,10 +92,17 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="generate, check, download and summarize jet datasets")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    gen = verbs.add_parser("generate", help="generate jets with Pythia8 + FastJet (JetNet layout)",
-                           description=cmd_data_generate.__doc__)
-    gen.add_argument("--class", dest="jet_class", required=True,
-                     help="g, q, t, w, z (or gluon, quark, top, W, Z)")
+    gen = verbs.add_parser(
+        "generate",
+        help="generate jets with Pythia8 + FastJet (JetNet layout)",
+        description=cmd_data_generate.__doc__,
+    )
+    gen.add_argument(
+        "--class",
+        dest="jet_class",
+        required=True,
+        help="g, q, t, w, z (or gluon, quark, top, W, Z)",
+    )
     gen.add_argument("--n", type=int, required=True, help="number of jets")
     gen.add_argument("--particles", type=int, default=30, help="particles per jet, 1..150")
     gen.add_argument("--out", type=Path, help="output file (default: data/<class>[150].hdf5)")
@@ -91,24 +110,36 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--jobs", type=_positive_int, help="processes (default: every core)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")
-    gen.add_argument("--cache", type=Path, help="chunk cache (default $JETFLOWS_CACHE or "
-                     "~/.cache/jetflows)")
+    gen.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=200,
+        help="jets per independently seeded chunk (part of the seed; default 200)",
+    )
+    gen.add_argument(
+        "--cache", type=Path, help="chunk cache (default $JETFLOWS_CACHE or ~/.cache/jetflows)"
+    )
     gen.set_defaults(func=cmd_data_generate)
 
-    summ = verbs.add_parser("summary", help="summarize files: numbers and histograms",
-                            description=cmd_data_summary.__doc__)
+    summ = verbs.add_parser(
+        "summary",
+        help="summarize files: numbers and histograms",
+        description=cmd_data_summary.__doc__,
+    )
     summ.add_argument("files", nargs="+", help="JetNet-layout HDF5 files")
     summ.add_argument("--out", type=Path, default=Path("runs/data_summary"), help="output dir")
     summ.set_defaults(func=cmd_data_summary)
 
-    check = verbs.add_parser("check", help="validate a JetNet-layout file",
-                             description=cmd_data_check.__doc__)
+    check = verbs.add_parser(
+        "check", help="validate a JetNet-layout file", description=cmd_data_check.__doc__
+    )
     check.add_argument("file", help="HDF5 file")
     check.add_argument("--particles", type=int, help="particles to read (default: all)")
     check.set_defaults(func=cmd_data_check)
 
-    down = verbs.add_parser("download", help="download a JetNet file from Zenodo",
-                            description=cmd_data_download.__doc__)
+    down = verbs.add_parser(
+        "download", help="download a JetNet file from Zenodo", description=cmd_data_download.__doc__
+    )
     down.add_argument("--class", dest="jet_class", required=True, help="g, q, t, w or z")
     down.add_argument("--particles", type=int, default=30, help="30 or up to 150")
     down.add_argument("--dir", type=Path, default=Path("data/jetnet"), help="data directory")
@@ -117,11 +148,15 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `jetflows` parser with every sub-command."""
-    parser = _Parser(prog="jetflows", description="Generate particle-physics jets with a ConVAE "
-                     "and normalizing flows. See README.md for the workflow.")
+    parser = _Parser(
+        prog="jetflows",
+        description="Generate particle-physics jets with a ConVAE "
+        "and normalizing flows. See README.md for the workflow.",
+    )
     parser.add_argument("--version", action="version", version=f"jetflows {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     _data_parser(sub)
     return parser
 

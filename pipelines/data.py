@@ -169,8 +169,10 @@ def split_indices(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {list(SPLITS)}")
     if len(split_fraction) != 3 or min(split_fraction) < 0 or sum(split_fraction) > 1 + 1e-9:
-        raise ValueError(f"split_fraction must be 3 non-negative numbers summing to <= 1, "
-                         f"got {list(split_fraction)}")
+        raise ValueError(
+            f"split_fraction must be 3 non-negative numbers summing to <= 1, "
+            f"got {list(split_fraction)}"
+        )
     lcut, rcut = getSplitting(length, split, list(SPLITS), list(split_fraction))
     return np.random.default_rng(seed).permutation(length)[lcut:rcut]
 
@@ -199,14 +201,18 @@ def locate_jetnet_file(
     record = ZENODO_RECORDS[150 if num_particles > 30 else 30]
     where = f"download {name} from https://zenodo.org/record/{record} and put it at {path}"
     if not download:
-        raise FileNotFoundError(f"{path}: no such file; {where} (or generate jets with "
-                                f"`jetflows data generate`)")
+        raise FileNotFoundError(
+            f"{path}: no such file; {where} (or generate jets with `jetflows data generate`)"
+        )
     if not _zenodo_reachable():
         raise FileNotFoundError(f"cannot download {name}: zenodo.org is unreachable; {where}")
     from jetnet.datasets.utils import checkDownloadZenodoDataset
 
-    return Path(checkDownloadZenodoDataset(str(data_dir), name.removesuffix(".hdf5"),
-                                           record, name, download=True))
+    return Path(
+        checkDownloadZenodoDataset(
+            str(data_dir), name.removesuffix(".hdf5"), record, name, download=True
+        )
+    )
 
 
 def load_jetnet(

@@ -38,17 +38,33 @@ _HADRONIC = "1 2 3 4 5"
 PROCESSES: dict[str, tuple[str, ...]] = {
     "g": ("HardQCD:gg2gg = on", "HardQCD:qqbar2gg = on"),
     "q": ("HardQCD:qq2qq = on", "HardQCD:qqbar2qqbarNew = on", "HardQCD:nQuarkNew = 3"),
-    "t": ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on",
-          "24:onMode = off", f"24:onIfAny = {_HADRONIC}"),
-    "w": ("WeakBosonAndParton:qqbar2Wg = on", "WeakBosonAndParton:qg2Wq = on",
-          "24:onMode = off", f"24:onIfAny = {_HADRONIC}"),
-    "z": ("WeakBosonAndParton:qqbar2gmZg = on", "WeakBosonAndParton:qg2gmZq = on",
-          "WeakZ0:gmZmode = 2", "23:onMode = off", f"23:onIfAny = {_HADRONIC}"),
+    "t": (
+        "Top:gg2ttbar = on",
+        "Top:qqbar2ttbar = on",
+        "24:onMode = off",
+        f"24:onIfAny = {_HADRONIC}",
+    ),
+    "w": (
+        "WeakBosonAndParton:qqbar2Wg = on",
+        "WeakBosonAndParton:qg2Wq = on",
+        "24:onMode = off",
+        f"24:onIfAny = {_HADRONIC}",
+    ),
+    "z": (
+        "WeakBosonAndParton:qqbar2gmZg = on",
+        "WeakBosonAndParton:qg2gmZq = on",
+        "WeakZ0:gmZmode = 2",
+        "23:onMode = off",
+        f"23:onIfAny = {_HADRONIC}",
+    ),
 }
 #: |PDG id| of the hard object each class's jet must carry (g: gluon; q: u, d, s quarks).
 HARD_OBJECTS: dict[str, frozenset[int]] = {
-    "g": frozenset({21}), "q": frozenset({1, 2, 3}),
-    "t": frozenset({6}), "w": frozenset({24}), "z": frozenset({23}),
+    "g": frozenset({21}),
+    "q": frozenset({1, 2, 3}),
+    "t": frozenset({6}),
+    "w": frozenset({24}),
+    "z": frozenset({23}),
 }
 
 
@@ -94,11 +110,15 @@ class GeneratorConfig:
         half = self.pt * self.pt_window / 2
         seed = int(np.random.SeedSequence([self.seed, chunk]).generate_state(1)[0]) % 900_000_000
         return [
-            f"Beams:eCM = {self.ecm}", "Tune:pp = 14",  # 14 = Monash 2013
-            f"PhaseSpace:pTHatMin = {self.pt - half}", f"PhaseSpace:pTHatMax = {self.pt + half}",
+            f"Beams:eCM = {self.ecm}",
+            "Tune:pp = 14",  # 14 = Monash 2013
+            f"PhaseSpace:pTHatMin = {self.pt - half}",
+            f"PhaseSpace:pTHatMax = {self.pt + half}",
             f"PartonLevel:MPI = {'on' if self.mpi else 'off'}",
-            "Random:setSeed = on", f"Random:seed = {seed + 1}",
-            "Next:numberCount = 0", "Print:quiet = on",
+            "Random:setSeed = on",
+            f"Random:seed = {seed + 1}",
+            "Next:numberCount = 0",
+            "Print:quiet = on",
             *PROCESSES[self.jet_class],
         ]
 
@@ -139,8 +159,9 @@ def _jet_arrays(jet: object) -> tuple[np.ndarray, np.ndarray]:
     """(150, 3) pt-sorted (eta_rel, phi_rel, pt_rel) zero-padded, and (pt, eta, mass, n)."""
     cons = np.array([[c.eta(), c.phi_std(), c.pt()] for c in jet.constituents()])
     cons = cons[np.argsort(-cons[:, 2])][:MAX_PARTICLES]
-    rel = np.stack([cons[:, 0] - jet.eta(), wrap_phi(cons[:, 1] - jet.phi_std()),
-                    cons[:, 2] / jet.pt()], -1)
+    rel = np.stack(
+        [cons[:, 0] - jet.eta(), wrap_phi(cons[:, 1] - jet.phi_std()), cons[:, 2] / jet.pt()], -1
+    )
     particles = np.zeros((MAX_PARTICLES, 3), np.float32)
     particles[: len(rel)] = rel
     features = np.array([jet.pt(), jet.eta(), jet.m(), len(jet.constituents())], np.float32)
@@ -170,11 +191,17 @@ def generate_chunk(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
         if not pythia.next():
             continue
         # particles() copies the record once: ~20% faster than indexing the event per particle
-        visible = [fastjet.PseudoJet(p.px(), p.py(), p.pz(), p.e())
-                   for p in pythia.event.particles() if p.isFinal() and p.isVisible()]
+        visible = [
+            fastjet.PseudoJet(p.px(), p.py(), p.pz(), p.e())
+            for p in pythia.event.particles()
+            if p.isFinal() and p.isVisible()
+        ]
         sequence = fastjet.ClusterSequence(visible, jet_def)
-        jet = _select_jet(fastjet.sorted_by_pt(sequence.inclusive_jets(0.5 * cfg.jet_pt_min)),
-                          _hard_objects(pythia.process, ids), cfg)
+        jet = _select_jet(
+            fastjet.sorted_by_pt(sequence.inclusive_jets(0.5 * cfg.jet_pt_min)),
+            _hard_objects(pythia.process, ids),
+            cfg,
+        )
         if jet is not None:
             out.append(_jet_arrays(jet))
     particles, features = (np.stack(a) for a in zip(*out, strict=True))
@@ -250,8 +277,13 @@ def generate_jets(
     chunks = range(math.ceil(n / cfg.chunk_size))
     loaded = {k: _load_chunk(_chunk_path(cache, cfg, k)) for k in chunks}
     missing = [(cfg, k, cache) for k, arrays in loaded.items() if arrays is None]
-    with tqdm(total=len(missing) * cfg.chunk_size, disable=not progress or not missing,
-              unit="jet", desc=f"pythia {cfg.jet_class}") as bar:
+    with tqdm(
+        total=len(missing) * cfg.chunk_size,
+        disable=not progress or not missing,
+        unit="jet",
+        desc=f"pythia {cfg.jet_class}",
+    ) as bar:
+
         def step(chunk: int) -> None:
             loaded[chunk] = _load_chunk(_chunk_path(cache, cfg, chunk))
             bar.update(cfg.chunk_size)
@@ -269,8 +301,15 @@ def _assemble(chunks: list, n: int, num_particles: int, jet_class: str) -> Jets:
 
 def request_record(cfg: GeneratorConfig, n: int, num_particles: int) -> str:
     """The JSON stored in a generated file's attributes: what exactly it holds."""
-    return json.dumps({**asdict(cfg), "n": n, "num_particles": num_particles,
-                       "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    return json.dumps(
+        {
+            **asdict(cfg),
+            "n": n,
+            "num_particles": num_particles,
+            "generator_version": GENERATOR_VERSION,
+        },
+        sort_keys=True,
+    )
 
 
 def _stored_request(path: Path) -> str | None:
@@ -308,7 +347,8 @@ def generate_file(
     if out.is_file() and _stored_request(out) == record:
         return out, False
     check_writable(out, overwrite=overwrite)
-    jets = generate_jets(cfg, n, num_particles=num_particles, jobs=jobs, cache_dir=cache_dir,
-                         progress=progress)
+    jets = generate_jets(
+        cfg, n, num_particles=num_particles, jobs=jobs, cache_dir=cache_dir, progress=progress
+    )
     attrs = {"jetflows_request": record, "source": "Pythia8 + FastJet (jetflows)"}
     return write_jetnet_file(out, jets, attrs), True

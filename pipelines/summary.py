@@ -72,11 +72,21 @@ def write_summary(datasets: dict[str, Jets], out_dir: str | Path) -> dict[str, d
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
     with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text("# Jet datasets\n\nMass in GeV; multiplicity counts every constituent.\n\n"
-                       + markdown_table(rows) + "\n![mass](mass.png)\n![n](multiplicity.png)\n")
-    _histogram_png(out_dir / "mass.png", {k: v.jet_features[:, 2] for k, v in datasets.items()},
-                   "jet mass [GeV]", np.linspace(*MASS_RANGE, 81))
-    _histogram_png(out_dir / "multiplicity.png",
-                   {k: v.jet_features[:, 3] for k, v in datasets.items()},
-                   "constituents per jet", np.arange(0.5, 200.5, 4.0))
+        tmp.write_text(
+            "# Jet datasets\n\nMass in GeV; multiplicity counts every constituent.\n\n"
+            + markdown_table(rows)
+            + "\n![mass](mass.png)\n![n](multiplicity.png)\n"
+        )
+    _histogram_png(
+        out_dir / "mass.png",
+        {k: v.jet_features[:, 2] for k, v in datasets.items()},
+        "jet mass [GeV]",
+        np.linspace(*MASS_RANGE, 81),
+    )
+    _histogram_png(
+        out_dir / "multiplicity.png",
+        {k: v.jet_features[:, 3] for k, v in datasets.items()},
+        "constituents per jet",
+        np.arange(0.5, 200.5, 4.0),
+    )
     return rows

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from jetflows.normalize import STATISTICS, Normalization, fit_normalization
+
+
+@pytest.mark.parametrize("kind", sorted(STATISTICS))
+def test_inverse_round_trip_keeps_padding_zero(jets, kind):
+    norm = fit_normalization(jets.particles, jets.mask, kind=kind)
+    y = norm.transform(jets.particles, jets.mask)
+    assert (y[~jets.mask] == 0).all()
+    np.testing.assert_allclose(norm.inverse(y, jets.mask), jets.particles, atol=1e-6)
+
+
+def test_statistics_ignore_padding(jets):
+    norm = fit_normalization(jets.particles, jets.mask, kind="standard")
+    real = jets.particles[jets.mask].astype(np.float64)
+    np.testing.assert_allclose(norm.shift, real.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(norm.scale, real.std(0), rtol=1e-9)
+    y = norm.transform(jets.particles, jets.mask)[jets.mask]
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-5)
+
+
+def test_minmax_maps_real_particles_onto_unit_interval(jets):
+    y = fit_normalization(jets.particles, jets.mask, kind="minmax").transform(
+        jets.particles, jets.mask
+    )[jets.mask]
+    np.testing.assert_allclose(y.min(0), 0, atol=1e-6)
+    np.testing.assert_allclose(y.max(0), 1, atol=1e-6)
+
+
+def test_torch_tensors_and_dict_round_trip(jets):
+    norm = fit_normalization(torch.tensor(jets.particles), torch.tensor(jets.mask))
+    again = Normalization.from_dict(norm.to_dict())
+    assert again == norm
+    x = torch.tensor(jets.particles, requires_grad=True)
+    y = again.transform(x, torch.tensor(jets.mask))
+    assert isinstance(y, torch.Tensor)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_bad_input():
+    x = np.ones((2, 3, 3))
+    with pytest.raises(ValueError, match="unknown normalization"):
+        fit_normalization(x, kind="zscore")
+    with pytest.raises(ValueError, match="no real particles"):
+        fit_normalization(x, np.zeros((2, 3), bool))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_normalization(np.full((2, 3, 3), np.nan))
+    with pytest.raises(ValueError, match="mask shape"):
+        fit_normalization(x, np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="3 features"):
+        fit_normalization(x).transform(np.ones((2, 3, 2)))
+    with pytest.raises(ValueError, match="exactly the keys"):
+        Normalization.from_dict({"kind": "standard", "shift": [0.0]})
+
+
+def test_constant_feature_does_not_divide_by_zero():
+    x = np.ones((4, 2, 3))
+    y = fit_normalization(x).transform(x)
+    assert np.isfinite(y).all()

@@ -1,0 +1,157 @@
+"""Tiny real Pythia8 + FastJet generations (a few jets, seconds) and the chunk cache."""
+
+import h5py
+import numpy as np
+import pytest
+
+from jetflows.physics import jet_observables
+from pipelines import generate
+from pipelines.data import read_jetnet_file
+from pipelines.generate import GeneratorConfig, generate_file, generate_jets
+
+
+@pytest.fixture(scope="module")
+def top_jets(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = GeneratorConfig("top", chunk_size=3, seed=5)
+    return generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False), cache
+
+
+def test_real_generation_follows_jetnet_conventions(top_jets):
+    jets, _ = top_jets
+    assert jets.particles.shape == (5, 150, 3) and jets.jet_features.shape == (5, 4)
+    assert (jets.labels == 2).all()
+    pt, eta, mass, n = jets.jet_features.T
+    assert ((pt > 800) & (pt < 1600)).all()
+    assert ((mass > 40) & (mass < pt)).all()
+    # mask: real particles first, padding zero, pt-sorted
+    np.testing.assert_array_equal(jets.mask, np.sort(jets.mask, axis=1)[:, ::-1])
+    assert (jets.particles[~jets.mask] == 0).all()
+    rel_pt = jets.particles[..., 2]
+    assert (np.diff(rel_pt, axis=1) <= 0).all()
+    # anti-kT measures R in rapidity, eta_rel is pseudorapidity: soft massive hadrons may sit
+    # beyond 0.8 in eta, never in phi; the pt beyond 0.9 in (eta, phi) is negligible
+    assert (np.abs(jets.particles[..., 1]) < 0.8 + 1e-3).all()
+    far = np.hypot(jets.particles[..., 0], jets.particles[..., 1]) > 0.9
+    assert rel_pt[far].sum() < 0.01 * rel_pt.sum()
+    np.testing.assert_array_equal(jets.mask.sum(1), np.minimum(n, 150))
+
+
+def test_particles_reproduce_the_jet(top_jets):
+    """Our observables from the stored particles give back the clustered jet's pt and eta;
+    the massless mass is at most the jet's (hadrons have mass, E >= |p|) and close to it."""
+    jets, _ = top_jets
+    complete = jets.jet_features[:, 3] <= 150
+    pt, eta, mass, _ = jets.jet_features.astype(np.float64).T
+    obs = jet_observables(jets.particles.astype(np.float64), jets.mask, jet_pt=pt, jet_eta=eta)
+    np.testing.assert_allclose(obs["pt"][complete], pt[complete], rtol=1e-4)
+    np.testing.assert_allclose(obs["eta"][complete], eta[complete], atol=1e-4)
+    assert (obs["mass"][complete] <= mass[complete] * 1.0001).all()
+    assert (obs["mass"][complete] > 0.6 * mass[complete]).all()
+
+
+def test_deterministic_for_a_seed_whatever_the_process_count(top_jets):
+    jets, cache = top_jets
+    cfg = GeneratorConfig("top", chunk_size=3, seed=5)
+    again = generate_jets(
+        cfg, 5, num_particles=150, jobs=1, cache_dir=cache / "fresh", progress=False
+    )
+    np.testing.assert_array_equal(again.particles, jets.particles)
+    np.testing.assert_array_equal(again.jet_features, jets.jet_features)
+
+
+def test_other_seed_other_jets(tmp_path):
+    a = generate_jets(
+        GeneratorConfig("w", chunk_size=2, seed=1), 2, jobs=1, cache_dir=tmp_path, progress=False
+    )
+    b = generate_jets(
+        GeneratorConfig("w", chunk_size=2, seed=2), 2, jobs=1, cache_dir=tmp_path, progress=False
+    )
+    assert not np.array_equal(a.jet_features, b.jet_features)
+
+
+def test_cache_serves_repeated_smaller_and_shorter_requests(top_jets, monkeypatch):
+    jets, cache = top_jets
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generated although cached")
+
+    monkeypatch.setattr(generate, "generate_chunk", boom)
+    cfg = GeneratorConfig("t", chunk_size=3, seed=5)
+    fewer = generate_jets(cfg, 4, num_particles=30, jobs=1, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(fewer.particles, jets.particles[:4, :30])
+
+
+def test_interrupted_generation_leaves_no_output(tmp_path, monkeypatch):
+    def interrupted(cfg, chunk):
+        if chunk == 1:
+            raise KeyboardInterrupt
+        return {
+            "particles": np.zeros((2, 150, 3), np.float32),
+            "jet_features": np.ones((2, 4), np.float32),
+        }
+
+    monkeypatch.setattr(generate, "generate_chunk", interrupted)
+    out = tmp_path / "data" / "t.hdf5"
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(
+            GeneratorConfig("t", chunk_size=2),
+            4,
+            out,
+            jobs=1,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    assert not out.exists()
+    assert not list(tmp_path.glob("data/*"))
+    # the finished chunk was kept; only complete chunk files exist
+    assert [p.name for p in (tmp_path / "cache").rglob("*.npz")] == ["chunk_000000.npz"]
+
+
+def test_file_records_the_request_and_is_not_regenerated(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_chunk(cfg, chunk):
+        calls.append(chunk)
+        rng = np.random.default_rng(chunk)
+        particles = np.zeros((2, 150, 3), np.float32)
+        particles[:, :5] = rng.uniform(0.01, 0.1, (2, 5, 3))
+        particles[:, :5, 2] = np.sort(particles[:, :5, 2], axis=1)[:, ::-1]
+        return {"particles": particles, "jet_features": np.full((2, 4), 5.0, np.float32)}
+
+    monkeypatch.setattr(generate, "generate_chunk", fake_chunk)
+    cfg, out = GeneratorConfig("z", chunk_size=2), tmp_path / "z.hdf5"
+    assert generate_file(cfg, 3, out, jobs=1, cache_dir=tmp_path, progress=False)[1]
+    assert generate_file(cfg, 3, out, jobs=1, cache_dir=tmp_path, progress=False) == (out, False)
+    assert calls == [0, 1]
+    with h5py.File(out) as f:
+        assert '"n": 3' in f.attrs["jetflows_request"]
+    assert read_jetnet_file(out).particles.shape == (3, 30, 3)
+    with pytest.raises(ValueError, match="already exists"):
+        generate_file(cfg, 4, out, jobs=1, cache_dir=tmp_path, progress=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown jet class"):
+        GeneratorConfig("higgs")
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        generate_jets(GeneratorConfig("t"), 0, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="particles must be in"):
+        generate_jets(GeneratorConfig("t"), 1, num_particles=151, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        generate_jets(GeneratorConfig("t"), 1, jobs=0, cache_dir=tmp_path)
+
+
+def test_settings_follow_the_recipe():
+    settings = GeneratorConfig("z", pt=1000.0, pt_window=0.01).pythia_settings(0)
+    assert "Beams:eCM = 13000.0" in settings and "Tune:pp = 14" in settings
+    assert "PhaseSpace:pTHatMin = 995.0" in settings and "PhaseSpace:pTHatMax = 1005.0" in settings
+    assert "23:onIfAny = 1 2 3 4 5" in settings
+    assert "PartonLevel:MPI = off" in GeneratorConfig("g", mpi=False).pythia_settings(0)
+    seeds = {
+        s
+        for k in range(3)
+        for s in GeneratorConfig("g").pythia_settings(k)
+        if s.startswith("Random:seed")
+    }
+    assert len(seeds) == 3

@@ -1,0 +1,44 @@
+import errno
+
+import pytest
+
+from pipelines.io import atomic_path, check_writable
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_old_file_on_interrupt(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("new but incomplete")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_full_disk_is_one_clear_value_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(ValueError, match="no space left"), atomic_path(target) as tmp:
+        tmp.write_text("x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable(tmp_path):
+    existing = tmp_path / "a.h5"
+    existing.write_text("x")
+    with pytest.raises(ValueError, match="already exists: pass --overwrite"):
+        check_writable(existing)
+    assert check_writable(existing, overwrite=True) == existing
+    with pytest.raises(ValueError, match="not a writable directory"):
+        check_writable(existing / "sub" / "b.h5")
+    with pytest.raises(ValueError, match="is a directory"):
+        check_writable(tmp_path, overwrite=True)
+    assert check_writable(tmp_path / "new" / "dir" / "c.h5").name == "c.h5"

@@ -20,7 +20,7 @@ def test_aliases(name, expected):
 
 
 def test_unknown_class_lists_valid_names():
-    with pytest.raises(ValueError, match="g, q, t, w, z.*gluon, quark, top, W, Z"):
+    with pytest.raises(ValueError, match=r"g, q, t, w, z.*gluon, quark, top, W, Z"):
         canonical_class("higgs")
 
 

@@ -159,7 +159,7 @@ def test_missing_dataset_key(tmp_path):
     path = tmp_path / "g.hdf5"
     with h5py.File(path, "w") as f:
         f.create_dataset("particle_features", data=np.zeros((2, 30, 4)))
-    with pytest.raises(ValueError, match="missing dataset.*jet_features"):
+    with pytest.raises(ValueError, match=r"missing dataset.*jet_features"):
         read_jetnet_file(path)
 
 

@@ -21,7 +21,7 @@ def test_real_generation_follows_jetnet_conventions(top_jets):
     jets, _ = top_jets
     assert jets.particles.shape == (5, 150, 3) and jets.jet_features.shape == (5, 4)
     assert (jets.labels == 2).all()
-    pt, eta, mass, n = jets.jet_features.T
+    pt, _, mass, n = jets.jet_features.T
     assert ((pt > 800) & (pt < 1600)).all()
     assert ((mass > 40) & (mass < pt)).all()
     # mask: real particles first, padding zero, pt-sorted

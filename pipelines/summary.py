@@ -60,6 +60,7 @@ def _histogram_png(path: Path, data: dict[str, np.ndarray], xlabel: str, bins: n
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend()
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

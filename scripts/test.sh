@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv (no-op when up to date), lint, and run the test suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} JETFLOWS_TEST_THREADS=${JETFLOWS_TEST_THREADS:-1}
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"

@@ -61,10 +61,17 @@ def main() -> None:
                 "jets_per_s_2proc": rate2,
             }
             lo, hi = EXPECTED.get(cls, (None, None))
-            verdict = "" if lo is None else (
-                "  in range" if lo <= rows[cls]["mass_peak"] <= hi else f"  OUT of [{lo}, {hi}]")
-            print(f"{cls}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[cls].items()) + verdict,
-                  flush=True)
+            verdict = (
+                ""
+                if lo is None
+                else (
+                    "  in range" if lo <= rows[cls]["mass_peak"] <= hi else f"  OUT of [{lo}, {hi}]"
+                )
+            )
+            print(
+                f"{cls}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[cls].items()) + verdict,
+                flush=True,
+            )
     write_summary(datasets, args.out)
     (args.out / "fidelity.json").write_text(json.dumps(rows, indent=2))
     total = sum(len(d) for d in datasets.values())

@@ -37,7 +37,10 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
     from pipelines.generate import GeneratorConfig, generate_file
 
     cfg = GeneratorConfig(
-        args.jet_class, seed=args.seed, mpi=not args.no_mpi, chunk_size=args.chunk_size
+        args.jet_class,
+        seed=args.seed,
+        mpi=not args.no_mpi,
+        **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -113,8 +116,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--chunk-size",
         type=_positive_int,
-        default=200,
-        help="jets per independently seeded chunk (part of the seed; default 200)",
+        help="jets per independently seeded chunk (part of the seed; default 100)",
     )
     gen.add_argument(
         "--cache", type=Path, help="chunk cache (default $JETFLOWS_CACHE or ~/.cache/jetflows)"

@@ -143,15 +143,21 @@ def test_bad_arguments(tmp_path):
 
 
 def test_settings_follow_the_recipe():
-    settings = GeneratorConfig("z", pt=1000.0, pt_window=0.01).pythia_settings(0)
+    settings = GeneratorConfig("z", pt=1000.0, pt_window=0.01).pythia_settings()
     assert "Beams:eCM = 13000.0" in settings and "Tune:pp = 14" in settings
     assert "PhaseSpace:pTHatMin = 995.0" in settings and "PhaseSpace:pTHatMax = 1005.0" in settings
     assert "23:onIfAny = 1 2 3 4 5" in settings
-    assert "PartonLevel:MPI = off" in GeneratorConfig("g", mpi=False).pythia_settings(0)
-    seeds = {
-        s
-        for k in range(3)
-        for s in GeneratorConfig("g").pythia_settings(k)
-        if s.startswith("Random:seed")
-    }
-    assert len(seeds) == 3
+    assert "PartonLevel:MPI = off" in GeneratorConfig("g", mpi=False).pythia_settings()
+    seeds = {GeneratorConfig("g").chunk_seed(k) for k in [None, *range(50)]}
+    assert len(seeds) == 51 and all(1 <= s <= 900_000_000 for s in seeds)
+
+
+def test_a_chunk_does_not_depend_on_what_the_process_generated_before(monkeypatch):
+    cfg = GeneratorConfig("z", chunk_size=2, seed=9)
+    monkeypatch.setattr(generate, "_PYTHIAS", {})
+    generate.generate_chunk(cfg, 0)
+    after = generate.generate_chunk(cfg, 1)
+    monkeypatch.setattr(generate, "_PYTHIAS", {})  # a fresh process
+    fresh = generate.generate_chunk(cfg, 1)
+    np.testing.assert_array_equal(after["particles"], fresh["particles"])
+    np.testing.assert_array_equal(after["jet_features"], fresh["jet_features"])

@@ -139,8 +139,8 @@ def _delta_r(eta1: float, phi1: float, eta2: float, phi2: float) -> float:
 def _hard_objects(process: object, ids: frozenset[int]) -> list[tuple[float, float, list]]:
     """(eta, phi, decay-quark directions) of each hard object of the class in the process record.
 
-    Partons (g, q) are the outgoing ones of the hard process; resonances (t, W, Z) are the last
-    copy before decay, with the final quarks of their decay chain (t -> W b -> q q' b).
+    Partons (g, q) are the outgoing ones of the hard process; resonances (t, W, Z) come with the
+    final quarks of their decay chain (t -> W b -> q q' b), all in the same process record.
     """
     found = []
     for p in process:
@@ -167,13 +167,14 @@ def _select_jet(jets: list, objects: list, cfg: GeneratorConfig) -> object | Non
 def _jet_arrays(jet: object) -> tuple[np.ndarray, np.ndarray]:
     """(150, 3) pt-sorted (eta_rel, phi_rel, pt_rel) zero-padded, and (pt, eta, mass, n)."""
     cons = np.array([[c.eta(), c.phi_std(), c.pt()] for c in jet.constituents()])
+    n_constituents = len(cons)
     cons = cons[np.argsort(-cons[:, 2])][:MAX_PARTICLES]
     rel = np.stack(
         [cons[:, 0] - jet.eta(), wrap_phi(cons[:, 1] - jet.phi_std()), cons[:, 2] / jet.pt()], -1
     )
     particles = np.zeros((MAX_PARTICLES, 3), np.float32)
     particles[: len(rel)] = rel
-    features = np.array([jet.pt(), jet.eta(), jet.m(), len(jet.constituents())], np.float32)
+    features = np.array([jet.pt(), jet.eta(), jet.m(), n_constituents], np.float32)
     return particles, features
 
 

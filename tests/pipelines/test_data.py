@@ -178,3 +178,22 @@ def test_writer_refuses_nan_and_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="NaN/inf"):
         write_jetnet_file(tmp_path / "t.hdf5", jets)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_jetnet_reads_our_files_unchanged(tmp_path, monkeypatch):
+    import jetnet.datasets.jetnet as jetnet_module
+    from jetnet.datasets import JetNet
+
+    monkeypatch.setattr(
+        jetnet_module,
+        "checkDownloadZenodoDataset",
+        lambda data_dir, dataset_name, **kw: f"{data_dir}/{dataset_name}.hdf5",
+    )
+    jets = random_jets(25, 30)
+    write_jetnet_file(tmp_path / "z.hdf5", jets)
+    pf, jf = JetNet.getData("z", str(tmp_path), split="all", seed=1)
+    order = split_indices(25, "all", seed=1)
+    np.testing.assert_array_equal(pf[..., :3], jets.particles[order])
+    np.testing.assert_array_equal(pf[..., 3] > 0, jets.mask[order])
+    np.testing.assert_array_equal(jf[:, 1:], jets.jet_features[order])
+    assert (jf[:, 0] == 4).all()

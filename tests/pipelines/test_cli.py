@@ -9,22 +9,23 @@ from pipelines.data import read_jetnet_file, write_jetnet_file
 from tests.conftest import random_jets
 
 
-def _run(capsys, *argv):
-    code = main(list(argv))
+def _run(capsys, command):
+    """Run ``jetflows COMMAND`` (a string, split on spaces) in-process: (status, stdout, stderr)."""
+    code = main(command.split())
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def _fail(capsys, *argv, match):
+def _fail(capsys, command, match):
     with pytest.raises(SystemExit) as exc:  # argparse errors exit from the parser
-        main(list(argv))
+        main(command.split())
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and match in err, err
 
 
-def _error(capsys, *argv, match):
-    code, _, err = _run(capsys, *argv)
+def _error(capsys, command, match):
+    code, _, err = _run(capsys, command)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and match in err, err
 
@@ -51,62 +52,19 @@ def test_help_lists_commands(capsys):
 
 
 def test_generate_real_pythia_end_to_end(tmp_path, capsys):
-    out = tmp_path / "w.hdf5"
-    code, stdout, _ = _run(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "W",
-        "--n",
-        "3",
-        "--out",
-        str(out),
-        "--jobs",
-        "1",
-        "--chunk-size",
-        "3",
-        "--cache",
-        str(tmp_path / "cache"),
-    )
+    out, cache = tmp_path / "w.hdf5", tmp_path / "cache"
+    command = f"data generate --class W --n 3 --out {out} --chunk-size 3 --cache {cache}"
+    code, stdout, _ = _run(capsys, command + " --jobs 1")
     assert code == 0 and "wrote" in stdout
     jets = read_jetnet_file(out)
     assert jets.particles.shape == (3, 30, 3) and (jets.labels == 3).all()
-    code, stdout, _ = _run(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "w",
-        "--n",
-        "3",
-        "--out",
-        str(out),
-        "--chunk-size",
-        "3",
-        "--cache",
-        str(tmp_path / "cache"),
-    )
+    code, stdout, _ = _run(capsys, command.replace("W", "w"))
     assert code == 0 and "up to date" in stdout
 
 
 def test_generate_default_output_name(tmp_path, capsys, monkeypatch, fake_pythia):
     monkeypatch.chdir(tmp_path)
-    code, _, _ = _run(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "top",
-        "--n",
-        "5",
-        "--particles",
-        "150",
-        "--jobs",
-        "1",
-        "--cache",
-        "c",
-    )
+    code, _, _ = _run(capsys, "data generate --class top --n 5 --particles 150 --jobs 1 --cache c")
     assert code == 0
     assert read_jetnet_file(tmp_path / "data" / "t150.hdf5").particles.shape == (5, 150, 3)
 
@@ -114,60 +72,33 @@ def test_generate_default_output_name(tmp_path, capsys, monkeypatch, fake_pythia
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--class", "higgs", "--n", "5"], "gluon, quark, top, W, Z"),
-        (["--class", "t", "--n", "0"], "--n must be >= 1"),
-        (["--class", "t", "--n", "-3"], "--n must be >= 1"),
-        (["--class", "t", "--n", "5", "--particles", "0"], "particles must be in 1..150"),
-        (["--class", "t", "--n", "5", "--particles", "151"], "particles must be in 1..150"),
+        ("--class higgs --n 5", "gluon, quark, top, W, Z"),
+        ("--class t --n 0", "--n must be >= 1"),
+        ("--class t --n -3", "--n must be >= 1"),
+        ("--class t --n 5 --particles 0", "particles must be in 1..150"),
+        ("--class t --n 5 --particles 151", "particles must be in 1..150"),
     ],
 )
 def test_generate_bad_arguments(tmp_path, capsys, args, match):
     out = tmp_path / "x.hdf5"
-    _error(capsys, "data", "generate", *args, "--out", str(out), match=match)
+    _error(capsys, f"data generate {args} --out {out}", match=match)
     assert not out.exists()
 
 
 def test_generate_usage_errors_are_one_line(capsys):
-    _fail(capsys, "data", "generate", "--class", "t", "--n", "many", match="invalid int")
-    _fail(capsys, "data", "generate", "--class", "t", match="--n")
-    _fail(capsys, "data", "generate", "--class", "t", "--n", "2", "--jobs", "0", match=">= 1")
+    _fail(capsys, "data generate --class t --n many", match="invalid int")
+    _fail(capsys, "data generate --class t", match="--n")
+    _fail(capsys, "data generate --class t --n 2 --jobs 0", match=">= 1")
     _fail(capsys, "frobnicate", match="invalid choice")
 
 
 def test_existing_output_needs_overwrite(tmp_path, capsys, fake_pythia):
     out = tmp_path / "t.hdf5"
     out.write_text("precious")
-    _error(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "t",
-        "--n",
-        "2",
-        "--out",
-        str(out),
-        "--cache",
-        str(tmp_path),
-        match="pass --overwrite",
-    )
+    command = f"data generate --class t --n 2 --out {out} --jobs 1 --cache {tmp_path}"
+    _error(capsys, command, match="pass --overwrite")
     assert out.read_text() == "precious"
-    code, _, _ = _run(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "t",
-        "--n",
-        "2",
-        "--out",
-        str(out),
-        "--overwrite",
-        "--jobs",
-        "1",
-        "--cache",
-        str(tmp_path),
-    )
+    code, _, _ = _run(capsys, command + " --overwrite")
     assert code == 0 and read_jetnet_file(out).particles.shape == (2, 30, 3)
 
 
@@ -177,14 +108,7 @@ def test_unwritable_output_fails_before_generating(tmp_path, capsys, monkeypatch
     blocker.write_text("x")
     _error(
         capsys,
-        "data",
-        "generate",
-        "--class",
-        "t",
-        "--n",
-        "2",
-        "--out",
-        str(blocker / "t.hdf5"),
+        f"data generate --class t --n 2 --out {blocker}/t.hdf5",
         match="not a writable directory",
     )
 
@@ -196,28 +120,16 @@ def test_interrupt_gives_status_130_and_no_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(generate, "generate_chunk", interrupted)
     out = tmp_path / "t.hdf5"
     code, _, err = _run(
-        capsys,
-        "data",
-        "generate",
-        "--class",
-        "t",
-        "--n",
-        "2",
-        "--out",
-        str(out),
-        "--jobs",
-        "1",
-        "--cache",
-        str(tmp_path / "c"),
+        capsys, f"data generate --class t --n 2 --out {out} --jobs 1 --cache {tmp_path}"
     )
     assert code == 130 and "interrupted" in err and not out.exists()
 
 
 def test_check_and_summary(tmp_path, capsys):
     path = write_jetnet_file(tmp_path / "t.hdf5", random_jets(30, 30))
-    code, out, _ = _run(capsys, "data", "check", str(path))
+    code, out, _ = _run(capsys, f"data check {path}")
     assert code == 0 and "(30, 30, 4)" in out and "(30, 4)" in out
-    code, out, _ = _run(capsys, "data", "summary", str(path), "--out", str(tmp_path / "s"))
+    code, out, _ = _run(capsys, f"data summary {path} --out {tmp_path}/s")
     assert code == 0 and "mass_peak" in out
     for name in ("summary.json", "summary.md", "mass.png", "multiplicity.png"):
         assert (tmp_path / "s" / name).stat().st_size > 0
@@ -237,7 +149,7 @@ def test_check_and_summary(tmp_path, capsys):
 def test_check_bad_files(tmp_path, capsys, make, match):
     path = tmp_path / "t.hdf5"
     make(path)
-    _error(capsys, "data", "check", str(path), match=match)
+    _error(capsys, f"data check {path}", match=match)
 
 
 def test_check_nan_file(tmp_path, capsys):
@@ -247,20 +159,11 @@ def test_check_nan_file(tmp_path, capsys):
     with h5py.File(path, "w") as f:
         f.create_dataset("particle_features", data=np.full((2, 30, 4), np.nan))
         f.create_dataset("jet_features", data=np.zeros((2, 4)))
-    _error(capsys, "data", "check", str(path), match="NaN/inf")
+    _error(capsys, f"data check {path}", match="NaN/inf")
 
 
 def test_download_offline(tmp_path, capsys, monkeypatch):
     from pipelines import data
 
     monkeypatch.setattr(data, "_zenodo_reachable", lambda timeout=3.0: False)
-    _error(
-        capsys,
-        "data",
-        "download",
-        "--class",
-        "top",
-        "--dir",
-        str(tmp_path),
-        match="zenodo.org is unreachable",
-    )
+    _error(capsys, f"data download --class top --dir {tmp_path}", match="zenodo.org is unreachable")

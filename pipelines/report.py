@@ -1,0 +1,209 @@
+"""Evaluation outputs people look at: histograms with ratio panels (PNG) and report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.io import atomic_path
+from pipelines.metrics import EMD_OBSERVABLES, observables, w1efp_selection
+
+#: Report sections: (title, metric names, note).
+SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "Observable EMDs (true 1-D Wasserstein distances on samples)",
+        tuple(f"emd_{n}" for n in EMD_OBSERVABLES)
+        + tuple(f"emd_{n}_scaled" for n in EMD_OBSERVABLES)
+        + ("emd_sum",),
+        "emd_<x> in the observable's unit (GeV for mass, pt, energy); emd_<x>_scaled divides by "
+        "the real sample's standard deviation; emd_sum adds the scaled terms.",
+    ),
+    (
+        "JetNet metrics (jetnet library)",
+        ("w1m", "w1p", "w1p_eta", "w1p_phi", "w1p_pt", "w1efp", "fpd", "kpd", "fpnd", "cov", "mmd"),
+        "W1M on the relative mass m/pt_jet; W1P per particle feature and mean; W1EFP mean over the "
+        "5 EFPs n=4, d=4, prime; FPD/KPD on the 36 EFPs of degree <= 4; COV: higher is better.",
+    ),
+    (
+        "Divergences on histograms (natural log)",
+        tuple(f"jsd_{n}" for n in EMD_OBSERVABLES) + tuple(f"kl_{n}" for n in EMD_OBSERVABLES),
+        "JSD exact, in [0, ln 2]; KL(real || gen) with 1e-12 added to empty bins.",
+    ),
+    (
+        "Legacy (seed code; NOT a distance between observables)",
+        (
+            "legacy_emd_mass",
+            "legacy_emd_pt",
+            "legacy_emd_energy",
+            "legacy_emd_eta",
+            "legacy_emd_phi",
+            "legacy_emd_sum",
+        ),
+        "W1 between histogram bin heights, as the seed code computed it; for comparison with old "
+        "numbers only.",
+    ),
+)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[str]:
+    lines = ["| metric | generated | ± | truth floor | ± | ratio |", "|---|---|---|---|---|---|"]
+    for name in names:
+        if name in rows:
+            r = rows[name]
+            lines.append(
+                f"| {name} | {_fmt(r['value'])} | {_fmt(r['std'])} | "
+                f"{_fmt(r['floor'])} | {_fmt(r['floor_std'])} | {_fmt(r['ratio'])} |"
+            )
+    return lines
+
+
+def write_report(results: dict[str, Any], plots: list[Path], path: Path) -> Path:
+    """report.md: every metric with its truth floor and the ratio, then the plots."""
+    lines = [
+        f"# Evaluation: {results.get('inputs', {}).get('gen', 'generated')} vs "
+        f"{results.get('inputs', {}).get('real', 'real')}",
+        "",
+        f"{results['n_jets']} jets per sample, class {results['jet_class'] or 'unknown'}, "
+        f"seed {results['config']['seed']}. Truth floor: the same metric between two disjoint "
+        "real samples of the same size; ratio = generated / floor (about 1: as close to the real "
+        "jets as another real sample is).",
+    ]
+    if results["n_jets"] < 50_000:
+        lines += [
+            "",
+            f"Note: jetnet's metrics are defined on 50,000 jets; with "
+            f"{results['n_jets']} they are noisier and biased upwards (FPD, FPND most). "
+            "Compare with the floor, which has the same size.",
+        ]
+    for title, names, note in SECTIONS:
+        lines += ["", f"## {title}", "", note, "", *_table(results["metrics"], names)]
+    if results["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {name}: {reason}" for name, reason in results["skipped"].items()]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    plt.style.use(mplhep.style.ROOT)
+    return plt
+
+
+def _ratio_axes(
+    ax_top: Any,
+    ax_ratio: Any,
+    real: np.ndarray,
+    gen: np.ndarray,
+    bins: np.ndarray,
+    xlabel: str,
+    logx: bool,
+) -> None:
+    """Normalised histograms of real and generated values, with gen/real underneath."""
+    import mplhep
+
+    h_real, _ = np.histogram(real, bins=bins)
+    h_gen, _ = np.histogram(gen, bins=bins)
+    widths = np.diff(bins)
+    d_real, d_gen = (h / max(h.sum(), 1) / widths for h in (h_real, h_gen))
+    mplhep.histplot(d_real, bins, ax=ax_top, label="real", histtype="fill", alpha=0.35)
+    mplhep.histplot(d_gen, bins, ax=ax_top, label="generated", histtype="step", linewidth=1.5)
+    ax_top.set_ylabel("density")
+    ax_top.legend()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(h_real > 0, d_gen / d_real, np.nan)
+    mplhep.histplot(ratio, bins, ax=ax_ratio, histtype="step", color="black")
+    ax_ratio.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax_ratio.set_ylim(0, 2)
+    ax_ratio.set_ylabel("gen / real")
+    ax_ratio.set_xlabel(xlabel)
+    if logx:
+        ax_top.set_xscale("log")
+        ax_ratio.set_xscale("log")
+
+
+def _bins(real: np.ndarray, gen: np.ndarray, logx: bool, integer: bool) -> np.ndarray:
+    both = np.concatenate([real, gen])
+    if integer:
+        return np.arange(both.min() - 0.5, both.max() + 1.5)
+    lo, hi = np.quantile(both[both > 0] if logx else both, [0.001, 0.999])
+    lo, hi = (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+    return np.geomspace(lo, hi, 51) if logx else np.linspace(lo, hi, 51)
+
+
+def _figure(
+    path: Path,
+    real: np.ndarray,
+    gen: np.ndarray,
+    xlabel: str,
+    *,
+    logx: bool = False,
+    integer: bool = False,
+) -> Path:
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    _ratio_axes(top, bottom, real, gen, _bins(real, gen, logx, integer), xlabel, logx)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_plots(
+    samples: Any, ref_efps: np.ndarray, gen_efps: np.ndarray, out_dir: Path
+) -> list[Path]:
+    """PNG histograms with ratio panels: jet observables, particle features, W1EFP's EFPs."""
+    ref, gen = samples.reference, samples.gen
+    obs_ref, obs_gen = (
+        observables(j.particles, j.mask, j.jet_features[:, 0], j.jet_features[:, 1])
+        for j in (ref, gen)
+    )
+    units = {"mass": " [GeV]", "pt": " [GeV]", "energy": " [GeV]"}
+    paths = [
+        _figure(
+            out_dir / f"jet_{name}.png",
+            obs_ref[name],
+            obs_gen[name],
+            f"jet {name}{units.get(name, '')}",
+            integer=name == "multiplicity",
+        )
+        for name in EMD_OBSERVABLES
+    ]
+    for i, (feature, logx) in enumerate((("eta_rel", False), ("phi_rel", False), ("pt_rel", True))):
+        paths.append(
+            _figure(
+                out_dir / f"particle_{feature}.png",
+                ref.particles[..., i][ref.mask],
+                gen.particles[..., i][gen.mask],
+                f"particle {feature}",
+                logx=logx,
+            )
+        )
+    for k, column in enumerate(np.flatnonzero(w1efp_selection())):
+        paths.append(
+            _figure(
+                out_dir / f"efp_{k}.png",
+                ref_efps[:, column],
+                gen_efps[:, column],
+                f"EFP {column} (n=4, d=4)",
+                logx=True,
+            )
+        )
+    return paths

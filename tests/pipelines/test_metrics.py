@@ -89,12 +89,14 @@ def test_w1efp_matches_jetnet_draw_for_draw():
 
     a, b = random_jets(80, 30, seed=4), random_jets(80, 30, seed=5)
     gen_metrics.rng = np.random.default_rng(11)
-    ref_mean, ref_std = gen_metrics.w1efp(a.particles, b.particles, num_eval_samples=80,
-                                          num_batches=5, efp_jobs=1)
+    ref_mean, ref_std = gen_metrics.w1efp(
+        a.particles, b.particles, num_eval_samples=80, num_batches=5, efp_jobs=1
+    )
     sel = m.w1efp_selection()
     assert sel.sum() == 5
-    mean, std = m._w1_batches(m.efps(a.particles)[:, sel], m.efps(b.particles)[:, sel], 80, 5,
-                              np.random.default_rng(11))
+    mean, std = m._w1_batches(
+        m.efps(a.particles)[:, sel], m.efps(b.particles)[:, sel], 80, 5, np.random.default_rng(11)
+    )
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-6)  # jetnet computes EFPs in float32
     np.testing.assert_allclose(std, ref_std, rtol=1e-5)
 
@@ -109,12 +111,13 @@ def jet_sets():
 
 def test_jetnet_metrics_run_and_separate_good_from_bad(jet_sets):
     real, same, other, (e_real, e_same, e_other) = jet_sets
-    good = m.jetnet_metrics(real.particles, same.particles, real.mask, same.mask, e_real,
-                            e_same, seed=1)
-    bad = m.jetnet_metrics(real.particles, other.particles, real.mask, other.mask, e_real,
-                           e_other, seed=1)
-    expected = {"w1m", "w1p", "w1p_eta", "w1p_phi", "w1p_pt", "w1efp", "fpd", "kpd", "cov",
-                "mmd"}
+    good = m.jetnet_metrics(
+        real.particles, same.particles, real.mask, same.mask, e_real, e_same, seed=1
+    )
+    bad = m.jetnet_metrics(
+        real.particles, other.particles, real.mask, other.mask, e_real, e_other, seed=1
+    )
+    expected = {"w1m", "w1p", "w1p_eta", "w1p_phi", "w1p_pt", "w1efp", "fpd", "kpd", "cov", "mmd"}
     assert set(good) == expected
     assert all(np.isfinite(v).all() for v in good.values())
     for name in ("w1m", "w1p_pt", "w1efp", "fpd", "kpd", "mmd"):
@@ -130,10 +133,12 @@ def test_jetnet_metrics_are_reproducible_for_a_seed(jet_sets):
 
 def test_identical_samples_are_near_zero_on_jetnet_metrics(jet_sets):
     real, _, other, (e_real, _, e_other) = jet_sets
-    same = m.jetnet_metrics(real.particles, real.particles, real.mask, real.mask, e_real, e_real,
-                            cov_mmd=False)
-    bad = m.jetnet_metrics(real.particles, other.particles, real.mask, other.mask, e_real,
-                           e_other, cov_mmd=False)
+    same = m.jetnet_metrics(
+        real.particles, real.particles, real.mask, real.mask, e_real, e_real, cov_mmd=False
+    )
+    bad = m.jetnet_metrics(
+        real.particles, other.particles, real.mask, other.mask, e_real, e_other, cov_mmd=False
+    )
     # only jetnet's bootstrap resampling separates a sample from itself
     for name in ("w1m", "w1p_pt", "w1efp", "fpd"):
         assert same[name][0] < 0.2 * bad[name][0], (name, same[name], bad[name])

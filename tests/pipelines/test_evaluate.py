@@ -1,0 +1,135 @@
+"""The evaluation pipeline: truth floor, outputs, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.cli import main
+from pipelines.data import read_jetnet_file
+from pipelines.evaluate import EvalConfig, draw_samples, evaluate
+from tests.conftest import random_jets
+
+FAST = EvalConfig(n_jets=150, cov_mmd=False, fpnd=False)
+
+
+def test_samples_are_disjoint_and_the_same_size():
+    real, gen = random_jets(500, 30, seed=1), random_jets(200, 30, seed=2)
+    samples = draw_samples(real, gen, 10_000, seed=0)
+    assert len(samples.reference) == len(samples.floor) == len(samples.gen) == 200
+    rows = {tuple(r.ravel()) for r in samples.reference.particles}
+    assert not rows & {tuple(r.ravel()) for r in samples.floor.particles}
+
+
+def test_model_equal_to_real_sits_at_the_floor_and_bad_model_far_above():
+    real = random_jets(1200, 30, seed=3)
+    good = evaluate(real, random_jets(400, 30, seed=4), cfg=FAST, progress=False)
+    bad_jets = random_jets(400, 30, seed=4)
+    bad_jets.particles[..., 0] *= 2.0  # twice as wide in eta
+    bad = evaluate(real, bad_jets, cfg=FAST, progress=False)
+    for name in ("emd_sum", "w1p_eta", "fpd"):
+        assert bad["metrics"][name]["ratio"] > 2 * good["metrics"][name]["ratio"], name
+    assert good["metrics"]["emd_sum"]["ratio"] < 3
+    row = good["metrics"]["w1m"]
+    assert row["ratio"] == pytest.approx(row["value"] / row["floor"])
+    assert good["skipped"]["fpnd"] == "switched off" and good["n_jets"] == 150
+
+
+def test_fpnd_skipped_with_reason_for_w():
+    real, gen = random_jets(300, 30, seed=5), random_jets(150, 30, seed=6)
+    out = evaluate(
+        real, gen, jet_class="W", cfg=EvalConfig(n_jets=150, cov_mmd=False), progress=False
+    )
+    assert "g, q, t only" in out["skipped"]["fpnd"] and "fpnd" not in out["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("real", "gen", "match"),
+    [
+        (random_jets(300, 30), random_jets(150, 20), "same particle count"),
+        (random_jets(150, 30), random_jets(150, 30), "too few jets"),
+        (random_jets(300, 30), random_jets(50, 30), "too few jets"),
+    ],
+)
+def test_bad_inputs(real, gen, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate(real, gen, cfg=FAST, progress=False)
+
+
+def test_nan_and_unknown_class():
+    real, gen = random_jets(300, 30), random_jets(150, 30)
+    gen.particles[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="generated particles contain NaN"):
+        evaluate(real, gen, cfg=FAST, progress=False)
+    with pytest.raises(ValueError, match="unknown jet class"):
+        evaluate(real, random_jets(150, 30), jet_class="higgs", cfg=FAST, progress=False)
+
+
+def test_cli_evaluate_two_generated_top_samples(pythia_top_files, tmp_path, capsys):
+    real, gen = pythia_top_files
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--real", str(real), "--gen", str(gen), "--out", str(out), "--n", "300"])
+        == 0
+    )
+    assert "ratio" in capsys.readouterr().out
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["jet_class"] == "t" and results["n_jets"] == 300
+    expected = {
+        "emd_sum",
+        "legacy_emd_sum",
+        "jsd_mass",
+        "kl_mass",
+        "w1m",
+        "w1p",
+        "w1efp",
+        "fpd",
+        "kpd",
+        "cov",
+        "mmd",
+        "fpnd",
+    }
+    assert expected <= set(results["metrics"])
+    for row in results["metrics"].values():
+        assert set(row) == {"value", "std", "floor", "floor_std", "ratio"}
+    # two Pythia samples of the same process: the generated one is as good as the floor
+    assert results["metrics"]["emd_sum"]["ratio"] < 3
+    report = (out / "report.md").read_text()
+    assert "truth floor" in report and "| fpnd |" in report and "NOT a distance" in report
+    plots = {p.name for p in (out / "plots").glob("*.png")}
+    assert {"jet_mass.png", "jet_multiplicity.png", "particle_pt_rel.png", "efp_0.png"} <= plots
+    assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
+    assert "plots/jet_mass.png" in report
+
+
+def test_cli_evaluate_bad_files(tmp_path, capsys, pythia_top_files):
+    code = main(
+        [
+            "evaluate",
+            "--real",
+            str(tmp_path / "missing.hdf5"),
+            "--gen",
+            str(pythia_top_files[1]),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.hdf5: no such file" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    small = read_jetnet_file(pythia_top_files[1])
+    assert len(small) == 300
+    code = main(
+        [
+            "evaluate",
+            "--real",
+            str(pythia_top_files[1]),
+            "--gen",
+            str(pythia_top_files[1]),
+            "--out",
+            str(tmp_path / "o"),
+            "--class",
+            "higgs",
+        ]
+    )
+    assert code == 2 and "unknown jet class" in capsys.readouterr().err

@@ -257,7 +257,7 @@ def _work(args: tuple[GeneratorConfig, int, Path]) -> int:
 
 
 def _run_parallel(tasks: list, jobs: int, step: Callable[[int], None]) -> None:
-    if jobs == 1 or len(tasks) == 1:
+    if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
             step(_work(task))
         return

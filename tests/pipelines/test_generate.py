@@ -80,6 +80,8 @@ def test_cache_serves_repeated_smaller_and_shorter_requests(top_jets, monkeypatc
     cfg = GeneratorConfig("t", chunk_size=3, seed=5)
     fewer = generate_jets(cfg, 4, num_particles=30, jobs=1, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(fewer.particles, jets.particles[:4, :30])
+    again = generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again.particles, jets.particles)
 
 
 def test_interrupted_generation_leaves_no_output(tmp_path, monkeypatch):

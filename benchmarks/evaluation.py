@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--real", type=Path)
     parser.add_argument("--gen", type=Path)
+    parser.add_argument("--no-fpnd", action="store_true", help="skip the FPND timing (minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, jets per sample: {args.n}")
@@ -64,8 +65,13 @@ def main() -> None:
 
     from jetnet.utils import efps as jetnet_efps
 
-    clock("jetnet EFPs, 10k jets (energyflow)", jetnet_efps, g.particles[:10_000],
-          efpset_args=[("d<=", 4)], efp_jobs=args.threads)
+    clock(
+        "jetnet EFPs, 10k jets (energyflow)",
+        jetnet_efps,
+        g.particles[:10_000],
+        efpset_args=[("d<=", 4)],
+        efp_jobs=args.threads,
+    )
     e_ref = clock("our EFPs, one sample", m.efps, ref.particles)
     e_gen = m.efps(g.particles)
     o_ref = m.observables(ref.particles, ref.mask, *ref.jet_features[:, :2].T)
@@ -75,23 +81,46 @@ def main() -> None:
     clock("JSD + KL", m.divergences, o_ref, o_gen, 30)
     gm = m._jetnet_rng(0)
     clock("W1M (jetnet)", gm.w1m, ref.particles, g.particles, num_eval_samples=args.n)
-    clock("W1P (jetnet)", gm.w1p, ref.particles, g.particles, ref.mask, g.mask,
-          num_eval_samples=args.n)
+    clock(
+        "W1P (jetnet)",
+        gm.w1p,
+        ref.particles,
+        g.particles,
+        ref.mask,
+        g.mask,
+        num_eval_samples=args.n,
+    )
     sel = m.w1efp_selection()
-    clock("W1EFP (on cached EFPs)", m._w1_batches, e_ref[:, sel], e_gen[:, sel], args.n, 5,
-          np.random.default_rng(0))
+    clock(
+        "W1EFP (on cached EFPs)",
+        m._w1_batches,
+        e_ref[:, sel],
+        e_gen[:, sel],
+        args.n,
+        5,
+        np.random.default_rng(0),
+    )
     clock("FPD (jetnet)", gm.fpd, e_ref, e_gen)
-    clock("KPD (jetnet)", gm.kpd, e_ref, e_gen)
+    clock("KPD (jetnet, serial)", gm.kpd, e_ref, e_gen)
+    clock("KPD (jetnet, numba threads)", gm.kpd, e_ref, e_gen, num_threads=0)
     clock("COV/MMD (jetnet)", gm.cov_mmd, ref.particles, g.particles, use_tqdm=False)
-    clock("FPND (jetnet + knn stand-in)", fpnd, g.particles, "t", batch_size=1000)
+    if not args.no_fpnd:
+        clock("FPND (jetnet + knn stand-in)", fpnd, g.particles, "t", batch_size=1000)
     with tempfile.TemporaryDirectory() as tmp:
         real_path, gen_path = Path(tmp) / "t.hdf5", Path(tmp) / "gen.hdf5"
         from pipelines.data import write_jetnet_file
 
         write_jetnet_file(real_path, real)
         write_jetnet_file(gen_path, gen)
-        clock("FULL SUITE without FPND", evaluate_files, real_path, gen_path, Path(tmp) / "out",
-              cfg=EvalConfig(n_jets=args.n, fpnd=False), progress=False)
+        clock(
+            "FULL SUITE without FPND",
+            evaluate_files,
+            real_path,
+            gen_path,
+            Path(tmp) / "out",
+            cfg=EvalConfig(n_jets=args.n, fpnd=False),
+            progress=False,
+        )
 
 
 if __name__ == "__main__":

@@ -46,19 +46,38 @@ def knn_graph(
     if cosine:
         raise ValueError("knn_graph stand-in supports Euclidean distances only")
     batch = torch.zeros(len(x), dtype=torch.long) if batch is None else batch
-    rows, cols = [], []
-    for graph in torch.unique_consecutive(batch):
-        nodes = torch.nonzero(batch == graph).flatten()
-        dist = torch.cdist(x[nodes], x[nodes])  # (n, n)
-        # like torch_cluster: take k + 1 nearest (self included) and drop self afterwards
-        take = min(k + (0 if loop else 1), len(nodes))
-        nearest = dist.topk(take, dim=1, largest=False).indices  # (n, take)
-        centre = torch.arange(len(nodes)).unsqueeze(1).expand_as(nearest)
-        keep = torch.ones_like(nearest, dtype=torch.bool) if loop else nearest != centre
-        rows.append(nodes[nearest[keep]])
-        cols.append(nodes[centre[keep]])
-    row, col = torch.cat(rows), torch.cat(cols)
+    sizes = torch.unique_consecutive(batch, return_counts=True)[1]
+    take = k if loop else k + 1  # like torch_cluster: k + 1 nearest (self included), drop self
+    groups = (
+        [_knn_equal_graphs(x, take, len(sizes))]
+        if (sizes == sizes[0]).all()
+        else [
+            _knn_equal_graphs(part, take, 1) + start
+            for part, start in zip(x.split(sizes.tolist()), sizes.cumsum(0) - sizes, strict=True)
+        ]
+    )
+    nearest = torch.cat([g[0] for g in groups])  # (N, take) neighbours
+    centre = torch.cat([g[1] for g in groups])  # (N, take) the node itself
+    keep = torch.ones_like(nearest, dtype=torch.bool) if loop else nearest != centre
+    row, col = nearest[keep], centre[keep]
     return torch.stack([row, col] if flow == "source_to_target" else [col, row])
+
+
+def _knn_equal_graphs(x: torch.Tensor, take: int, graphs: int) -> torch.Tensor:
+    """Nearest ``take`` nodes (global indices) of every node, for ``graphs`` graphs of one size.
+
+    Returns:
+        (2, N, take): neighbour indices and centre indices.
+    """
+    size = len(x) // graphs
+    points = x.reshape(graphs, size, -1)  # (G, n, F)
+    # exact differences (not the matrix-product shortcut) so near-ties order as torch_cluster
+    dist = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    nearest = dist.topk(min(take, size), dim=2, largest=False).indices
+    offset = (torch.arange(graphs) * size).view(-1, 1, 1)  # (G, 1, 1)
+    nearest = (nearest + offset).reshape(len(x), -1)  # (N, take)
+    centre = torch.arange(len(x)).unsqueeze(1).expand_as(nearest)
+    return torch.stack([nearest, centre])
 
 
 def install_knn_stand_in() -> bool:

@@ -16,8 +16,10 @@ Conventions: particles (N, P, 3) = (eta_rel, phi_rel, pt_rel) with mask (N, P); 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -151,20 +153,53 @@ def _jetnet_rng(seed: int) -> Any:
     return gen_metrics
 
 
-def _w1_batches(
-    real: np.ndarray, gen: np.ndarray, n: int, num_batches: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """jetnet's W1 protocol on precomputed features (N, F): mean and std over bootstrap batches.
+def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
+    """Exact W1 between the empirical distributions of samples u and v (scipy's formula).
 
-    jetnet's w1efp computes the EFPs itself on every call; we compute them once per sample and
-    reuse them for W1EFP, FPD and KPD, so its 8-line batch loop is repeated here, draw for draw
-    (tests check equality with jetnet's w1efp).
+    scipy.stats.wasserstein_distance argsorts both samples and sorts their union; sorting each
+    sample and merging the two sorted runs (a linear stable sort) gives the same number about
+    twice as fast, which matters for W1P's millions of particles.
     """
-    w1s = []
+    u, v = np.sort(u), np.sort(v)
+    values = np.sort(np.concatenate([u, v]), kind="stable")  # timsort merges two runs
+    cdf_u = np.searchsorted(u, values[:-1], side="right") / len(u)
+    cdf_v = np.searchsorted(v, values[:-1], side="right") / len(v)
+    return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(values)))
+
+
+def _w1_batches(
+    real: np.ndarray,
+    gen: np.ndarray,
+    n: int,
+    num_batches: int,
+    rng: np.random.Generator,
+    masks: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """jetnet's W1 protocol: mean and std over bootstrap batches, per feature.
+
+    Arguments:
+        real, gen: (N, F) jet features, or (N, P, F) particles with ``masks`` (N, P) each
+            (then the particles of the drawn jets are pooled, as jetnet's w1p does).
+
+    jetnet's w1efp recomputes the EFPs on every call and its w1p runs scipy's W1 serially; we
+    reuse EFPs computed once and run the same draws (tests check equality draw for draw) with a
+    faster exact W1 on a thread per feature (numpy's sort releases the GIL).
+    """
+    pairs = []
     for _ in range(num_batches):
-        a, b = real[rng.choice(len(real), size=n)], gen[rng.choice(len(gen), size=n)]
-        w1s.append([wasserstein_distance(a[:, i], b[:, i]) for i in range(real.shape[1])])
-    return np.mean(w1s, axis=0), np.std(w1s, axis=0)
+        i, j = rng.choice(len(real), size=n), rng.choice(len(gen), size=n)
+        a, b = (real[i], gen[j]) if masks is None else (real[i][masks[0][i]], gen[j][masks[1][j]])
+        pairs += [(a[:, f], b[:, f]) for f in range(real.shape[-1])]
+    if any(len(a) == 0 or len(b) == 0 for a, b in pairs):  # jetnet: no particles -> inf
+        return np.full(real.shape[-1], np.inf), np.full(real.shape[-1], np.inf)
+    with ThreadPoolExecutor(min(len(pairs), os.cpu_count() or 1)) as pool:
+        w1s = np.reshape(list(pool.map(lambda p: wasserstein_1d(*p), pairs)), (num_batches, -1))
+    return w1s.mean(0), w1s.std(0)
+
+
+def _particle_masks(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """jetnet's w1p exclusion: masked particles and those whose features are all exactly 0."""
+    return mask.astype(bool) & (np.linalg.norm(particles, axis=-1) != 0)
 
 
 def w1efp_selection() -> np.ndarray:
@@ -237,9 +272,8 @@ def _jetnet_metrics(
     out: dict[str, tuple[float, float]] = {}
     w1m = gm.w1m(real, gen, num_eval_samples=n, num_batches=num_batches)
     out["w1m"] = (float(w1m[0]), float(w1m[1]))
-    means, stds = gm.w1p(
-        real, gen, real_mask, gen_mask, num_eval_samples=n, num_batches=num_batches
-    )
+    masks = (_particle_masks(real, real_mask), _particle_masks(gen, gen_mask))
+    means, stds = _w1_batches(real, gen, n, num_batches, gm.rng, masks)
     out["w1p"] = (float(np.mean(means)), float(np.mean(stds)))
     out.update(
         {
@@ -265,7 +299,8 @@ def _fpd_kpd(gm: Any, real_efps: np.ndarray, gen_efps: np.ndarray, seed: int) ->
     fpd = gm.fpd(
         real_efps, gen_efps, min_samples=min(20_000, n // 2), max_samples=min(50_000, n), seed=seed
     )
-    kpd = gm.kpd(real_efps, gen_efps, batch_size=min(5_000, n), seed=seed)
+    # num_threads=0: numba's parallel batches on every core (its own seeded draws)
+    kpd = gm.kpd(real_efps, gen_efps, batch_size=min(5_000, n), seed=seed, num_threads=0)
     return {"fpd": (float(fpd[0]), float(fpd[1])), "kpd": (float(kpd[0]), float(kpd[1]))}
 
 

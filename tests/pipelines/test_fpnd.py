@@ -28,12 +28,14 @@ def _brute_force(x, k, batch):
     return edges
 
 
+@pytest.mark.parametrize("sizes", [(20, 20, 20), (20, 17, 25)])
 @pytest.mark.parametrize("k", [1, 4, 16])
-def test_knn_graph_matches_brute_force(k):
+def test_knn_graph_matches_brute_force(k, sizes):
     torch.manual_seed(k)
-    x, batch = torch.randn(3 * 20, 2), torch.arange(3).repeat_interleave(20)
+    x = torch.randn(sum(sizes), 2)
+    batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
     edges = knn_graph(x, k, batch)
-    assert edges.shape == (2, 3 * 20 * k)
+    assert edges.shape == (2, len(x) * k)
     assert set(map(tuple, edges.T.tolist())) == _brute_force(x, k, batch)
     flipped = knn_graph(x, k, batch, flow="target_to_source")
     assert torch.equal(flipped, edges.flip(0))

@@ -143,3 +143,28 @@ def test_identical_samples_are_near_zero_on_jetnet_metrics(jet_sets):
     for name in ("w1m", "w1p_pt", "w1efp", "fpd"):
         assert same[name][0] < 0.2 * bad[name][0], (name, same[name], bad[name])
     assert abs(same["kpd"][0]) < 0.01 * bad["kpd"][0]
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 3), (1000, 1500)])
+def test_fast_w1_equals_scipy(n, k):
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(n)
+    u, v = rng.normal(0, 1, n), rng.exponential(1, k)
+    u[: n // 2] = np.round(u[: n // 2], 1)  # ties
+    assert m.wasserstein_1d(u, v) == pytest.approx(wasserstein_distance(u, v), rel=1e-12)
+    assert m.wasserstein_1d(u, u) == 0
+
+
+def test_w1p_matches_jetnet_draw_for_draw():
+    from jetnet.evaluation import gen_metrics
+
+    a, b = random_jets(120, 30, seed=9), random_jets(100, 30, seed=10)
+    gen_metrics.rng = np.random.default_rng(5)
+    ref_mean, ref_std = gen_metrics.w1p(
+        a.particles, b.particles, a.mask, b.mask, num_eval_samples=100, num_batches=5
+    )
+    masks = (m._particle_masks(a.particles, a.mask), m._particle_masks(b.particles, b.mask))
+    mean, std = m._w1_batches(a.particles, b.particles, 100, 5, np.random.default_rng(5), masks)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-9)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-7)

@@ -47,7 +47,7 @@ class EvalConfig:
     fpnd: bool = True
     cov_mmd: bool = True
     fpnd_batch: int = 1000
-    efp_batch: int = 5000
+    efp_batch: int = 1000  # 1000 ran ~1.7x faster than 5000 here (cache-sized batches)
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def _fpd_kpd(gm: Any, real_efps: np.ndarray, gen_efps: np.ndarray, seed: int) ->
 def efps(
     particles: np.ndarray,
     *,
-    batch_size: int = 5_000,
+    batch_size: int = 1_000,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The 36 EFPs (degree <= 4) of jetnet's FPD/KPD, for every jet, batched in torch.

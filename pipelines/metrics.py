@@ -16,6 +16,7 @@ Conventions: particles (N, P, 3) = (eta_rel, phi_rel, pt_rel) with mask (N, P); 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -214,6 +215,19 @@ def _efpset() -> Any:
     return EFPSet(("d<=", 4), measure="hadr", beta=1, normed=None, coords="ptyphim")
 
 
+def _quiet(func: Callable) -> Callable:
+    """Silence jetnet's warning on every call below 50,000 jets: the report states the count."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet
 def jetnet_metrics(
     real: np.ndarray,
     gen: np.ndarray,
@@ -240,33 +254,6 @@ def jetnet_metrics(
         {"w1m", "w1p", "w1p_eta", "w1p_phi", "w1p_pt", "w1efp", "fpd", "kpd"[, "cov", "mmd"]}
         -> (value, std or error). FPD/KPD errors are jetnet's (fit error, half 16-84 IQR).
     """
-    with warnings.catch_warnings():  # jetnet warns below 50,000 jets; the report says n
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _jetnet_metrics(
-            real,
-            gen,
-            real_mask,
-            gen_mask,
-            real_efps,
-            gen_efps,
-            num_batches=num_batches,
-            seed=seed,
-            cov_mmd=cov_mmd,
-        )
-
-
-def _jetnet_metrics(
-    real: np.ndarray,
-    gen: np.ndarray,
-    real_mask: np.ndarray,
-    gen_mask: np.ndarray,
-    real_efps: np.ndarray,
-    gen_efps: np.ndarray,
-    *,
-    num_batches: int,
-    seed: int,
-    cov_mmd: bool,
-) -> dict[str, tuple[float, float]]:
     n = min(len(real), len(gen))
     gm = _jetnet_rng(seed)
     out: dict[str, tuple[float, float]] = {}

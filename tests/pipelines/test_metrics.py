@@ -84,6 +84,7 @@ def test_batched_efps_equal_energyflow_via_jetnet():
     np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:Recommended number of jets")
 def test_w1efp_matches_jetnet_draw_for_draw():
     from jetnet.evaluation import gen_metrics
 
@@ -156,6 +157,7 @@ def test_fast_w1_equals_scipy(n, k):
     assert m.wasserstein_1d(u, u) == 0
 
 
+@pytest.mark.filterwarnings("ignore:Recommended number of jets")
 def test_w1p_matches_jetnet_draw_for_draw():
     from jetnet.evaluation import gen_metrics
 

@@ -181,7 +181,7 @@ def write_plots(
             out_dir / f"jet_{name}.png",
             obs_ref[name],
             obs_gen[name],
-            f"jet {name}{units.get(name, '')}",
+            f"jet {name} from its particles{units.get(name, '')}",
             integer=name == "multiplicity",
         )
         for name in EMD_OBSERVABLES

@@ -1,0 +1,242 @@
+"""ConVAE losses: particle reconstruction (Chamfer variants, EMD), jet terms, KL, ELBO weights.
+
+Every loss is mask-aware (padding never counts as a particle) and vectorised over the batch:
+it takes particles (B, P, F) with masks (B, P) and returns one value per jet (B,), so callers
+choose the reduction. Features are (eta_rel, phi_rel, pt_rel): positions are the first two,
+the intensity (pt) the third.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from jetflows.physics import jet_observables
+
+Loss = Callable[..., torch.Tensor]
+
+
+def _sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (B, P, Q) between x (B, P, D) and y (B, Q, D).
+
+    |x|^2 + |y|^2 - 2 x.y as one batched matrix product: the seed built a (B, B, P, P) tensor
+    and took its diagonal, ~20x slower. Clamped at 0 against rounding.
+    """
+    cross = torch.bmm(x, y.transpose(1, 2))  # (B, P, Q)
+    return ((x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :] - 2 * cross).clamp_min(0)
+
+
+def _masks(
+    x: torch.Tensor, y: torch.Tensor, mask_x: torch.Tensor | None, mask_y: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks default to all-real; y's defaults to x's when both clouds have P particles."""
+    if mask_x is None:
+        mask_x = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if mask_y is None:
+        mask_y = (
+            mask_x
+            if y.shape[1] == x.shape[1]
+            else torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        )
+    return mask_x.bool(), mask_y.bool()
+
+
+def _nearest(
+    dist: torch.Tensor, mask_x: torch.Tensor, mask_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest real partner in each direction: (min over y, argmin) per x, and per y."""
+    inf = torch.finfo(dist.dtype).max
+    to_y = dist.masked_fill(~mask_y[:, None, :], inf).min(2)  # (B, P) for each x
+    to_x = dist.masked_fill(~mask_x[:, :, None], inf).min(1)  # (B, Q) for each y
+    return to_y.values, to_y.indices, to_x.values, to_x.indices
+
+
+def chamfer(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The seed's eq. 4: sum_i min_j |x_i - y_j|^2 + sum_j min_i |x_i - y_j|^2 per jet.
+
+    Arguments:
+        x: (B, P, F) input particles; y: (B, Q, F) reconstruction.
+        mask_x, mask_y: (B, P), (B, Q) real particles (default: y uses x's mask when Q == P).
+
+    Returns:
+        (B,) losses; symmetric in (x, y); zero for identical clouds.
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    d_xy, _, d_yx, _ = _nearest(_sq_distances(x, y), mask_x, mask_y)
+    return torch.where(mask_x, d_xy, 0).sum(1) + torch.where(mask_y, d_yx, 0).sum(1)
+
+
+def nearest_position(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The seed's eq. 2: match by position (eta, phi), then add the intensity difference.
+
+    sum_i [|pos_i - pos_j(i)|^2 + (pt_i - pt_j(i))^2] with j(i) the nearest y in position,
+    plus the same from y to x. Returns (B,).
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    d_xy, j_of_i, d_yx, i_of_j = _nearest(_sq_distances(x[..., :2], y[..., :2]), mask_x, mask_y)
+    pt_x, pt_y = x[..., 2], y[..., 2]
+    term_x = d_xy + (pt_x - pt_y.gather(1, j_of_i)) ** 2
+    term_y = d_yx + (pt_y - pt_x.gather(1, i_of_j)) ** 2
+    return torch.where(mask_x, term_x, 0).sum(1) + torch.where(mask_y, term_y, 0).sum(1)
+
+
+def intensity_axis(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+    *,
+    intensity_weight: float = 1.0,
+) -> torch.Tensor:
+    """The seed's eq. 3: Chamfer in (eta, phi, w * pt), the intensity as a third axis.
+
+    With ``intensity_weight`` 1 it equals `chamfer` on (eta, phi, pt); the weight sets how many
+    units of angle one unit of pt_rel is worth. Returns (B,).
+    """
+    scale = torch.tensor([1.0, 1.0, intensity_weight], dtype=x.dtype, device=x.device)
+    return chamfer(x[..., :3] * scale, y[..., :3] * scale, mask_x, mask_y)
+
+
+def emd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+    *,
+    method: str = "exact",
+    radius: float = 0.8,
+    blur: float = 0.01,
+) -> torch.Tensor:
+    """Energy mover's distance between two clouds, differentiable: W1 + |pt difference|.
+
+    EMD = min_f sum_ij f_ij * dR_ij / R over pt fractions (each cloud's pt normalised to 1) +
+    |sum pt_x - sum pt_y|: the cost of moving the pt flow in (eta, phi) plus the cost of creating
+    or destroying the pt the clouds do not share.
+
+    Arguments:
+        x: (B, P, 3), y: (B, Q, 3) particles (eta, phi, pt >= 0); masks as `chamfer`.
+        method: "exact" (optimal transport per jet, POT's network simplex; the gradient flows
+            through the optimal plan) or "sinkhorn" (entropic, batched, geomloss; blur sets the
+            entropic length scale in units of dR).
+        radius: R of the EMD.
+
+    Returns:
+        (B,) distances with gradients.
+    """
+    if method not in EMD_METHODS:
+        raise ValueError(f"unknown EMD method {method!r}: use one of {sorted(EMD_METHODS)}")
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    # negative pt (an identity output layer can produce it) carries no energy: clamp at 0
+    pt_x = torch.where(mask_x, x[..., 2], 0).clamp_min(0)
+    pt_y = torch.where(mask_y, y[..., 2], 0).clamp_min(0)
+    total_x, total_y = pt_x.sum(1), pt_y.sum(1)
+    a, b = pt_x / total_x.clamp_min(1e-12)[:, None], pt_y / total_y.clamp_min(1e-12)[:, None]
+    # padding positions to 0: they carry no weight, but Sinkhorn's annealing sees every point
+    pos_x, pos_y = x[..., :2] * mask_x[..., None], y[..., :2] * mask_y[..., None]
+    flow = EMD_METHODS[method](pos_x, pos_y, a, b, blur=blur) / radius
+    return flow + (total_x - total_y).abs()
+
+
+def _emd_exact(
+    pos_x: torch.Tensor, pos_y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, blur: float
+) -> torch.Tensor:
+    """Exact W1 in (eta, phi) per jet with POT (torch backend keeps the gradient)."""
+    import ot
+
+    costs = torch.cdist(pos_x, pos_y, compute_mode="donot_use_mm_for_euclid_dist")  # (B, P, Q)
+    out = []
+    for cost, wa, wb in zip(costs, a, b, strict=True):
+        keep_a, keep_b = wa > 0, wb > 0  # padding carries no pt: leave it out of the LP
+        out.append(ot.emd2(wa[keep_a], wb[keep_b], cost[keep_a][:, keep_b]))
+    return torch.stack(out)
+
+
+def _emd_sinkhorn(
+    pos_x: torch.Tensor, pos_y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, blur: float
+) -> torch.Tensor:
+    """Debiased Sinkhorn divergence with cost dR (p = 1), batched (geomloss)."""
+    from geomloss import SamplesLoss
+
+    loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=0.9, backend="tensorized")
+    return loss(a, pos_x.contiguous(), b, pos_y.contiguous())
+
+
+EMD_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "exact": _emd_exact,
+    "sinkhorn": _emd_sinkhorn,
+}
+
+#: Particle-level reconstruction losses by name, each (x, y, mask_x, mask_y) -> (B,).
+PARTICLE_LOSSES: dict[str, Loss] = {
+    "chamfer": chamfer,
+    "nearest_position": nearest_position,
+    "intensity_axis": intensity_axis,
+    "emd": functools.partial(emd, method="exact"),
+    "emd_sinkhorn": functools.partial(emd, method="sinkhorn"),
+}
+
+
+def jet_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+    *,
+    gamma: float = 1.0,
+    gamma_1: float = 1.0,
+    gamma_2: float = 1.0,
+) -> torch.Tensor:
+    """The seed's jet-level terms: gamma * (gamma_1 (pT - pT^)^2 + gamma_2 (m - m^)^2), (B,).
+
+    pT and m are computed from the particles (relative frame: pT ~ 1, m ~ m/pT_jet) with the
+    one function the metrics use. gamma_2 = mean(pT)/mean(m) of the training set balances the
+    two; see `default_gamma_2`.
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    obs_x, obs_y = jet_observables(x, mask_x), jet_observables(y, mask_y)
+    return gamma * (
+        gamma_1 * (obs_x["pt"] - obs_y["pt"]) ** 2 + gamma_2 * (obs_x["mass"] - obs_y["mass"]) ** 2
+    )
+
+
+def default_gamma_2(x: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """mean(pT_jet) / mean(m_jet) over a training set of particles (N, P, 3)."""
+    obs = jet_observables(x, mask)
+    return float(obs["pt"].mean() / obs["mass"].mean().clamp_min(1e-12))
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, 1)) per jet: mean, logvar (B, D) -> (B,)."""
+    return -0.5 * (1 + logvar - mean**2 - logvar.exp()).sum(1)
+
+
+def _seed_weighting(
+    particle: torch.Tensor, jet: torch.Tensor, kl: torch.Tensor, *, alpha: float, beta: float
+) -> torch.Tensor:
+    return (1 - beta) * (alpha * particle + jet) + beta * kl
+
+
+def _beta_vae_weighting(
+    particle: torch.Tensor, jet: torch.Tensor, kl: torch.Tensor, *, alpha: float, beta: float
+) -> torch.Tensor:
+    return alpha * particle + jet + beta * kl
+
+
+#: How the ELBO's terms are combined: the seed's (1 - beta)(alpha L_p + L_jet) + beta KL
+#: (beta 0.9998 in the seed) or a plain beta-VAE, alpha L_p + L_jet + beta KL.
+WEIGHTINGS: dict[str, Callable[..., torch.Tensor]] = {
+    "seed": _seed_weighting,
+    "beta_vae": _beta_vae_weighting,
+}

@@ -1,0 +1,182 @@
+"""The convolutional VAE of the seed research, configurable, for any batch size and P.
+
+Layout: a jet enters as particles (B, P, F); the network sees it as a one-channel image
+(B, 1, F, P) with the F features as rows and the P particles as columns. The first convolution
+spans all F rows (kernel (F, k)), the next ones run along the particles (kernel (1, k)), each
+doubling the channels; a dense bottleneck gives the mean and log-variance of the latent Gaussian.
+The decoder mirrors it with transposed convolutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: Activations the seed's tuning searched over.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "leakyrelu": nn.LeakyReLU,
+    "selu": nn.SELU,
+    "elu": nn.ELU,
+}
+#: Output layers: sigmoid for features scaled into [0, 1] (the seed), identity otherwise.
+OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+@dataclass(frozen=True)
+class ConVAEConfig:
+    """ConVAE hyperparameters; the defaults are the seed architecture.
+
+    Arguments:
+        num_particles: P, particles per jet (30 or 150).
+        num_features: F, features per particle (3).
+        n_filter: channels of the first convolution; layer i has n_filter * 2**i.
+        conv_layers: number of convolutions (and transposed convolutions).
+        kernel_width: k, width of every kernel along the particles.
+        dense_width: width of the dense layer on each side of the latent space.
+        latent_dim: size of the latent vector.
+        activation: a name in `ACTIVATIONS`.
+        output: a name in `OUTPUTS`.
+    """
+
+    num_particles: int = 30
+    num_features: int = 3
+    n_filter: int = 50
+    conv_layers: int = 3
+    kernel_width: int = 5
+    dense_width: int = 1500
+    latent_dim: int = 30
+    activation: str = "relu"
+    output: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        sizes = (
+            "num_particles",
+            "num_features",
+            "n_filter",
+            "conv_layers",
+            "kernel_width",
+            "dense_width",
+            "latent_dim",
+        )
+        for name in sizes:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}: use one of {sorted(ACTIVATIONS)}"
+            )
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}: use one of {sorted(OUTPUTS)}")
+        if self.conv_width < 1:
+            raise ValueError(
+                f"{self.conv_layers} convolutions of width {self.kernel_width} do not "
+                f"fit {self.num_particles} particles: use fewer or narrower kernels"
+            )
+
+    @property
+    def conv_width(self) -> int:
+        """Particle columns left after the convolutions (valid padding, stride 1)."""
+        return self.num_particles - self.conv_layers * (self.kernel_width - 1)
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels through the convolutions: [1, n, 2n, 4n, ...]."""
+        return [1] + [self.n_filter * 2**i for i in range(self.conv_layers)]
+
+    @property
+    def flat_size(self) -> int:
+        """Size of the flattened convolution output."""
+        return self.channels[-1] * self.conv_width
+
+
+def _conv_stack(cfg: ConVAEConfig, transpose: bool) -> nn.Sequential:
+    """Convolutions (encoder) or their mirror (decoder), an activation between layers."""
+    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+    pairs = list(zip(cfg.channels[:-1], cfg.channels[1:], strict=True))
+    kernels = [(cfg.num_features, cfg.kernel_width)] + [(1, cfg.kernel_width)] * (len(pairs) - 1)
+    layers = [(c_in, c_out, k) for (c_in, c_out), k in zip(pairs, kernels, strict=True)]
+    if transpose:
+        layers = [(c_out, c_in, k) for c_in, c_out, k in reversed(layers)]
+    modules: list[nn.Module] = []
+    for i, (c_in, c_out, kernel) in enumerate(layers):
+        modules.append(conv(c_in, c_out, kernel))
+        if not transpose or i < len(layers) - 1:  # the decoder ends in the output layer instead
+            modules.append(ACTIVATIONS[cfg.activation]())
+    if transpose:
+        modules.append(OUTPUTS[cfg.output]())
+    return nn.Sequential(*modules)
+
+
+class ConVAE(nn.Module):
+    """Convolutional VAE on particle clouds.
+
+    Arguments:
+        config: a `ConVAEConfig` (default: the seed architecture, 30 particles, latent 30).
+
+    Example:
+        >>> model = ConVAE(ConVAEConfig())
+        >>> recon, mean, logvar = model(torch.rand(7, 30, 3))
+        >>> recon.shape, mean.shape
+        (torch.Size([7, 30, 3]), torch.Size([7, 30]))
+    """
+
+    def __init__(self, config: ConVAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ConVAEConfig()
+        act = ACTIVATIONS[cfg.activation]
+        self.encoder_conv = _conv_stack(cfg, transpose=False)
+        self.encoder_dense = nn.Sequential(
+            nn.Linear(cfg.flat_size, cfg.dense_width),
+            act(),
+            nn.Linear(cfg.dense_width, 2 * cfg.latent_dim),
+        )
+        self.decoder_dense = nn.Sequential(
+            nn.Linear(cfg.latent_dim, cfg.dense_width),
+            act(),
+            nn.Linear(cfg.dense_width, cfg.flat_size),
+            act(),
+        )
+        self.decoder_conv = _conv_stack(cfg, transpose=True)
+
+    def _check(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dim() != 3 or x.shape[1:] != (cfg.num_particles, cfg.num_features):
+            raise ValueError(
+                f"particles must have shape (B, {cfg.num_particles}, "
+                f"{cfg.num_features}), got {tuple(x.shape)}"
+            )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """particles (B, P, F) -> mean, log-variance, each (B, latent_dim)."""
+        self._check(x)
+        h = self.encoder_conv(x.transpose(1, 2).unsqueeze(1))  # (B, 1, F, P) -> (B, C, 1, W)
+        mean, logvar = self.encoder_dense(h.flatten(1)).chunk(2, dim=1)
+        return mean, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """latent (B, latent_dim) -> particles (B, P, F)."""
+        cfg = self.config
+        h = self.decoder_dense(z).view(-1, cfg.channels[-1], 1, cfg.conv_width)  # (B, C, 1, W)
+        return self.decoder_conv(h).squeeze(1).transpose(1, 2)  # (B, 1, F, P) -> (B, P, F)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """particles (B, P, F) -> reconstruction (B, P, F), mean and log-variance (B, latent)."""
+        mean, logvar = self.encode(x)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # reparameterisation
+        return self.decode(z), mean, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean: particles (B, P, F) -> (B, P, F)."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` jets (n, P, F) decoded from the standard-normal prior."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        return self.decode(z)

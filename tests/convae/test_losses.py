@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from convae import losses as L
+from tests.conftest import random_jets
+
+
+def _clouds(seed=0, n=6, p=30):
+    jets = random_jets(n, p, seed=seed)
+    x = torch.tensor(jets.particles, dtype=torch.float64)
+    mask = torch.tensor(jets.mask)
+    gen = torch.Generator().manual_seed(seed)
+    y = (x + 0.02 * torch.rand(x.shape, generator=gen, dtype=torch.float64)) * mask[..., None]
+    return x, y, mask
+
+
+@pytest.mark.parametrize("name", sorted(L.PARTICLE_LOSSES))
+def test_particle_losses_zero_symmetric_padding_blind_with_gradients(name):
+    loss = L.PARTICLE_LOSSES[name]
+    x, y, mask = _clouds()
+    assert loss(x, x, mask).abs().max() < 1e-9
+    value = loss(x, y, mask)
+    assert value.shape == (6,) and (value > 0).all()
+    if name != "emd_sinkhorn":  # Sinkhorn's iterations are symmetric only up to convergence
+        torch.testing.assert_close(loss(y, x, mask), value)
+    junk = torch.where(mask[..., None], y, torch.full_like(y, 7.0))  # garbage in the padding
+    torch.testing.assert_close(loss(x, junk, mask), value)
+    y = y.clone().requires_grad_(True)
+    loss(x, y, mask).sum().backward()
+    assert torch.isfinite(y.grad).all() and y.grad[mask].abs().sum() > 0
+    assert (y.grad[~mask] == 0).all()
+
+
+def test_chamfer_by_hand():
+    x = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]])
+    y = torch.tensor([[[0.0, 0.5, 1.0]]])
+    # x->y: 0.25 + (1 + 0.25); y->x: 0.25
+    assert L.chamfer(x, y).item() == pytest.approx(1.75)
+
+
+def test_exact_emd_agrees_with_an_exact_solver():
+    from energyflow.emd import emd as energyflow_emd
+
+    x, _, mask = _clouds(seed=3)
+    a = x[0][mask[0]].numpy()
+    b = a.copy()
+    b[:, :2] += 0.05
+    b[:, 2] = b[::-1, 2]  # same total pt, moved around
+    reference = energyflow_emd(a[:, [2, 0, 1]], b[:, [2, 0, 1]], R=0.8)
+    ours = L.emd(torch.tensor(a[None]), torch.tensor(b[None]))
+    # ours normalises the pt flow; energyflow moves absolute pt
+    assert ours.item() * a[:, 2].sum() == pytest.approx(reference, rel=1e-9)
+    sinkhorn = L.emd(torch.tensor(a[None]), torch.tensor(b[None]), method="sinkhorn", blur=1e-3)
+    assert sinkhorn.item() == pytest.approx(ours.item(), rel=0.05)
+
+
+def test_emd_counts_missing_pt():
+    x = torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64)
+    assert L.emd(x, x * torch.tensor([1.0, 1.0, 0.5])).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown EMD method"):
+        L.emd(x, x, method="hungarian")
+
+
+def test_jet_terms_and_gamma_2():
+    x, y, mask = _clouds(seed=4)
+    assert L.jet_terms(x, x, mask).abs().max() < 1e-12
+    assert (L.jet_terms(x, y, mask, gamma=2.0) == 2 * L.jet_terms(x, y, mask)).all()
+    assert L.default_gamma_2(x, mask) > 1  # pt ~ 1 >> m/pt_jet
+
+
+def test_kl_and_weightings():
+    mean, logvar = torch.zeros(3, 5), torch.zeros(3, 5)
+    assert (L.kl_divergence(mean, logvar) == 0).all()
+    assert L.kl_divergence(torch.ones(1, 5), torch.zeros(1, 5)).item() == pytest.approx(2.5)
+    p, j, k = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0])
+    seed = L.WEIGHTINGS["seed"](p, j, k, alpha=0.5, beta=0.9)
+    assert seed.item() == pytest.approx(0.1 * (0.5 * 2 + 1) + 0.9 * 4)
+    assert L.WEIGHTINGS["beta_vae"](p, j, k, alpha=0.5, beta=0.9).item() == pytest.approx(5.6)

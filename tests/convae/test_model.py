@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from convae.model import ACTIVATIONS, ConVAE, ConVAEConfig
+
+
+def _seed_parameter_count(n=50, latent=30, p=30, f=3, k=5, dense=1500):
+    """The seed architecture counted by hand: weights + biases of every layer."""
+    conv = (1 * n * f * k + n) + (n * 2 * n * k + 2 * n) + (2 * n * 4 * n * k + 4 * n)
+    flat = 4 * n * (p - 3 * (k - 1))
+    enc_dense = (flat * dense + dense) + (dense * 2 * latent + 2 * latent)
+    dec_dense = (latent * dense + dense) + (dense * flat + flat)
+    deconv = (4 * n * 2 * n * k + 2 * n) + (2 * n * n * k + n) + (n * 1 * f * k + 1)
+    return conv + enc_dense + dec_dense + deconv
+
+
+def test_default_is_the_seed_architecture():
+    model = ConVAE()
+    assert sum(p.numel() for p in model.parameters()) == _seed_parameter_count() == 11_193_661
+    convs = [m for m in model.encoder_conv if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 5), (1, 5), (1, 5)]
+    assert [c.out_channels for c in convs] == [50, 100, 200]
+    assert isinstance(model.decoder_conv[-1], torch.nn.Sigmoid)
+
+
+@pytest.mark.parametrize("num_particles", [30, 150])
+@pytest.mark.parametrize("batch", [1, 7, 100])
+def test_shapes_any_batch_size(num_particles, batch):
+    model = ConVAE(ConVAEConfig(num_particles=num_particles, n_filter=4, dense_width=32))
+    x = torch.rand(batch, num_particles, 3)
+    recon, mean, logvar = model(x)
+    assert recon.shape == x.shape and mean.shape == logvar.shape == (batch, 30)
+    assert model.reconstruct(x).shape == x.shape
+    assert model.sample(5).shape == (5, num_particles, 3)
+    assert ((recon >= 0) & (recon <= 1)).all()
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_configurable_architecture(activation):
+    cfg = ConVAEConfig(
+        n_filter=3,
+        conv_layers=2,
+        kernel_width=3,
+        dense_width=16,
+        latent_dim=7,
+        activation=activation,
+        output="identity",
+    )
+    model = ConVAE(cfg)
+    recon, mean, _ = model(torch.rand(4, 30, 3))
+    assert recon.shape == (4, 30, 3) and mean.shape == (4, 7)
+    assert any(isinstance(m, ACTIVATIONS[activation]) for m in model.modules())
+
+
+def test_gradients_reach_every_parameter():
+    model = ConVAE(ConVAEConfig(n_filter=4, dense_width=32))
+    recon, mean, logvar = model(torch.rand(3, 30, 3))
+    (recon.sum() + mean.sum() + logvar.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = ConVAE(ConVAEConfig(n_filter=4, dense_width=32))
+    a = model.sample(3, generator=torch.Generator().manual_seed(1))
+    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"activation": "tanh"}, "unknown activation"),
+        ({"output": "softmax"}, "unknown output"),
+        ({"num_particles": 10}, "do not fit 10 particles"),
+        ({"latent_dim": 0}, "latent_dim must be >= 1"),
+    ],
+)
+def test_bad_configs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConVAEConfig(**kwargs)
+
+
+def test_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"shape \(B, 30, 3\)"):
+        ConVAE(ConVAEConfig(n_filter=4, dense_width=32)).encode(torch.rand(2, 3, 30))

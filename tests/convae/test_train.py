@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from convae.model import ConVAE, ConVAEConfig
+from convae.train import LossConfig, TrainConfig, fit, model_from_state
+from jetflows.normalize import fit_normalization
+from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from tests.conftest import random_jets
+
+SMALL = ConVAEConfig(n_filter=4, dense_width=64, latent_dim=8)
+
+
+def _data(n, seed):
+    jets = random_jets(n, 30, seed=seed)
+    x, mask = torch.tensor(jets.particles), torch.tensor(jets.mask)
+    return x, mask
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, valid = _data(256, 1), _data(64, 2)
+    norm = fit_normalization(train[0], train[1], kind="minmax")
+    scaled = [(norm.transform(x, m), m) for x, m in (train, valid)]
+    return scaled[0], scaled[1], norm
+
+
+def _fit(data, epochs=4, **kwargs):
+    train, valid, norm = data
+    torch.manual_seed(0)
+    model = ConVAE(SMALL)
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=3, patience=0)
+    loss = LossConfig(beta=0.5, weighting="beta_vae")
+    return model, fit(
+        model, train, valid, loss=loss, config=cfg, normalization=norm, progress=False, **kwargs
+    )
+
+
+def test_training_lowers_the_validation_loss(data):
+    _, result = _fit(data, epochs=6)
+    losses = [row["valid_loss"] for row in result.history]
+    assert len(losses) == 6 and min(losses[1:]) < losses[0]
+    assert {"train_particle", "train_jet", "train_kl", "valid_particle"} <= set(result.history[0])
+
+
+def test_resume_after_a_crash_continues_exactly(data, tmp_path):
+    _, straight = _fit(data, epochs=4)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch, row, state):
+        save_checkpoint(tmp_path / "convae.pt", state)
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _fit(data, epochs=4, on_epoch=crash_after_two)
+    state = load_checkpoint(tmp_path / "convae.pt", "jetflows.convae")
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    _, resumed = _fit(data, epochs=4, resume=state)
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history == straight.history
+    for key, value in straight.state["state_dict"].items():
+        torch.testing.assert_close(resumed.state["state_dict"][key], value, rtol=0, atol=0)
+    assert (
+        resumed.state["optimizer"]["state"][0]["step"]
+        == straight.state["optimizer"]["state"][0]["step"]
+    )
+
+
+def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
+    model, result = _fit(data, epochs=2)
+    path = save_checkpoint(tmp_path / "c.pt", result.state)
+    rebuilt = model_from_state(load_checkpoint(path, "jetflows.convae"))
+    x = data[1][0][:5]
+    torch.testing.assert_close(rebuilt.reconstruct(x), model.reconstruct(x))
+    assert result.state["normalization"]["kind"] == "minmax"
+
+
+def test_early_stopping(data):
+    train, valid, _ = data
+    cfg = TrainConfig(epochs=50, batch_size=64, lr=1e-12, patience=2, seed=0)
+    result = fit(ConVAE(SMALL), train, valid, config=cfg, progress=False)
+    assert result.stopped_early and len(result.history) < 50
+
+
+def test_nan_input_and_nan_training(data):
+    train, valid, _ = data
+    bad = train[0].clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="train: particles contain NaN"):
+        fit(ConVAE(SMALL), (bad, train[1]), valid, progress=False)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=1e30, seed=0)
+    with pytest.raises(FloatingPointError, match=r"epoch \d+: the \w+ term became"):
+        fit(
+            ConVAE(SMALL),
+            train,
+            valid,
+            config=cfg,
+            loss=LossConfig(weighting="beta_vae", beta=1.0),
+            progress=False,
+        )
+
+
+def test_bad_checkpoints(tmp_path, data):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt", "jetflows.convae")
+    torch.save({"kind": "jetflows.flow"}, tmp_path / "flow.pt")
+    with pytest.raises(ValueError, match=r"expected 'jetflows\.convae'"):
+        load_checkpoint(tmp_path / "flow.pt", "jetflows.convae")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt", "jetflows.convae")
+    _, result = _fit(data, epochs=1)
+    other = ConVAE(ConVAEConfig(n_filter=5, dense_width=64, latent_dim=8))
+    with pytest.raises(ValueError, match="another ConVAE architecture"):
+        fit(other, data[0], data[1], resume=result.state, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"particle": "l2"}, "unknown particle loss"), ({"weighting": "x"}, "unknown weighting")],
+)
+def test_bad_loss_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kwargs)

@@ -54,8 +54,10 @@ def main() -> None:
     print(f"Chamfer, batch 100 x 30, forward+backward: {(time.perf_counter() - start) * 10:.3f} ms")
     for batch in (100, 1024):
         rate = throughput(batch, args.steps)
-        print(f"batch {batch:5d}: {rate:7.0f} training jets/s = {rate / CEILING:.0%} of the "
-              f"~{CEILING:.0f} jets/s ceiling, {rate / 49:.0f}x the seed code's 49 jets/s")
+        print(
+            f"batch {batch:5d}: {rate:7.0f} training jets/s = {rate / CEILING:.0%} of the "
+            f"~{CEILING:.0f} jets/s ceiling, {rate / 49:.0f}x the seed code's 49 jets/s"
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"{name:42s} {seconds * 1e3:10.2f} ms per batch")
     for name in ("emd exact (POT)", "emd sinkhorn (geomloss)"):
-        print(f"{name}: {qpth / results[name]:,.0f}x faster than qpth, "
-              f"{results[name] / results['chamfer']:.1f} Chamfer calls")
+        print(
+            f"{name}: {qpth / results[name]:,.0f}x faster than qpth, "
+            f"{results[name] / results['chamfer']:.1f} Chamfer calls"
+        )
 
 
 if __name__ == "__main__":

@@ -76,3 +76,20 @@ def test_kl_and_weightings():
     seed = L.WEIGHTINGS["seed"](p, j, k, alpha=0.5, beta=0.9)
     assert seed.item() == pytest.approx(0.1 * (0.5 * 2 + 1) + 0.9 * 4)
     assert L.WEIGHTINGS["beta_vae"](p, j, k, alpha=0.5, beta=0.9).item() == pytest.approx(5.6)
+
+
+@pytest.mark.parametrize("name", ["emd", "emd_sinkhorn"])
+def test_emd_loss_moves_convae_parameters(name):
+    from convae.model import ConVAE, ConVAEConfig
+
+    torch.manual_seed(0)
+    model = ConVAE(ConVAEConfig(n_filter=4, dense_width=32, latent_dim=4))
+    x, _, mask = _clouds(seed=5)
+    x = x.float()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    recon = model.decode(model.encode(x)[0])
+    L.PARTICLE_LOSSES[name](x, recon, mask).mean().backward()
+    opt.step()
+    moved = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
+    assert all(moved)

@@ -10,6 +10,7 @@ and scheduler state, random streams, early-stopping counters and history.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from jetflows import __version__
 from jetflows.normalize import Normalization
 
 CHECKPOINT_KIND = "jetflows.convae"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class LossConfig:
             )
 
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
+#: fused=True: one kernel for the whole update; on this CPU it took Adam's step on the seed
+#: model's 11M parameters from 40 ms to 4 ms (the step cost as much as the forward pass).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": functools.partial(torch.optim.Adam, fused=True),
+    "adamw": functools.partial(torch.optim.AdamW, fused=True),
 }
 
 
@@ -77,6 +81,8 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation loss (0: never).
         clip_norm: clip the gradient norm to this value (None: no clipping).
         seed: seeds shuffling, the reparameterisation noise and initialisation.
+        precision: "fp32", or "bf16" for mixed precision (bfloat16 autocast of the network;
+            on this AVX512-BF16 CPU 1.7x the training throughput at batch 1024).
     """
 
     epochs: int = 300
@@ -88,8 +94,11 @@ class TrainConfig:
     patience: int = 20
     clip_norm: float | None = None
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}: use one of {sorted(OPTIMIZERS)}"
@@ -116,12 +125,16 @@ class Objective:
     cfg: LossConfig
     gamma_2: float
     normalization: Normalization | None
+    precision: str = "fp32"
 
     def __call__(
         self, model: ConVAE, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean loss over the batch and its terms. x: (B, P, F) normalized, mask: (B, P)."""
-        recon, mean, logvar = model(x)
+        # bf16: the network's matrix products in bfloat16 (autocast), the losses in float32
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            recon, mean, logvar = model(x)
+        recon, mean, logvar = recon.float(), mean.float(), logvar.float()
         if self.normalization is not None:  # losses in physical units: undo the scaling
             x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
         c = self.cfg
@@ -242,7 +255,7 @@ def fit(
             normalization.inverse(train[0], train[1]) if normalization else train[0], train[1]
         )
     )
-    objective = Objective(loss, gamma_2, normalization)
+    objective = Objective(loss, gamma_2, normalization, config.precision)
     opt = OPTIMIZERS[config.optimizer](
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

@@ -142,3 +142,12 @@ def test_bad_checkpoints(tmp_path, data):
 def test_bad_loss_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LossConfig(**kwargs)
+
+
+def test_bf16_mixed_precision_trains(data):
+    train, valid, norm = data
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3, seed=0, precision="bf16")
+    result = fit(ConVAE(SMALL), train, valid, config=cfg, normalization=norm, progress=False)
+    assert all(torch.isfinite(torch.tensor(r["valid_loss"])) for r in result.history)
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig(precision="fp16")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from jetflows.physics import jet_observables
@@ -118,6 +119,7 @@ def emd(
     method: str = "exact",
     radius: float = 0.8,
     blur: float = 0.01,
+    scaling: float = 0.9,
 ) -> torch.Tensor:
     """Energy mover's distance between two clouds, differentiable: W1 + |pt difference|.
 
@@ -129,7 +131,8 @@ def emd(
         x: (B, P, 3), y: (B, Q, 3) particles (eta, phi, pt >= 0); masks as `chamfer`.
         method: "exact" (optimal transport per jet, POT's network simplex; the gradient flows
             through the optimal plan) or "sinkhorn" (entropic, batched, geomloss; blur sets the
-            entropic length scale in units of dR).
+            entropic length scale in units of dR, scaling the annealing ratio: lower is faster
+            and coarser).
         radius: R of the EMD.
 
     Returns:
@@ -145,31 +148,48 @@ def emd(
     a, b = pt_x / total_x.clamp_min(1e-12)[:, None], pt_y / total_y.clamp_min(1e-12)[:, None]
     # padding positions to 0: they carry no weight, but Sinkhorn's annealing sees every point
     pos_x, pos_y = x[..., :2] * mask_x[..., None], y[..., :2] * mask_y[..., None]
-    flow = EMD_METHODS[method](pos_x, pos_y, a, b, blur=blur) / radius
+    flow = EMD_METHODS[method](pos_x, pos_y, a, b, blur=blur, scaling=scaling) / radius
     return flow + (total_x - total_y).abs()
 
 
 def _emd_exact(
-    pos_x: torch.Tensor, pos_y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, blur: float
+    pos_x: torch.Tensor, pos_y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, **_: float
 ) -> torch.Tensor:
-    """Exact W1 in (eta, phi) per jet with POT (torch backend keeps the gradient)."""
-    import ot
+    """Exact W1 in (eta, phi) per jet: POT's network simplex on detached numpy copies.
 
-    costs = torch.cdist(pos_x, pos_y, compute_mode="donot_use_mm_for_euclid_dist")  # (B, P, Q)
-    out = []
-    for cost, wa, wb in zip(costs, a, b, strict=True):
-        keep_a, keep_b = wa > 0, wb > 0  # padding carries no pt: leave it out of the LP
-        out.append(ot.emd2(wa[keep_a], wb[keep_b], cost[keep_a][:, keep_b]))
-    return torch.stack(out)
+    The LP gives the optimal plan T and dual potentials (u, v); by the envelope theorem
+    d EMD / d cost = T, d EMD / d a = u, d EMD / d b = v. So the value is sum(T * cost) with the
+    cost rebuilt in torch (gradients to positions), plus u.(a - a) + v.(b - b) terms that are 0
+    in value but carry the weight gradients. We call POT's C solver `emd_c` directly: ot.emd
+    through the torch backend spent ~4x the solve time per jet on conversions and checks, and
+    emd_c already drops zero-weight (padded) particles.
+    """
+    from ot.lp.emd_wrap import emd_c
+
+    cost = torch.cdist(pos_x, pos_y, compute_mode="donot_use_mm_for_euclid_dist")  # (B, P, Q)
+    c_np, a_np, b_np = (t.detach().cpu().double().numpy() for t in (cost, a, b))
+    plan, u, v = np.zeros_like(c_np), np.zeros_like(a_np), np.zeros_like(b_np)
+    for k in range(len(c_np)):
+        wa, wb = a_np[k] / a_np[k].sum(), b_np[k] / b_np[k].sum()  # exact equal mass for the LP
+        plan[k], _, u_k, v_k, _ = emd_c(wa, wb, np.ascontiguousarray(c_np[k]), 100_000, 1)
+        u[k], v[k] = (u_k - u_k.mean()) * (wa > 0), (v_k - v_k.mean()) * (wb > 0)
+    plan, u, v = (torch.as_tensor(t, dtype=cost.dtype, device=cost.device) for t in (plan, u, v))
+    return (plan * cost).sum((1, 2)) + (u * (a - a.detach())).sum(1) + (v * (b - b.detach())).sum(1)
 
 
 def _emd_sinkhorn(
-    pos_x: torch.Tensor, pos_y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, blur: float
+    pos_x: torch.Tensor,
+    pos_y: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    blur: float,
+    scaling: float,
 ) -> torch.Tensor:
     """Debiased Sinkhorn divergence with cost dR (p = 1), batched (geomloss)."""
     from geomloss import SamplesLoss
 
-    loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=0.9, backend="tensorized")
+    loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=scaling, backend="tensorized")
     return loss(a, pos_x.contiguous(), b, pos_y.contiguous())
 
 

@@ -93,3 +93,18 @@ def test_emd_loss_moves_convae_parameters(name):
     opt.step()
     moved = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
     assert all(moved)
+
+
+def test_exact_emd_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(1, 5, 3, generator=gen, dtype=torch.float64)
+    y = torch.rand(1, 6, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    L.emd(x, y).sum().backward()
+    numeric = torch.zeros_like(y)
+    eps = 1e-7
+    for idx in [(0, i, f) for i in range(6) for f in range(3)]:
+        up, down = y.detach().clone(), y.detach().clone()
+        up[idx] += eps
+        down[idx] -= eps
+        numeric[idx] = (L.emd(x, up) - L.emd(x, down)).item() / (2 * eps)
+    torch.testing.assert_close(y.grad, numeric, rtol=1e-4, atol=1e-6)

@@ -5,7 +5,7 @@ reconstruction), forward + backward, on the CPU. jetnet's qpth EMDLoss is timed 
 (--qpth-jets) and scaled linearly to 100 (it solves one QP per jet); the issue measured 377 s
 for the full batch on this machine. Prints the thread count and the ratios.
 
-    python benchmarks/losses.py [--threads 2] [--qpth-jets 2]
+    python benchmarks/losses.py [--threads 2] [--qpth-jets 1]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def timed(func, x, y, mask, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--qpth-jets", type=int, default=2)
+    parser.add_argument("--qpth-jets", type=int, default=1)  # 2 jets ran > 14 min here
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     jets = generate_jets(GeneratorConfig("t"), 100, jobs=2, progress=False)

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jetflows import __version__
-from jetflows.classes import canonical_class
+from jetflows.classes import JET_TYPES, canonical_class
 from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.fpnd import fpnd, fpnd_unavailable
@@ -208,7 +208,8 @@ def evaluate_samples(
 
 
 def _row(model: tuple[float, float], floor: tuple[float, float]) -> dict[str, float]:
-    ratio = model[0] / floor[0] if floor[0] > 0 else (1.0 if model[0] == 0 else math.inf)
+    # undefined (NaN) where the floor is not positive: KPD's unbiased estimate can be <= 0
+    ratio = model[0] / floor[0] if floor[0] > 0 else math.nan
     return {
         "value": model[0],
         "std": model[1],
@@ -234,9 +235,7 @@ def evaluate_files(
     from pipelines.report import write_plots, write_report
 
     real, gen = read_jetnet_file(real_path), read_jetnet_file(gen_path)
-    if jet_class is None and real.labels[0] >= 0:
-        from jetflows.classes import JET_TYPES
-
+    if jet_class is None and len(real) and real.labels[0] >= 0:
         jet_class = JET_TYPES[int(real.labels[0])]
     cfg = cfg or EvalConfig()
     samples = draw_samples(real, gen, cfg.n_jets, cfg.seed)

@@ -72,7 +72,7 @@ def write_report(results: dict[str, Any], plots: list[Path], path: Path) -> Path
         f"{results['n_jets']} jets per sample, class {results['jet_class'] or 'unknown'}, "
         f"seed {results['config']['seed']}. Truth floor: the same metric between two disjoint "
         "real samples of the same size; ratio = generated / floor (about 1: as close to the real "
-        "jets as another real sample is).",
+        "jets as another real sample is; nan where the floor is <= 0, as KPD's can be).",
     ]
     if results["n_jets"] < 50_000:
         lines += [

@@ -133,3 +133,11 @@ def test_cli_evaluate_bad_files(tmp_path, capsys, pythia_top_files):
         ]
     )
     assert code == 2 and "unknown jet class" in capsys.readouterr().err
+
+
+def test_ratio_is_undefined_for_a_non_positive_floor():
+    from pipelines.evaluate import _row
+
+    assert _row((2.0, 0.1), (4.0, 0.2))["ratio"] == 0.5
+    assert np.isnan(_row((1e-4, 0.0), (-2e-5, 0.0))["ratio"])
+    assert np.isnan(_row((0.0, 0.0), (0.0, 0.0))["ratio"])

@@ -9,4 +9,9 @@ for cls in g q t w z; do
   .venv/bin/jetflows data generate --class "$cls" --n "$N" --out "data/main/$cls.hdf5" --overwrite
 done
 .venv/bin/jetflows data summary data/main/{g,q,t,w,z}.hdf5 --out runs/data_summary
-echo "report: runs/data_summary/summary.md (plots: mass.png, multiplicity.png)"
+# the evaluation's sanity check: an independent Pythia top sample scored against the reference
+# should sit at the truth floor (ratios ~ 1); a trained model is scored the same way
+.venv/bin/jetflows data generate --class t --n "$N" --seed 7 --out data/main/t_seed7.hdf5 --overwrite
+.venv/bin/jetflows evaluate --real data/main/t.hdf5 --gen data/main/t_seed7.hdf5 \
+  --out runs/evaluate_pythia_t --n $((N / 2))
+echo "reports: runs/data_summary/summary.md, runs/evaluate_pythia_t/report.md (+ plots/)"

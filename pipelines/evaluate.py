@@ -90,17 +90,11 @@ def draw_samples(real: Jets, gen: Jets, n_jets: int, seed: int) -> Samples:
     )
 
 
-def _observables(jets: Jets) -> dict[str, np.ndarray]:
-    return m.observables(
-        jets.particles, jets.mask, jets.jet_features[:, 0], jets.jet_features[:, 1]
-    )
-
-
 def _compare(
     ref: Jets, test: Jets, ref_efps: np.ndarray, test_efps: np.ndarray, cfg: EvalConfig
 ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """Every metric of ``test`` against ``ref``: {name: (value, std)}, and the EMD scales."""
-    ref_obs, test_obs = _observables(ref), _observables(test)
+    ref_obs, test_obs = m.observables(ref), m.observables(test)
     emds, scales = m.observable_emds(ref_obs, test_obs)
     plain = {
         **emds,

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from jetflows.physics import jet_observables
+from pipelines.data import Jets
 
 #: Jet observables compared by the observable EMDs, in report order.
 EMD_OBSERVABLES: tuple[str, ...] = ("mass", "pt", "energy", "eta", "phi", "multiplicity")
@@ -44,23 +45,19 @@ HIST_EPS = 1e-12  # added to every bin by the seed code; also our KL's treatment
 W1EFP_SELECTION: tuple[tuple[str, int], ...] = (("n==", 4), ("d==", 4), ("p==", 1))
 
 
-def observables(
-    particles: np.ndarray, mask: np.ndarray, jet_pt: np.ndarray, jet_eta: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Jet observables in GeV from particles in each jet's frame (float64).
+def observables(jets: Jets) -> dict[str, np.ndarray]:
+    """Jet observables in GeV from the particles, in each jet's frame (float64).
 
-    Arguments:
-        particles: (N, P, 3) relative coordinates; mask: (N, P).
-        jet_pt, jet_eta: (N,) the frame (the files' jet_features); phi stays relative to the jet.
+    The frame is the file's jet_features (pt, eta); phi stays relative to the jet.
 
     Returns:
         {name: (N,)} for every name in `EMD_OBSERVABLES`.
     """
     obs = jet_observables(
-        particles.astype(np.float64),
-        mask,
-        jet_pt=jet_pt.astype(np.float64),
-        jet_eta=jet_eta.astype(np.float64),
+        jets.particles.astype(np.float64),
+        jets.mask,
+        jet_pt=jets.jet_features[:, 0].astype(np.float64),
+        jet_eta=jets.jet_features[:, 1].astype(np.float64),
     )
     return {name: np.asarray(obs[name], dtype=np.float64) for name in EMD_OBSERVABLES}
 

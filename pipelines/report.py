@@ -171,10 +171,7 @@ def write_plots(
 ) -> list[Path]:
     """PNG histograms with ratio panels: jet observables, particle features, W1EFP's EFPs."""
     ref, gen = samples.reference, samples.gen
-    obs_ref, obs_gen = (
-        observables(j.particles, j.mask, j.jet_features[:, 0], j.jet_features[:, 1])
-        for j in (ref, gen)
-    )
+    obs_ref, obs_gen = observables(ref), observables(gen)
     units = {"mass": " [GeV]", "pt": " [GeV]", "energy": " [GeV]"}
     paths = [
         _figure(

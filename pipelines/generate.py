@@ -24,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
 from jetflows.classes import JET_TYPES, canonical_class
 from jetflows.physics import wrap_phi
-from pipelines.data import MAX_PARTICLES, Jets, check_num_particles
+from pipelines.data import MAX_PARTICLES, Jets, check_num_particles, write_jetnet_file
 from pipelines.io import atomic_path, check_writable
 
 GENERATOR_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
@@ -336,8 +337,6 @@ def request_record(cfg: GeneratorConfig, n: int, num_particles: int) -> str:
 
 
 def _stored_request(path: Path) -> str | None:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return str(f.attrs.get("jetflows_request", ""))
@@ -364,8 +363,6 @@ def generate_file(
     Returns:
         (path, whether anything was written).
     """
-    from pipelines.data import write_jetnet_file
-
     out, record = Path(out), request_record(cfg, n, check_num_particles(num_particles))
     if out.is_file() and _stored_request(out) == record:
         return out, False

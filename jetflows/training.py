@@ -1,0 +1,278 @@
+"""The training loop shared by the ConVAE and the flows: one `fit_loop`, resumable exactly.
+
+A model-specific ``objective(model, *batch) -> (mean loss, {term: mean value})`` is all a
+caller supplies; this module owns batching, the optimizer and schedule, clipping, NaN
+detection, early stopping on the validation loss, the tqdm bar and the self-describing state.
+After every epoch it calls ``on_epoch(epoch, row, state)``: the caller writes the checkpoint
+there (atomically, see `pipelines`) and Optuna reports and prunes there. Passing a saved state
+back as ``resume`` continues exactly where it stopped: same epoch count, optimizer and scheduler
+state, random streams, early-stopping counters and history.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from jetflows import __version__
+
+PRECISIONS = ("fp32", "bf16")
+Batch = Sequence[torch.Tensor | None]
+ObjectiveFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+#: fused=True: one kernel for the whole update; on this CPU it took Adam's step on the seed
+#: model's 11M parameters from 40 ms to 4 ms (the step cost as much as the forward pass).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": functools.partial(torch.optim.Adam, fused=True),
+    "adamw": functools.partial(torch.optim.AdamW, fused=True),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (seed: batch 100, lr 1e-4, 300 epochs, Adam).
+
+    Arguments:
+        epochs: maximum number of epochs.
+        batch_size: jets per step.
+        lr: learning rate; optimizer: "adam" or "adamw"; weight_decay for AdamW.
+        schedule: "none", "cosine" (to 0 over ``epochs``) or "plateau" (halve after
+            ``patience // 2`` epochs without improvement).
+        patience: stop after this many epochs without a better validation loss (0: never).
+        clip_norm: clip the gradient norm to this value (None: no clipping).
+        seed: seeds shuffling, the reparameterisation noise and initialisation.
+        precision: "fp32", or "bf16" for mixed precision (bfloat16 autocast of the network;
+            on this AVX512-BF16 CPU 1.7x the ConVAE's training throughput at batch 1024).
+    """
+
+    epochs: int = 300
+    batch_size: int = 100
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    patience: int = 20
+    clip_norm: float | None = None
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}: use one of {sorted(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: use one of {sorted(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], Any]] = {
+    "none": lambda opt, cfg: None,
+    "cosine": lambda opt, cfg: torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs),
+    "plateau": lambda opt, cfg: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(cfg.patience // 2, 1)
+    ),
+}
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: per-epoch history and the final state (a checkpoint's contents)."""
+
+    history: list[dict[str, float]]
+    state: dict[str, Any]
+    stopped_early: bool
+
+
+def _batches(n: int, size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(size))
+
+
+def _take(data: Batch, index: torch.Tensor) -> list[torch.Tensor | None]:
+    return [None if t is None else t[index] for t in data]
+
+
+def _check_finite(name: str, value: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(value):
+        raise FloatingPointError(
+            f"epoch {epoch}: the {name} term became {value.item()}; lower the learning rate "
+            "or clip gradients (TrainConfig.clip_norm)"
+        )
+
+
+def _epoch(
+    model: nn.Module,
+    objective: ObjectiveFn,
+    data: Batch,
+    opt: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+    generator: torch.Generator | None,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass; trains when ``opt`` is given. Mean of each term over the jets."""
+    sums: dict[str, float] = {}
+    n = len(data[0])
+    model.train(opt is not None)
+    for index in _batches(n, cfg.batch_size, generator):
+        with torch.set_grad_enabled(opt is not None):
+            total, terms = objective(model, *_take(data, index))
+        for name, value in {"loss": total, **terms}.items():
+            _check_finite(name, value, epoch)
+            sums[name] = sums.get(name, 0.0) + value.item() * len(index)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+    return {name: value / n for name, value in sums.items()}
+
+
+def fit_loop(
+    model: nn.Module,
+    objective: ObjectiveFn,
+    train: Batch,
+    valid: Batch,
+    *,
+    config: TrainConfig,
+    kind: str,
+    describe: dict[str, Any],
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` on ``train`` tensors (first dimension N), early-stopping on ``valid``.
+
+    Arguments:
+        model: updated in place; ends with its best weights (lowest validation loss).
+        objective: ``objective(model, *batch)`` -> (mean loss, {term name: mean value}).
+        train, valid: tuples of tensors sharing the first dimension (None entries pass through).
+        config: `TrainConfig`.
+        kind: the checkpoint kind written into the state, e.g. "jetflows.convae".
+        describe: what rebuilds the model and must match on resume (its configs, the
+            preprocessing); stored at the top level of the state.
+        resume: a state from ``on_epoch`` or a previous `FitResult`: continue from there.
+        on_epoch: called after every epoch with (epoch, history row, state).
+        progress: tqdm bar with the validation terms.
+
+    Raises:
+        ValueError: a resume state of another kind or with other configs.
+        FloatingPointError: a loss term became NaN/inf (the message names the epoch and term).
+    """
+    opt = OPTIMIZERS[config.optimizer](
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    run = _Run(model, opt, SCHEDULES[config.schedule](opt, config), config, kind, describe)
+    if resume is not None:
+        run.restore(resume)
+    else:
+        torch.manual_seed(config.seed)
+    bar = tqdm(
+        range(run.epoch, config.epochs),
+        initial=run.epoch,
+        total=config.epochs,
+        desc=desc,
+        unit="epoch",
+        disable=not progress,
+    )
+    for epoch in bar:
+        fitted = _epoch(model, objective, train, opt, config, run.generator, epoch)
+        checked = _epoch(model, objective, valid, None, config, None, epoch)
+        row = {f"train_{k}": v for k, v in fitted.items()}
+        row.update({f"valid_{k}": v for k, v in checked.items()})
+        run.end_epoch(epoch, row)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.startswith("valid")})
+        if on_epoch is not None:
+            on_epoch(epoch, row, run.state())
+        if run.should_stop():
+            break
+    model.load_state_dict(run.best_weights)
+    return FitResult(run.history, run.state(), run.should_stop())
+
+
+class _Run:
+    """Mutable training bookkeeping: epoch, history, best weights, early-stopping counter."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scheduler: Any,
+        config: TrainConfig,
+        kind: str,
+        describe: dict[str, Any],
+    ) -> None:
+        self.model, self.opt, self.scheduler, self.config = model, opt, scheduler, config
+        self.kind, self.describe = kind, {**describe, "train_config": asdict(config)}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
+        self.best_weights = copy.deepcopy(model.state_dict())
+
+    def end_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        self.epoch = epoch + 1
+        self.history.append({"epoch": epoch, "lr": self.opt.param_groups[0]["lr"], **row})
+        if row["valid_loss"] < self.best:
+            self.best, self.bad_epochs = row["valid_loss"], 0
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(row["valid_loss"])
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def should_stop(self) -> bool:
+        patience = self.config.patience
+        return self.epoch >= self.config.epochs or (patience > 0 and self.bad_epochs >= patience)
+
+    def state(self) -> dict[str, Any]:
+        """A self-describing checkpoint: rebuilds the model and resumes training exactly."""
+        return {
+            "kind": self.kind,
+            "version": __version__,
+            **copy.deepcopy(self.describe),
+            "epoch": self.epoch,
+            "history": copy.deepcopy(self.history),
+            "state_dict": copy.deepcopy(self.model.state_dict()),
+            "best_state_dict": copy.deepcopy(self.best_weights),
+            "best_valid_loss": self.best,
+            "bad_epochs": self.bad_epochs,
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        check_kind(state, self.kind)
+        for key, value in self.describe.items():
+            if state.get(key) != value:
+                raise ValueError(f"cannot resume: the checkpoint was trained with another {key}")
+        self.model.load_state_dict(state["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["shuffle"])
+        self.epoch, self.history = state["epoch"], copy.deepcopy(state["history"])
+        self.best, self.bad_epochs = state["best_valid_loss"], state["bad_epochs"]
+        self.best_weights = copy.deepcopy(state["best_state_dict"])
+
+
+def check_kind(state: Any, kind: str) -> None:
+    """Raise ValueError unless ``state`` is a checkpoint dict of ``kind``."""
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not a {kind} checkpoint (it holds {found!r})")

@@ -1,0 +1,158 @@
+"""Two-stage generation: a flow on ConVAE latent vectors, then the ConVAE decoder.
+
+Fit: ``encode_latents`` (posterior means, or draws of q(z|x)) -> `flows.train.fit`.
+Generate: flow sample (n, latent) -> decoder -> particles in physical units, sorted by pt, with a
+mask from either a pt threshold or a multiplicity drawn from the training distribution (the
+decoder always emits P particles; what counts as real must be decided).
+
+Example (an untrained pair, for shapes):
+    >>> from convae.model import ConVAE, ConVAEConfig
+    >>> from flows.models import FlowConfig, build_flow
+    >>> vae = ConVAE(ConVAEConfig(n_filter=4, dense_width=32, latent_dim=6))
+    >>> flow = build_flow(FlowConfig(transforms=2, hidden_features=16), features=6)
+    >>> particles, mask = generate(flow, vae, 5, masking=Masking("threshold", 0.0))
+    >>> particles.shape, mask.shape
+    (torch.Size([5, 30, 3]), torch.Size([5, 30]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from convae.model import ConVAE
+from flows.models import Flow
+from jetflows.normalize import Normalization
+
+ENCODINGS = ("mean", "sample")
+PT = 2
+
+
+@torch.no_grad()
+def encode_latents(
+    convae: ConVAE,
+    particles: torch.Tensor,
+    *,
+    mode: str = "mean",
+    batch_size: int = 4096,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Latent vectors (N, latent) of particles (N, P, F) as the ConVAE sees them (normalized).
+
+    ``mode`` "mean" takes the posterior mean; "sample" one draw of q(z|x) per jet.
+    """
+    if mode not in ENCODINGS:
+        raise ValueError(f"unknown encoding {mode!r}: use one of {ENCODINGS}")
+    convae.eval()
+    out = []
+    for batch in particles.split(batch_size):
+        mean, logvar = convae.encode(batch)
+        if mode == "sample":
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+            mean = mean + noise * torch.exp(0.5 * logvar)
+        out.append(mean)
+    return torch.cat(out)
+
+
+def multiplicity_probs(mask: torch.Tensor) -> torch.Tensor:
+    """Empirical distribution of the number of particles: mask (N, P) -> probabilities (P + 1,)."""
+    counts = torch.bincount(mask.sum(1).long(), minlength=mask.shape[1] + 1)
+    return counts.double().div(counts.sum()).float()
+
+
+def _by_threshold(
+    pt: torch.Tensor, masking: Masking, labels: torch.Tensor | None, g: torch.Generator | None
+) -> torch.Tensor:
+    return pt > masking.pt_threshold
+
+
+def _by_multiplicity(
+    pt: torch.Tensor, masking: Masking, labels: torch.Tensor | None, g: torch.Generator | None
+) -> torch.Tensor:
+    if masking.probs is None:
+        raise ValueError("masking by multiplicity needs the training multiplicity probs")
+    probs = masking.probs if masking.probs.dim() == 2 else masking.probs[None]
+    rows = probs[labels.long()] if labels is not None and len(probs) > 1 else probs[[0] * len(pt)]
+    counts = torch.multinomial(rows, 1, generator=g).squeeze(1)  # (n,)
+    # pt is sorted in decreasing order: the hardest `count` particles are the real ones
+    return torch.arange(pt.shape[1], device=pt.device)[None] < counts[:, None].to(pt.device)
+
+
+#: method -> (pt (n, P) sorted decreasing, masking, labels, generator) -> mask (n, P).
+MASKINGS: dict[str, Callable[..., torch.Tensor]] = {
+    "threshold": _by_threshold,
+    "multiplicity": _by_multiplicity,
+}
+
+
+@dataclass(frozen=True)
+class Masking:
+    """Which decoded particles are real.
+
+    Arguments:
+        method: "threshold" (pt_rel > ``pt_threshold``) or "multiplicity" (the hardest n, with
+            n drawn from ``probs``).
+        pt_threshold: in pt_rel units.
+        probs: (P + 1,) or (K classes, P + 1) multiplicity probabilities (`multiplicity_probs`).
+    """
+
+    method: str = "threshold"
+    pt_threshold: float = 1e-3
+    probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in MASKINGS:
+            raise ValueError(f"unknown masking {self.method!r}: use one of {sorted(MASKINGS)}")
+
+
+def to_jets(
+    decoded: torch.Tensor,
+    *,
+    normalization: Normalization | None,
+    masking: Masking,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder output (n, P, 3) -> particles (n, P, 3) in physical units, pt-sorted, and mask.
+
+    Padding is exactly zero; pt_rel is clamped at 0 (an identity output layer can go below).
+    """
+    x = normalization.inverse(decoded) if normalization is not None else decoded
+    x = torch.cat([x[..., :PT], x[..., PT:].clamp_min(0)], -1)
+    order = x[..., PT].argsort(dim=1, descending=True)
+    x = x.gather(1, order[..., None].expand_as(x))
+    mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
+    return x * mask[..., None], mask
+
+
+@torch.no_grad()
+def generate(
+    flow: Flow,
+    convae: ConVAE,
+    n: int,
+    *,
+    masking: Masking,
+    normalization: Normalization | None = None,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n jets: flow sample (n, latent) -> decoder -> (particles (n, P, 3), mask (n, P)).
+
+    ``labels`` (n,) are the class indices for a class-conditional flow.
+    """
+    if flow.features != convae.config.latent_dim:
+        raise ValueError(
+            f"the flow has {flow.features} features but the ConVAE's latent space has "
+            f"{convae.config.latent_dim}"
+        )
+    convae.eval()
+    z = flow.sample(n, labels=labels, generator=generator)
+    return to_jets(
+        convae.decode(z),
+        normalization=normalization,
+        masking=masking,
+        labels=labels,
+        generator=generator,
+    )

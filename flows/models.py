@@ -134,13 +134,22 @@ class _Zuko(nn.Module):
         parts: list[nn.Module] = []
         for i in range(cfg.transforms):
             parts.append(
-                layer(features, context, i, cfg, hidden_features=hidden,
-                      **_zuko_univariate(cfg, spline))
-            )  # fmt: skip
+                layer(
+                    features,
+                    context,
+                    i,
+                    cfg,
+                    hidden_features=hidden,
+                    **_zuko_univariate(cfg, spline),
+                )
+            )
             if cfg.norm == "actnorm":
                 zeros = torch.zeros(features)
-                parts.append(zuko.flows.UnconditionalTransform(MonotonicAffineTransform, zeros,
-                                                               zeros.clone()))  # fmt: skip
+                parts.append(
+                    zuko.flows.UnconditionalTransform(
+                        MonotonicAffineTransform, zeros, zeros.clone()
+                    )
+                )
             if cfg.permutation == "random":
                 order = torch.randperm(features, generator=generator)
                 parts.append(
@@ -178,16 +187,21 @@ def _nflows_affine_coupling(features: int, context: int, i: int, cfg: FlowConfig
 def _nflows_rqs_coupling(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Transform:
     mask = _checkered(features, i if cfg.permutation == "alternate" else 0).int()
     return nft.PiecewiseRationalQuadraticCouplingTransform(
-        mask, _nflows_net(cfg, context), num_bins=cfg.bins, tails="linear",
+        mask,
+        _nflows_net(cfg, context),
+        num_bins=cfg.bins,
+        tails="linear",
         tail_bound=cfg.tail_bound,
-    )  # fmt: skip
+    )
 
 
 def _nflows_maf(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Transform:
     layer = nft.MaskedAffineAutoregressiveTransform(
-        features, cfg.hidden_features, context_features=context or None,
+        features,
+        cfg.hidden_features,
+        context_features=context or None,
         num_blocks=cfg.hidden_layers,
-    )  # fmt: skip
+    )
     if cfg.permutation == "alternate" and i % 2:  # nflows' MAF recipe: reverse every other
         return nft.CompositeTransform([nft.ReversePermutation(features), layer])
     return layer

@@ -55,7 +55,8 @@ class ParticleTarget:
         context: names in `CONTEXTS` the particle flow is conditioned on ("multiplicity" is
             required: it decides which slots are real).
         features: `Normalization` of (eta_rel, phi_rel, log pt_rel) of real particles.
-        jet: `Normalization` of the context rows (log mass, n).
+        jet: `Normalization` of the jet-level rows (log mass, n): what the jet flow models,
+            always both (a flow needs >= 2 features); the particle flow sees ``context``.
     """
 
     num_particles: int
@@ -101,10 +102,17 @@ def _log_pt(particles: torch.Tensor) -> torch.Tensor:
 
 
 def jet_context(
-    particles: torch.Tensor, mask: torch.Tensor, names: tuple[str, ...]
+    particles: torch.Tensor, mask: torch.Tensor, names: tuple[str, ...] = tuple(CONTEXTS)
 ) -> torch.Tensor:
-    """Raw jet-level context (N, len(names)) of particles (N, P, 3)."""
+    """Raw jet-level rows (N, len(names)) of particles (N, P, 3)."""
     return torch.stack([CONTEXTS[name](particles, mask) for name in names], 1)
+
+
+def _columns(target: ParticleTarget) -> list[int]:
+    return [list(CONTEXTS).index(name) for name in target.context]
+
+
+N_COLUMN = list(CONTEXTS).index("multiplicity")
 
 
 def fit_target(
@@ -125,7 +133,7 @@ def fit_target(
         particles.shape[1],
         tuple(context),
         fit_normalization(_log_pt(particles), mask),
-        fit_normalization(jet_context(particles, mask, tuple(context))),
+        fit_normalization(jet_context(particles, mask)),
     )
 
 
@@ -145,7 +153,7 @@ def encode(
 
     Returns:
         x (N, 3P) for the particle flow, its context (N, C) (standardized), and the jet-level
-        flow's data (N, C): the same context with n dequantized by U(0, 1) noise.
+        flow's data (N, 2): standardized (log mass, n) with n dequantized by U(0, 1) noise.
     """
     _check_jets(particles, mask)
     if particles.shape[1] != target.num_particles:
@@ -153,11 +161,10 @@ def encode(
     x = target.features.transform(_log_pt(particles), mask)
     noise = torch.randn(x.shape, generator=generator)
     x = torch.where(mask[..., None], x, noise).flatten(1)
-    raw = jet_context(particles, mask, target.context)
-    context = target.jet.transform(raw)
-    n_col = target.context.index("multiplicity")
+    raw = jet_context(particles, mask)
     jitter = torch.zeros_like(raw)
-    jitter[:, n_col] = torch.rand(len(raw), generator=generator)
+    jitter[:, N_COLUMN] = torch.rand(len(raw), generator=generator)
+    context = target.jet.transform(raw)[:, _columns(target)]
     return x, context, target.jet.transform(raw + jitter)
 
 
@@ -174,11 +181,6 @@ def decode(
     return particles.gather(1, order[..., None].expand_as(particles)), mask
 
 
-def _sampled_multiplicity(jet_rows: torch.Tensor, target: ParticleTarget) -> torch.Tensor:
-    raw = target.jet.inverse(jet_rows)[:, target.context.index("multiplicity")]
-    return raw.floor().clamp(1, target.num_particles).long()
-
-
 @torch.no_grad()
 def generate(
     particle_flow: Flow,
@@ -193,10 +195,10 @@ def generate(
 
     ``labels`` (n,): class indices, for flows built with ``num_classes`` > 0.
     """
-    jet_rows = jet_flow.sample(n, labels=labels, generator=generator)
-    multiplicity = _sampled_multiplicity(jet_rows, target)
-    raw = target.jet.inverse(jet_rows)
-    raw[:, target.context.index("multiplicity")] = multiplicity.float()
-    # the particle flow was trained on the integer n: condition it on the floored value
-    x = particle_flow.sample(n, target.jet.transform(raw), labels, generator=generator)
-    return decode(x, multiplicity, target)
+    raw = target.jet.inverse(jet_flow.sample(n, labels=labels, generator=generator))
+    # undo the dequantization: the particle flow was trained on the integer n
+    multiplicity = raw[:, N_COLUMN].floor().clamp(1, target.num_particles)
+    raw[:, N_COLUMN] = multiplicity
+    context = target.jet.transform(raw)[:, _columns(target)]
+    x = particle_flow.sample(n, context, labels, generator=generator)
+    return decode(x, multiplicity.long(), target)

@@ -134,9 +134,13 @@ def test_wrong_shapes():
 def test_seed_realnvp_is_expressible():
     """The seed: RealNVP, 50 couplings, width 700, batch norm, odd/even masks, 30-d latent."""
     cfg = FlowConfig(
-        kind="nflows_realnvp", transforms=50, hidden_features=700, hidden_layers=1,
-        norm="batchnorm", permutation="alternate",
-    )  # fmt: skip
+        kind="nflows_realnvp",
+        transforms=50,
+        hidden_features=700,
+        hidden_layers=1,
+        norm="batchnorm",
+        permutation="alternate",
+    )
     flow = build_flow(cfg, features=30)
     layers = list(flow.backend.flow._transform._transforms)
     couplings = [t for t in layers if hasattr(t, "transform_net")]

@@ -1,0 +1,165 @@
+"""Latent (two-stage) and particle flows trained on small real Pythia8 top samples."""
+
+import pytest
+import torch
+
+from convae.model import ConVAE, ConVAEConfig
+from convae.train import fit as fit_convae
+from flows import latent, particle
+from flows.models import FlowConfig, build_flow
+from flows.train import fit, nll
+from jetflows.normalize import fit_normalization
+from jetflows.training import TrainConfig
+from pipelines.data import read_jetnet_file
+
+CFG = TrainConfig(epochs=3, batch_size=64, lr=2e-3, seed=0, patience=0)
+FLOW = FlowConfig(kind="zuko_nsf_coupling", transforms=3, hidden_features=32)
+
+
+@pytest.fixture(scope="module")
+def top(pythia_top_files):
+    jets = [read_jetnet_file(path) for path in pythia_top_files]
+    return [(torch.tensor(j.particles), torch.tensor(j.mask)) for j in jets]
+
+
+def _valid_nll(flow, data) -> float:
+    with torch.no_grad():
+        return nll(flow.eval(), *data)[0].item()
+
+
+def _check_jets(particles, mask, n, num_particles=30):
+    assert particles.shape == (n, num_particles, 3) and mask.shape == (n, num_particles)
+    assert torch.isfinite(particles).all()
+    assert (particles[~mask] == 0).all()  # padding exactly zero
+    assert (particles[..., 2][mask] > 0).all()
+    pt = particles[..., 2]
+    assert (pt[:, :-1] >= pt[:, 1:]).all()  # pt-sorted
+    assert torch.equal(mask, pt > 0) or (mask[:, :-1] >= mask[:, 1:]).all()  # a prefix
+
+
+def test_latent_flow_two_stage(top):
+    (train_x, train_m), (valid_x, valid_m) = top
+    norm = fit_normalization(train_x, train_m, kind="minmax")
+    inputs = [norm.transform(x, m) for x, m in ((train_x, train_m), (valid_x, valid_m))]
+    torch.manual_seed(0)
+    vae = ConVAE(ConVAEConfig(n_filter=8, dense_width=64, latent_dim=8))
+    vae_cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3)
+    fit_convae(
+        vae,
+        (inputs[0], train_m),
+        (inputs[1], valid_m),
+        config=vae_cfg,
+        normalization=norm,
+        progress=False,
+    )
+    z_train = latent.encode_latents(vae, inputs[0])
+    z_valid = latent.encode_latents(
+        vae, inputs[1], mode="sample", generator=torch.Generator().manual_seed(0)
+    )
+    assert z_train.shape == (600, 8) and not torch.equal(
+        z_valid, latent.encode_latents(vae, inputs[1])
+    )
+    torch.manual_seed(0)
+    flow = build_flow(FLOW, features=8)
+    flow.standardize_(z_train)
+    start = _valid_nll(flow, (z_valid, None, None))
+    result = fit(flow, (z_train, None, None), (z_valid, None, None), config=CFG, progress=False)
+    assert min(r["valid_loss"] for r in result.history) < start
+    probs = latent.multiplicity_probs(train_m)
+    for masking in (latent.Masking("threshold", 1e-3), latent.Masking("multiplicity", probs=probs)):
+        particles, mask = latent.generate(
+            flow,
+            vae,
+            50,
+            masking=masking,
+            normalization=norm,
+            generator=torch.Generator().manual_seed(1),
+        )
+        _check_jets(particles, mask, 50)
+    again = latent.generate(
+        flow,
+        vae,
+        50,
+        masking=masking,
+        normalization=norm,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.equal(again[0], particles)
+    # multiplicity masking follows the training distribution's support
+    assert set(mask.sum(1).tolist()) <= set(torch.nonzero(probs).flatten().tolist())
+
+
+def test_multiplicity_probs_and_masking_errors():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    assert latent.multiplicity_probs(mask).tolist() == pytest.approx([0, 1 / 3, 2 / 3, 0])
+    with pytest.raises(ValueError, match="unknown masking"):
+        latent.Masking("topk")
+    with pytest.raises(ValueError, match="needs the training multiplicity"):
+        latent.to_jets(
+            torch.rand(2, 3, 3), normalization=None, masking=latent.Masking("multiplicity")
+        )
+    vae = ConVAE(ConVAEConfig(n_filter=4, dense_width=16, latent_dim=5))
+    with pytest.raises(ValueError, match="latent space has 5"):
+        latent.generate(build_flow(FLOW, features=6), vae, 3, masking=latent.Masking())
+    with pytest.raises(ValueError, match="unknown encoding"):
+        latent.encode_latents(vae, torch.rand(2, 30, 3), mode="mode")
+
+
+def test_particle_flow_with_jet_context(top):
+    (train_x, train_m), (valid_x, valid_m) = top
+    target = particle.fit_target(train_x, train_m)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, jet_rows = particle.encode(train_x, train_m, target, generator=g)
+    vx, vctx, vjet = particle.encode(valid_x, valid_m, target, generator=g)
+    assert x.shape == (600, 90) and ctx.shape == (600, 2) and jet_rows.shape == (600, 2)
+    # real slots decode back to the jets exactly (up to float error); padding is noise
+    back, back_mask = particle.decode(x, train_m.sum(1), target)
+    assert torch.equal(back_mask, train_m)
+    assert torch.allclose(back, train_x, atol=1e-5)
+    torch.manual_seed(0)
+    flows = {
+        "particles": (build_flow(FLOW, features=90, context=2), (x, ctx, None), (vx, vctx, None)),
+        "jet": (build_flow(FLOW, features=2), (jet_rows, None, None), (vjet, None, None)),
+    }
+    for flow, train, valid in flows.values():
+        start = _valid_nll(flow, valid)
+        result = fit(flow, train, valid, config=CFG, standardize=False, progress=False)
+        assert min(r["valid_loss"] for r in result.history) < start
+    particles, mask = particle.generate(
+        flows["particles"][0],
+        flows["jet"][0],
+        64,
+        target,
+        generator=torch.Generator().manual_seed(2),
+    )
+    _check_jets(particles, mask, 64)
+    assert (mask.sum(1) >= 1).all() and (mask[:, :-1] >= mask[:, 1:]).all()
+
+
+def test_particle_flow_class_conditional_and_errors():
+    from tests.conftest import random_jets
+
+    jets = random_jets(40)
+    x, m = torch.tensor(jets.particles), torch.tensor(jets.mask)
+    target = particle.fit_target(x, m, context=("multiplicity",))
+    data, ctx, rows = particle.encode(x, m, target)
+    labels = torch.arange(40) % 2
+    flow = build_flow(
+        FlowConfig(transforms=2, hidden_features=8, num_classes=2), features=90, context=1
+    )
+    jet_flow = build_flow(FlowConfig(transforms=2, hidden_features=8, num_classes=2), features=2)
+    with torch.no_grad():
+        assert flow.log_prob(data, ctx, labels).shape == (40,)
+        assert torch.isfinite(jet_flow.log_prob(rows, labels=labels)).all()
+    particles, mask = particle.generate(
+        flow, jet_flow, 40, target, labels=labels, generator=torch.Generator().manual_seed(0)
+    )
+    assert particles.shape == (40, 30, 3) and (particles[~mask] == 0).all()
+    with pytest.raises(ValueError, match="must include 'multiplicity'"):
+        particle.fit_target(x, m, context=("mass",))
+    with pytest.raises(ValueError, match="NaN"):
+        particle.fit_target(torch.full_like(x, float("nan")), m)
+    with pytest.raises(ValueError, match="at least one particle"):
+        particle.fit_target(x, torch.zeros_like(m))
+    with pytest.raises(ValueError, match="fitted for P = 30"):
+        particle.encode(x[:, :20], m[:, :20], target)

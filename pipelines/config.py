@@ -1,0 +1,239 @@
+"""Pipeline configs: YAML that mirrors the frozen dataclasses one to one.
+
+`load_config` reads a YAML file, applies ``--set section.key=value`` overrides and builds a
+`PipelineConfig`; every key must name a dataclass field (an unknown key is a ValueError naming
+its path) and every value must have the field's type (ints are accepted for floats, lists for
+tuples). `to_yaml` writes the fully resolved config back, so a run directory holds exactly what
+ran and `jetflows pipeline --config runs/<name>/config.yaml` repeats it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convae.model import ConVAEConfig
+from convae.train import LossConfig
+from flows.models import FlowConfig
+from jetflows.classes import canonical_class
+from jetflows.training import TrainConfig
+from pipelines.evaluate import EvalConfig
+
+SOURCES = ("auto", "jetnet", "pythia")
+
+
+TARGETS = ("latent", "particles")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the jets of each class come from.
+
+    Arguments:
+        source: "jetnet" (files in ``data_dir``), "pythia" (the embedded generator, cached),
+            or "auto" (JetNet files when present, else Pythia).
+        data_dir: directory with g.hdf5 ... (JetNet layout).
+        num_particles: P, 30 or 150.
+        n_jets: jets per class (generated, or the first of the JetNet file's seeded order).
+        split: train, validation, test fractions; the test part is the evaluation's real set.
+        seed: Pythia seed and split seed.
+        jobs: Pythia processes.
+    """
+
+    source: str = "auto"
+    data_dir: str = "data/jetnet"
+    num_particles: int = 30
+    n_jets: int = 2000
+    split: tuple[float, ...] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    jobs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown data source {self.source!r}: use one of {SOURCES}")
+        if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"data.split must be 3 positive fractions summing to 1: {self.split}")
+        if self.n_jets < 10 or self.jobs < 1:
+            raise ValueError("data.n_jets must be >= 10 and data.jobs >= 1")
+
+
+@dataclass(frozen=True)
+class LatentOptions:
+    """Two-stage options: how latents are taken and how decoded particles are masked.
+
+    Arguments:
+        encoding: "mean" (posterior mean) or "sample" (a draw of q(z|x)).
+        masking: "threshold" or "multiplicity" (see `flows.latent.Masking`).
+        pt_threshold: pt_rel below which a decoded particle is dropped (threshold masking).
+    """
+
+    encoding: str = "mean"
+    masking: str = "multiplicity"
+    pt_threshold: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ParticleOptions:
+    """Direct particle-flow options.
+
+    Arguments:
+        context: what the particle flow is conditioned on (names in `flows.particle.CONTEXTS`).
+        jet_flow: the flow that samples (log mass, n) per jet.
+    """
+
+    context: tuple[str, ...] = ("mass", "multiplicity")
+    jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a pipeline run needs; ``configs/*.yaml`` mirror it.
+
+    Arguments:
+        name: the run directory is ``runs/<name>``.
+        classes: jet classes (g, q, t, w, z or aliases), one model per class.
+        target: "latent" (ConVAE + latent flow, two-stage) or "particles" (direct flow).
+        normalization: ConVAE input scaling ("minmax" for the sigmoid output, or "standard").
+        n_generate: jets generated per class for the evaluation.
+    """
+
+    name: str = "quickstart"
+    classes: tuple[str, ...] = ("g", "q", "t", "w", "z")
+    target: str = "latent"
+    normalization: str = "minmax"
+    n_generate: int = 1000
+    data: DataConfig = DataConfig()
+    convae: ConVAEConfig = ConVAEConfig()
+    loss: LossConfig = LossConfig()
+    convae_train: TrainConfig = TrainConfig()
+    flow: FlowConfig = FlowConfig()
+    flow_train: TrainConfig = TrainConfig(lr=1e-3, batch_size=256, patience=10)
+    latent: LatentOptions = LatentOptions()
+    particle: ParticleOptions = ParticleOptions()
+    evaluate: EvalConfig = EvalConfig(fpnd=False)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}: use one of {TARGETS}")
+        if not self.classes:
+            raise ValueError("classes must name at least one jet class")
+        object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))
+        if self.n_generate < 100:
+            raise ValueError("n_generate must be >= 100 (the evaluation's minimum sample)")
+        if round(self.data.n_jets * self.data.split[2]) < 200:  # two real halves of >= 100
+            raise ValueError(
+                f"data.n_jets x data.split[2] = {self.data.n_jets * self.data.split[2]:.0f} test "
+                "jets: the evaluation needs >= 200 (raise n_jets or the test fraction)"
+            )
+
+
+# --------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """``value`` as type ``tp`` (a field annotation), or ValueError naming ``path``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ValueError:
+                continue
+        raise ValueError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ValueError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, strictly (unknown keys and wrong types: ValueError)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ValueError(
+            f"unknown config key {where}{unknown[0]}: {cls.__name__} has {sorted(names)}"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path or 'config'}: {err}") from err
+
+
+def _set(tree: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects section.key=value, got {assignment!r}")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Read a pipeline YAML (None: the defaults) and apply ``--set`` overrides.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, unknown key, wrong type or invalid value (one line, naming it).
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    for assignment in overrides:
+        _set(tree, assignment)
+    return build(PipelineConfig, tree)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as plain lists/dicts (tuples become lists), for YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML that `load_config` reads back to an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of config parts (dataclasses or plain data): a stage's identity."""
+    plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]

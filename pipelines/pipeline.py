@@ -1,0 +1,404 @@
+"""The pipeline: per class, data -> ConVAE -> latents -> flow -> generated jets -> evaluation.
+
+``runs/<name>/`` holds ``config.yaml`` (resolved), ``summary.md``/``summary.json`` (one row per
+class, every metric beside its truth floor) and one directory per class with ``data.hdf5``
+(Pythia jets, when generated), ``convae.pt``, ``flow.pt`` (+ ``jet_flow.pt``),
+``history.json``, ``generated.hdf5``, ``real_test.hdf5``, ``metrics.json``, ``report.md`` and
+``plots/``.
+
+Resumption: every stage has an identity (a hash of the config parts it depends on, chained to
+the stages before it), recorded in ``stages.json`` once its output is complete. A stage whose
+output exists with the same identity is skipped; training stages also write ``*.last.pt`` after
+every epoch and resume from it, so a killed pipeline re-run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convae.model import ConVAE
+from convae.train import CHECKPOINT_KIND as CONVAE_KIND
+from convae.train import fit as fit_convae
+from convae.train import model_from_state
+from flows import latent, particle
+from flows.models import build_flow
+from flows.train import CHECKPOINT_KIND as FLOW_KIND
+from flows.train import fit as fit_flow
+from jetflows.classes import canonical_class
+from jetflows.normalize import Normalization, fit_normalization
+from jetflows.training import TrainConfig
+from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
+from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
+from pipelines.io import atomic_path
+
+KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+class Stages:
+    """``stages.json`` of a class directory: which stage outputs are complete, for which config."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "stages.json"
+        self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def complete(self, stage: str, key: str, *outputs: Path) -> bool:
+        return self.done.get(stage) == key and all(p.exists() for p in outputs)
+
+    def mark(self, stage: str, key: str) -> None:
+        self.done[stage] = key
+        _write_json(self.path, self.done)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def _jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: bool) -> Jets:
+    """n_jets jets of the class: the JetNet file if present (auto/jetnet), else Pythia8."""
+    d = cfg.data
+    if d.source != "pythia":
+        try:
+            path = locate_jetnet_file(jet_class, d.data_dir, d.num_particles)
+            jets = read_jetnet_file(path, d.num_particles)
+            order = np.random.default_rng(d.seed).permutation(len(jets))[: d.n_jets]
+            return jets.take(np.sort(order))
+        except FileNotFoundError:
+            if d.source == "jetnet":
+                raise
+    from pipelines.generate import GeneratorConfig, generate_file
+
+    path, _ = generate_file(
+        GeneratorConfig(jet_class, seed=d.seed),
+        d.n_jets,
+        directory / "data.hdf5",
+        num_particles=d.num_particles,
+        jobs=d.jobs,
+        overwrite=True,
+        progress=progress,
+    )
+    return read_jetnet_file(path)
+
+
+def _split(jets: Jets, cfg: PipelineConfig) -> tuple[Jets, Jets, Jets]:
+    """Seeded train / validation / test parts."""
+    order = np.random.default_rng(cfg.data.seed + 1).permutation(len(jets))
+    a = round(cfg.data.split[0] * len(jets))
+    b = a + round(cfg.data.split[1] * len(jets))
+    return jets.take(order[:a]), jets.take(order[a:b]), jets.take(order[b:])
+
+
+def _tensors(jets: Jets) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(jets.particles.copy()), torch.from_numpy(jets.mask.copy())
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def _trained(
+    path: Path,
+    kind: str,
+    key: str,
+    stages: Stages,
+    train: Callable[[dict[str, Any] | None, Callable], dict[str, Any]],
+) -> dict[str, Any]:
+    """The state of a training stage: from ``path`` when complete, else trained (resumed from
+    ``<path>.last.pt`` when it matches) and saved, the partial checkpoint then removed."""
+    if stages.complete(path.stem, key, path):
+        return load_checkpoint(path, kind)
+    last = path.with_suffix(".last.pt")
+    resume = None
+    if last.is_file():
+        state = load_checkpoint(last, kind)
+        resume = state if state.get("stage_key") == key else None
+
+    def on_epoch(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
+        save_checkpoint(last, {**state, "stage_key": key})
+
+    state = {**train(resume, on_epoch), "stage_key": key}
+    save_checkpoint(path, state)
+    last.unlink(missing_ok=True)
+    stages.mark(path.stem, key)
+    return state
+
+
+def _convae_stage(
+    cfg: PipelineConfig,
+    parts: tuple[Jets, Jets],
+    key: str,
+    stages: Stages,
+    directory: Path,
+    progress: bool,
+) -> tuple[ConVAE, Normalization]:
+    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    norm = fit_normalization(x, m, kind=cfg.normalization)
+
+    def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
+        torch.manual_seed(cfg.convae_train.seed)
+        model = ConVAE(cfg.convae)
+        result = fit_convae(
+            model,
+            (norm.transform(x, m), m),
+            (norm.transform(vx, vm), vm),
+            loss=cfg.loss,
+            config=cfg.convae_train,
+            normalization=norm,
+            resume=resume,
+            on_epoch=on_epoch,
+            progress=progress,
+        )
+        return result.state
+
+    state = _trained(directory / "convae.pt", CONVAE_KIND, key, stages, train)
+    return model_from_state(state), norm
+
+
+def _fit_flow_state(
+    features: int,
+    context: int,
+    flow_cfg: Any,
+    train_cfg: TrainConfig,
+    data: tuple,
+    extra: dict,
+    standardize: bool,
+    progress: bool,
+) -> Callable[[dict[str, Any] | None, Callable], dict[str, Any]]:
+    def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
+        torch.manual_seed(train_cfg.seed)
+        flow = build_flow(flow_cfg, features=features, context=context)
+        return fit_flow(
+            flow,
+            data[0],
+            data[1],
+            config=train_cfg,
+            standardize=standardize,
+            extra=extra,
+            resume=resume,
+            on_epoch=on_epoch,
+            progress=progress,
+        ).state
+
+    return train
+
+
+def _common_extra(cfg: PipelineConfig, jet_class: str, train: Jets) -> dict[str, Any]:
+    pool = train.jet_features[:KINEMATICS_POOL, :2].astype(float).tolist()  # (pt, eta)
+    return {"jet_class": jet_class, "num_particles": cfg.data.num_particles, "jet_kinematics": pool}
+
+
+def _latent_flow_stage(
+    cfg: PipelineConfig,
+    jet_class: str,
+    parts: tuple[Jets, Jets],
+    key: str,
+    stages: Stages,
+    directory: Path,
+    progress: bool,
+    vae: ConVAE,
+    norm: Normalization,
+) -> None:
+    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    g = torch.Generator().manual_seed(cfg.flow_train.seed)
+    z = [
+        latent.encode_latents(vae, norm.transform(a, b), mode=cfg.latent.encoding, generator=g)
+        for a, b in ((x, m), (vx, vm))
+    ]
+    extra = {
+        **_common_extra(cfg, jet_class, parts[0]),
+        "target": "latent",
+        "latent": to_dict(cfg.latent),
+        "multiplicity_probs": latent.multiplicity_probs(m).tolist(),
+    }
+    data = ((z[0], None, None), (z[1], None, None))
+    train = _fit_flow_state(
+        cfg.convae.latent_dim, 0, cfg.flow, cfg.flow_train, data, extra, True, progress
+    )
+    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
+
+
+def _particle_flow_stage(
+    cfg: PipelineConfig,
+    jet_class: str,
+    parts: tuple[Jets, Jets],
+    key: str,
+    stages: Stages,
+    directory: Path,
+    progress: bool,
+) -> None:
+    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    target = particle.fit_target(x, m, context=cfg.particle.context)
+    g = torch.Generator().manual_seed(cfg.flow_train.seed)
+    (px, pc, pj), (vpx, vpc, vpj) = (
+        particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
+    )
+    extra = {
+        **_common_extra(cfg, jet_class, parts[0]),
+        "target": "particles",
+        "particle_target": target.to_dict(),
+    }
+    jet_train = _fit_flow_state(
+        2,
+        0,
+        cfg.particle.jet_flow,
+        cfg.flow_train,
+        ((pj, None, None), (vpj, None, None)),
+        {},
+        False,
+        progress,
+    )
+    _trained(directory / "jet_flow.pt", FLOW_KIND, key, stages, jet_train)
+    train = _fit_flow_state(
+        3 * cfg.data.num_particles,
+        pc.shape[1],
+        cfg.flow,
+        cfg.flow_train,
+        ((px, pc, None), (vpx, vpc, None)),
+        extra,
+        False,
+        progress,
+    )
+    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
+
+
+# ------------------------------------------------------------------------------- per class
+
+
+def run_class(
+    cfg: PipelineConfig, jet_class: str, directory: Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Every stage for one class in ``directory``; returns its metrics.json contents."""
+    from pipelines.evaluate import evaluate_files
+    from pipelines.sample import sample_to_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stages = Stages(directory)
+    train, valid, test = _split(_jets(cfg, jet_class, directory, progress), cfg)
+    keys = {"data": digest(cfg.data, jet_class)}
+    if cfg.target == "latent":
+        keys["convae"] = digest(
+            keys["data"], cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train
+        )
+        vae, norm = _convae_stage(cfg, (train, valid), keys["convae"], stages, directory, progress)
+        keys["flow"] = digest(keys["convae"], cfg.flow, cfg.flow_train, cfg.latent)
+        _latent_flow_stage(
+            cfg, jet_class, (train, valid), keys["flow"], stages, directory, progress, vae, norm
+        )
+    else:
+        keys["flow"] = digest(keys["data"], cfg.flow, cfg.flow_train, cfg.particle)
+        _particle_flow_stage(
+            cfg, jet_class, (train, valid), keys["flow"], stages, directory, progress
+        )
+    _write_history(directory)
+    keys["generate"] = digest(keys["flow"], cfg.n_generate)
+    generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
+    if not stages.complete("generate", keys["generate"], generated, real):
+        write_jetnet_file(real, test, {"jet_class": jet_class, "split": "test"})
+        sample_to_file(
+            directory.parent,
+            jet_class,
+            cfg.n_generate,
+            generated,
+            seed=cfg.data.seed,
+            overwrite=True,
+            progress=progress,
+        )
+        stages.mark("generate", keys["generate"])
+    keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
+    metrics = directory / "metrics.json"
+    if stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md"):
+        return json.loads(metrics.read_text())
+    results = evaluate_files(
+        real, generated, directory, jet_class=jet_class, cfg=cfg.evaluate, progress=progress
+    )
+    stages.mark("evaluate", keys["evaluate"])
+    return results
+
+
+def _write_history(directory: Path) -> None:
+    history = {
+        path.stem: load_checkpoint(path, kind)["history"]
+        for path, kind in (
+            (directory / "convae.pt", CONVAE_KIND),
+            (directory / "jet_flow.pt", FLOW_KIND),
+            (directory / "flow.pt", FLOW_KIND),
+        )
+        if path.is_file()
+    }
+    _write_json(directory / "history.json", history)
+
+
+# ------------------------------------------------------------------------------------ a run
+
+
+HEADLINE = ("emd_sum", "emd_mass", "w1m", "w1p", "w1efp", "fpd", "kpd", "fpnd", "cov", "mmd")
+
+
+def _cell(entry: dict[str, float] | None) -> str:
+    return "-" if entry is None else f"{entry['value']:.3g} ({entry['floor']:.3g})"
+
+
+def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
+    """Headline metrics as one row per class, then every metric as one row per metric; each
+    cell ``value (truth floor)``."""
+    everything = sorted({k for r in results.values() for k in r["metrics"]})
+    headline = [k for k in HEADLINE if k in everything]
+    classes = list(results)
+    lines = [
+        f"# Run {name}: generated vs real test jets (truth floor in brackets)",
+        "",
+        "Each cell: the metric of generated against real test jets and, in brackets, the same "
+        "metric between two disjoint real samples of the same size: what a perfect generator "
+        "would score. Lower is better (COV: higher); value ~ floor is as good as real data.",
+        "",
+        "| class | jets/sample | " + " | ".join(headline) + " |",
+        "|---" * (len(headline) + 2) + "|",
+    ]
+    for c, r in results.items():
+        cells = [_cell(r["metrics"].get(k)) for k in headline]
+        lines.append(f"| {c} | {r['n_jets']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Every metric",
+        "",
+        "| metric | " + " | ".join(classes) + " |",
+        "|---" * (len(classes) + 1) + "|",
+    ]
+    for k in everything:
+        lines.append(
+            f"| {k} | " + " | ".join(_cell(results[c]["metrics"].get(k)) for c in classes) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    root: str | Path = "runs",
+    classes: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run every class of ``cfg`` (or ``classes``) into ``root/<name>``; returns that path."""
+    run = Path(root) / cfg.name
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run / "config.yaml") as tmp:
+        tmp.write_text(to_yaml(cfg))
+    results = {}
+    classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
+    for i, jet_class in enumerate(classes):
+        if progress:
+            print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
+        results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
+    _write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
+    with atomic_path(run / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(cfg.name, results))
+    return run

@@ -1,0 +1,175 @@
+"""Sampling jets from a trained run: `jetflows sample --n 10000 --class top`.
+
+A run directory ``runs/<name>/<class>/`` holds ``flow.pt`` (and ``convae.pt`` for two-stage
+models, ``jet_flow.pt`` for particle flows); the generator is rebuilt from those checkpoints
+alone. Jets are generated in batches and streamed into a JetNet-layout HDF5 file, so n = 10^7
+needs one batch in memory, not 10^7 jets; the file appears only when complete (atomic rename).
+
+jet_features: (pt, eta) are drawn from the training jets' (pt, eta) pairs stored in the flow
+checkpoint (the models generate relative coordinates only); mass = (m / pT from the generated
+particles) x pt; n = number of generated particles.
+
+This module stays light (torch, h5py, the model libraries): no jetnet, no metrics, so that the
+command starts fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from convae.train import CHECKPOINT_KIND as CONVAE_KIND
+from convae.train import model_from_state
+from flows import latent, particle
+from flows.train import CHECKPOINT_KIND as FLOW_KIND
+from flows.train import flow_from_state
+from jetflows import __version__
+from jetflows.classes import canonical_class
+from jetflows.normalize import Normalization
+from jetflows.physics import jet_observables
+from pipelines.checkpoints import load_checkpoint
+from pipelines.io import atomic_path, check_writable
+
+DEVICES = ("cpu", "cuda")
+#: (n, torch.Generator) -> (particles (n, P, 3), mask (n, P))
+Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class JetGenerator:
+    """A trained generator of one class: ``sampler`` plus the jet (pt, eta) pool."""
+
+    sampler: Sampler
+    kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta)
+    num_particles: int
+
+
+def _latent_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Sampler:
+    vae_state = load_checkpoint(class_dir / "convae.pt", CONVAE_KIND)
+    vae = model_from_state(vae_state).to(device).eval()
+    norm = Normalization.from_dict(vae_state["normalization"])
+    flow = flow_from_state(state).to(device)
+    options = state["extra"]["latent"]
+    probs = torch.tensor(state["extra"]["multiplicity_probs"], device=device)
+    masking = latent.Masking(options["masking"], options["pt_threshold"], probs)
+    return lambda n, g: latent.generate(
+        flow, vae, n, masking=masking, normalization=norm, generator=g
+    )
+
+
+def _particle_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Sampler:
+    jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)).to(device)
+    flow = flow_from_state(state).to(device)
+    target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
+    return lambda n, g: particle.generate(flow, jet_flow, n, target, generator=g)
+
+
+SAMPLERS: dict[str, Callable[[dict[str, Any], Path, str], Sampler]] = {
+    "latent": _latent_sampler,
+    "particles": _particle_sampler,
+}
+
+
+def class_dir(run: str | Path, jet_class: str) -> Path:
+    """``run/<class>``, checked to hold a model (ValueError naming what is missing)."""
+    run, jet_class = Path(run), canonical_class(jet_class)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory (train one with jetflows pipeline)")
+    path = run / jet_class
+    if not (path / "flow.pt").is_file():
+        have = sorted(p.parent.name for p in run.glob("*/flow.pt"))
+        raise ValueError(
+            f"run {run} has no model for class {jet_class!r} (no {path / 'flow.pt'}); "
+            f"it has {have or 'none'}"
+        )
+    return path
+
+
+def load_generator(run: str | Path, jet_class: str, *, device: str = "cpu") -> JetGenerator:
+    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use one of {DEVICES}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
+    path = class_dir(run, jet_class)
+    state = load_checkpoint(path / "flow.pt", FLOW_KIND)
+    extra = state.get("extra", {})
+    if extra.get("target") not in SAMPLERS:
+        raise ValueError(f"{path / 'flow.pt'}: not a pipeline flow (no known target recorded)")
+    sampler = SAMPLERS[extra["target"]](state, path, device)
+    kinematics = torch.tensor(extra["jet_kinematics"], dtype=torch.float32)
+    return JetGenerator(sampler, kinematics, int(extra["num_particles"]))
+
+
+def jet_features(
+    particles: torch.Tensor, mask: torch.Tensor, kinematics: torch.Tensor
+) -> torch.Tensor:
+    """(n, 4) JetNet jet_features (pt, eta, mass, n) for generated jets and drawn (pt, eta)."""
+    rel_mass = jet_observables(particles, mask)["mass"]  # m / pT_jet (pt_rel units)
+    pt, eta = kinematics[:, 0], kinematics[:, 1]
+    return torch.stack([pt, eta, rel_mass * pt, mask.sum(1).float()], 1)
+
+
+@torch.no_grad()
+def sample_jets(gen: JetGenerator, n: int, *, seed: int = 0, batch_size: int = 10_000) -> Any:
+    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy."""
+    g = torch.Generator(device=gen.kinematics.device).manual_seed(seed)
+    picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        particles, mask = gen.sampler(b, g)
+        particles, mask = particles.float().cpu(), mask.cpu()
+        kin = gen.kinematics[torch.randint(len(gen.kinematics), (b,), generator=picks)]
+        pf = torch.cat([particles * mask[..., None], mask[..., None].float()], -1)
+        yield pf.numpy(), jet_features(particles, mask, kin).numpy()
+
+
+def sample_to_file(
+    run: str | Path,
+    jet_class: str,
+    n: int,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    batch_size: int = 10_000,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout).
+
+    Reproducible: the same run, class, n, seed and batch size give the same file.
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
+    jet_class = canonical_class(jet_class)
+    out = check_writable(Path(out), overwrite=overwrite)
+    gen = load_generator(run, jet_class, device=device)
+    P = gen.num_particles
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        pf = f.create_dataset("particle_features", (n, P, 4), dtype=np.float32)
+        jf = f.create_dataset("jet_features", (n, 4), dtype=np.float32)
+        f.attrs.update(
+            {
+                "generator": "jetflows",
+                "version": __version__,
+                "run": str(run),
+                "jet_class": jet_class,
+                "seed": seed,
+                "batch_size": batch_size,
+            }
+        )
+        start = 0
+        with tqdm(total=n, desc=f"sampling {jet_class}", unit="jet", disable=not progress) as bar:
+            for parts, jets in sample_jets(gen, n, seed=seed, batch_size=batch_size):
+                pf[start : start + len(parts)], jf[start : start + len(parts)] = parts, jets
+                start += len(parts)
+                bar.update(len(parts))
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ SOURCES = ("auto", "jetnet", "pythia")
 
 
 TARGETS = ("latent", "particles")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string, not a float
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value

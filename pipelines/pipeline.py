@@ -388,12 +388,12 @@ def run_pipeline(
     progress: bool = True,
 ) -> Path:
     """Run every class of ``cfg`` (or ``classes``) into ``root/<name>``; returns that path."""
+    classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
     run = Path(root) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
     with atomic_path(run / "config.yaml") as tmp:
         tmp.write_text(to_yaml(cfg))
     results = {}
-    classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
     for i, jet_class in enumerate(classes):
         if progress:
             print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)

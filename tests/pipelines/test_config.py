@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import PipelineConfig, digest, load_config, to_yaml
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.name.startswith("tune")], ids=str)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    again = tmp_path / "again.yaml"
+    again.write_text(to_yaml(cfg))
+    assert load_config(again) == cfg
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        None,
+        [
+            "flow.transforms=8",
+            "classes=[top, W]",
+            "convae_train.lr=1e-3",
+            "flow_train.clip_norm=5",
+            "particle.jet_flow.bins=4",
+        ],
+    )
+    assert cfg.flow.transforms == 8 and cfg.classes == ("t", "w")
+    assert cfg.convae_train.lr == 1e-3 and cfg.flow_train.clip_norm == 5.0
+    assert isinstance(cfg.flow_train.clip_norm, float) and cfg.particle.jet_flow.bins == 4
+    assert load_config(None) == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["flow.transformz=3"], "unknown config key flow.transformz"),
+        (["colour=red"], "unknown config key colour"),
+        (["flow.transforms=x"], r"flow\.transforms: expected int, got 'x'"),
+        (["flow.transforms=2.5"], "expected int, got 2.5"),
+        (["flow.transforms=true"], "expected int, got True"),
+        (["convae_train.lr=fast"], "expected float"),
+        (["data.split=[0.5, 0.5]"], "3 positive fractions"),
+        (["classes=[top, muon]"], "unknown jet class 'muon'"),
+        (["flow=3"], "flow: expected a mapping"),
+        (["flow.kind=glow"], "unknown flow 'glow'"),
+        (["target=pixels"], "unknown target"),
+        (["data.n_jets=100"], "the evaluation needs >= 200"),
+        (["flow.transforms"], "expects section.key=value"),
+    ],
+)
+def test_bad_configs_are_one_clear_error(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flow: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_digest_changes_with_what_a_stage_depends_on():
+    a, b = PipelineConfig(), load_config(None, ["flow.bins=4"])
+    assert digest(a.convae, a.loss) == digest(b.convae, b.loss)
+    assert digest(a.flow) != digest(b.flow)

@@ -1,0 +1,254 @@
+"""A tiny two-stage pipeline end to end (g from a JetNet file, t from Pythia8), its resumption,
+the direct particle-flow pipeline, and `jetflows sample`."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.data import read_jetnet_file, write_jetnet_file
+from pipelines.pipeline import run_pipeline
+from tests.conftest import random_jets
+
+TINY = [
+    "name=tiny",
+    "data.n_jets=400",
+    "data.split=[0.3, 0.1, 0.6]",
+    "data.jobs=2",
+    "convae.n_filter=4",
+    "convae.dense_width=32",
+    "convae.latent_dim=4",
+    "convae_train.epochs=2",
+    "flow.transforms=2",
+    "flow.hidden_features=16",
+    "flow_train.epochs=2",
+    "n_generate=200",
+    "evaluate.cov_mmd=false",
+    "particle.jet_flow.transforms=2",
+    "particle.jet_flow.hidden_features=8",
+]
+CLASS_FILES = [
+    "convae.pt",
+    "flow.pt",
+    "history.json",
+    "generated.hdf5",
+    "real_test.hdf5",
+    "metrics.json",
+    "report.md",
+    "stages.json",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A JetNet-layout g.hdf5 (random jets; the pipeline must take it instead of Pythia)."""
+    root = tmp_path_factory.mktemp("jetnet")
+    jets = random_jets(600, seed=3)
+    write_jetnet_file(root / "g.hdf5", jets)
+    return root
+
+
+def _config(data_dir, *more):
+    return load_config("configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", *more])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("runs")
+    return run_pipeline(_config(data_dir), root=root, classes=("g", "top"), progress=False)
+
+
+def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
+    assert (tiny_run / "config.yaml").is_file() and (tiny_run / "summary.md").is_file()
+    assert load_config(tiny_run / "config.yaml") == _config(data_dir)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert set(summary) == {"g", "t"}
+    md = (tiny_run / "summary.md").read_text()
+    assert "| g | 120 |" in md and "| t | 120 |" in md and "emd_sum" in md  # 240 test jets / 2
+    for jet_class in ("g", "t"):
+        directory = tiny_run / jet_class
+        for name in CLASS_FILES:
+            assert (directory / name).is_file(), name
+        assert len(list((directory / "plots").glob("*.png"))) >= 10
+        metrics = json.loads((directory / "metrics.json").read_text())["metrics"]
+        assert np.isfinite(metrics["emd_sum"]["value"]) and metrics["emd_sum"]["floor"] > 0
+        history = json.loads((directory / "history.json").read_text())
+        assert [len(history[k]) for k in ("convae", "flow")] == [2, 2]
+        generated = read_jetnet_file(directory / "generated.hdf5")
+        assert generated.particles.shape == (200, 30, 3)
+    # g came from the JetNet file (no generation), t from Pythia8
+    assert not (tiny_run / "g" / "data.hdf5").exists() and (tiny_run / "t" / "data.hdf5").is_file()
+
+
+def test_a_rerun_skips_every_finished_stage(tiny_run, data_dir, monkeypatch):
+    import pipelines.pipeline as pl
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("fit_convae", "fit_flow", "evaluate_files"):
+        monkeypatch.setattr(pl, name, boom, raising=False)
+    monkeypatch.setattr("pipelines.evaluate.evaluate_files", boom)
+    monkeypatch.setattr("pipelines.sample.sample_to_file", boom)
+    run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("g",), progress=False)
+
+
+def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monkeypatch):
+    import pipelines.pipeline as pl
+
+    real_fit_flow = pl.fit_flow
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cfg = _config(data_dir)
+    monkeypatch.setattr(pl, "fit_flow", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    directory = tmp_path / "tiny" / "g"
+    assert (directory / "convae.pt").is_file() and not (directory / "flow.pt").exists()
+    stamp = (directory / "convae.pt").stat().st_mtime_ns
+
+    def no_convae(*args, **kwargs):
+        raise AssertionError("the ConVAE was retrained")
+
+    monkeypatch.setattr(pl, "fit_convae", no_convae)
+    monkeypatch.setattr(pl, "fit_flow", real_fit_flow)
+    run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    assert (directory / "convae.pt").stat().st_mtime_ns == stamp
+    assert (directory / "metrics.json").is_file()
+
+
+def test_killed_mid_training_resumes_from_the_last_epoch(tmp_path, data_dir, monkeypatch):
+    import pipelines.pipeline as pl
+
+    cfg = _config(data_dir, "convae_train.epochs=3")
+    real_save = pl.save_checkpoint
+    calls = []
+
+    def die_after_two_epochs(path, state):
+        real_save(path, state)
+        calls.append(path.name)
+        if path.name == "convae.last.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl, "save_checkpoint", die_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    monkeypatch.setattr(pl, "save_checkpoint", real_save)
+    directory = tmp_path / "tiny" / "g"
+    assert (directory / "convae.last.pt").is_file() and not (directory / "convae.pt").exists()
+    epochs = []
+    real_fit = pl.fit_convae
+
+    def spy(*args, **kwargs):
+        epochs.append(kwargs["resume"]["epoch"])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "fit_convae", spy)
+    run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    assert epochs == [2]  # resumed after epoch 2 of 3, not from scratch
+    history = json.loads((directory / "history.json").read_text())["convae"]
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert not (directory / "convae.last.pt").exists()
+
+
+def test_particle_flow_pipeline(tmp_path, data_dir):
+    cfg = _config(data_dir, "target=particles", "name=direct")
+    run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    directory = run / "g"
+    assert (directory / "jet_flow.pt").is_file() and not (directory / "convae.pt").exists()
+    generated = read_jetnet_file(directory / "generated.hdf5")
+    assert generated.particles.shape == (200, 30, 3)
+    assert (generated.jet_features[:, 3] == generated.mask.sum(1)).all()
+    out = tmp_path / "direct_g.hdf5"
+    assert (
+        main(
+            [
+                "sample",
+                "--n",
+                "50",
+                "--class",
+                "gluon",
+                "--run",
+                str(run),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert read_jetnet_file(out).particles.shape == (50, 30, 3)
+
+
+def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
+    outs = [tmp_path / f"top{i}.h5" for i in range(3)]
+    for out, seed in zip(outs, (5, 5, 6), strict=True):
+        argv = [
+            "sample",
+            "--n",
+            "250",
+            "--class",
+            "top",
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--batch-size",
+            "100",
+            "--quiet",
+        ]
+        assert main(argv) == 0
+    with h5py.File(outs[0]) as f:
+        pf, jf = f["particle_features"][:], f["jet_features"][:]
+        assert pf.shape == (250, 30, 4) and jf.shape == (250, 4) and f.attrs["jet_class"] == "t"
+    jets = read_jetnet_file(outs[0])
+    assert np.isfinite(jets.particles).all() and (jets.particles[~jets.mask] == 0).all()
+    assert (jf[:, 3] == jets.mask.sum(1)).all() and (jf[:, 0] > 500).all()
+    with h5py.File(outs[1]) as f:
+        assert np.array_equal(f["particle_features"][:], pf)
+    with h5py.File(outs[2]) as f:
+        assert not np.array_equal(f["particle_features"][:], pf)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--class", "muon"], "unknown jet class"),
+        (["--n", "0"], "--n must be >= 1"),
+        (["--class", "w"], "has no model for class 'w'"),
+        (["--run", "missing-run"], "no such run directory"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, argv, match):
+    base = {"--n": "10", "--class": "t", "--run": str(tiny_run), "--out": str(tmp_path / "x.h5")}
+    for flag, value in zip(argv[::2], argv[1::2], strict=True):
+        base[flag] = value if flag != "--run" else str(tmp_path / value)
+    args = ["sample", *[item for pair in base.items() for item in pair], "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.h5*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--config", "missing.yaml"], "no such config file"),
+        (["--set", "flow.transformz=3"], "unknown config key flow.transformz"),
+        (["--set", "flow.transforms=many"], "expected int"),
+        (["--classes", "g,muon"], "unknown jet class"),
+    ],
+)
+def test_pipeline_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    assert main(["pipeline", "--runs", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -20,10 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import nflows.distributions
-import nflows.flows
-import nflows.nn.nets
-import nflows.transforms as nft
 import torch
 import zuko
 from torch import nn
@@ -168,9 +164,19 @@ class _Zuko(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- nflows
+# nflows is imported where it is used: its import pulls in matplotlib.pyplot (~0.35 s here),
+# which `jetflows sample` of a zuko model should not pay.
+
+
+def _nft() -> Any:
+    import nflows.transforms
+
+    return nflows.transforms
 
 
 def _nflows_net(cfg: FlowConfig, context: int) -> Callable[[int, int], nn.Module]:
+    import nflows.nn.nets
+
     return functools.partial(
         nflows.nn.nets.ResidualNet,
         hidden_features=cfg.hidden_features,
@@ -179,14 +185,14 @@ def _nflows_net(cfg: FlowConfig, context: int) -> Callable[[int, int], nn.Module
     )
 
 
-def _nflows_affine_coupling(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Transform:
+def _nflows_affine_coupling(features: int, context: int, i: int, cfg: FlowConfig) -> nn.Module:
     mask = _checkered(features, i if cfg.permutation == "alternate" else 0).int()
-    return nft.AffineCouplingTransform(mask, _nflows_net(cfg, context))
+    return _nft().AffineCouplingTransform(mask, _nflows_net(cfg, context))
 
 
-def _nflows_rqs_coupling(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Transform:
+def _nflows_rqs_coupling(features: int, context: int, i: int, cfg: FlowConfig) -> nn.Module:
     mask = _checkered(features, i if cfg.permutation == "alternate" else 0).int()
-    return nft.PiecewiseRationalQuadraticCouplingTransform(
+    return _nft().PiecewiseRationalQuadraticCouplingTransform(
         mask,
         _nflows_net(cfg, context),
         num_bins=cfg.bins,
@@ -195,7 +201,8 @@ def _nflows_rqs_coupling(features: int, context: int, i: int, cfg: FlowConfig) -
     )
 
 
-def _nflows_maf(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Transform:
+def _nflows_maf(features: int, context: int, i: int, cfg: FlowConfig) -> nn.Module:
+    nft = _nft()
     layer = nft.MaskedAffineAutoregressiveTransform(
         features,
         cfg.hidden_features,
@@ -207,23 +214,25 @@ def _nflows_maf(features: int, context: int, i: int, cfg: FlowConfig) -> nft.Tra
     return layer
 
 
-NFLOWS_NORMS: dict[str, Callable[[int], nft.Transform]] = {
-    "actnorm": nft.ActNorm,
-    "batchnorm": nft.BatchNorm,
-}
+#: norm name -> the nflows.transforms class
+NFLOWS_NORMS: dict[str, str] = {"actnorm": "ActNorm", "batchnorm": "BatchNorm"}
 
 
 class _Nflows(nn.Module):
     """nflows.flows.Flow composed from nflows' layers, norms and permutations."""
 
     def __init__(self, features: int, context: int, cfg: FlowConfig, layer: Callable) -> None:
+        import nflows.distributions
+        import nflows.flows
+
         super().__init__()
+        nft = _nft()
         generator = torch.Generator().manual_seed(cfg.seed)
-        parts: list[nft.Transform] = []
+        parts: list[nn.Module] = []
         for i in range(cfg.transforms):
             parts.append(layer(features, context, i, cfg))
             if cfg.norm in NFLOWS_NORMS:
-                parts.append(NFLOWS_NORMS[cfg.norm](features))
+                parts.append(getattr(nft, NFLOWS_NORMS[cfg.norm])(features))
             if cfg.permutation == "random":
                 order = torch.randperm(features, generator=generator)
                 parts.append(nft.Permutation(order))

@@ -142,6 +142,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.n} {jet_class} jets from {args.run})")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    """Optuna study over a search space in YAML; several processes may share one storage."""
+    from pipelines.tune import tune
+
+    out = tune(
+        args.config,
+        trials=args.trials,
+        storage=args.storage,
+        storage_env=args.storage_env,
+        study_name=args.study,
+        root=args.root,
+        progress=not args.quiet,
+    )
+    print((out / "results.md").read_text(), end="")
+    print(f"results.json, results.md and the best config(s) as pipeline YAML in {out}")
+
+
+def _tune_parser(sub: argparse._SubParsersAction) -> None:
+    tn = sub.add_parser("tune", help="tune with Optuna", description=cmd_tune.__doc__)
+    tn.add_argument("--config", type=Path, required=True, help="configs/tune_*.yaml")
+    tn.add_argument("--trials", type=int, required=True, help="finished trials the study needs")
+    tn.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///<root>/<study>.db)")
+    tn.add_argument("--storage-env", help="environment variable holding the storage URL")
+    tn.add_argument("--study", help="study name (default: the config's)")
+    tn.add_argument("--root", type=Path, default=Path("runs/tune"), help="results directory")
+    tn.add_argument("--quiet", action="store_true", help="no progress bars")
+    tn.set_defaults(func=cmd_tune)
+
+
 def _run_parsers(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser(
         "pipeline",
@@ -270,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_parser(sub)
     _run_parsers(sub)
+    _tune_parser(sub)
     _evaluate_parser(sub)
     return parser
 

@@ -147,6 +147,12 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """``value`` as type ``tp`` (a field annotation), or ValueError naming ``path``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -191,7 +197,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         raise ValueError(f"{path or 'config'}: {err}") from err
 
 
-def _set(tree: dict[str, Any], assignment: str) -> None:
+def set_value(tree: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
@@ -224,7 +230,7 @@ def load_config(
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
     for assignment in overrides:
-        _set(tree, assignment)
+        set_value(tree, assignment)
     return build(PipelineConfig, tree)
 
 

@@ -1,0 +1,416 @@
+"""Optuna tuning: `jetflows tune --config configs/tune_convae.yaml --trials 20`.
+
+A tuning config names a base pipeline config, one jet class, a search space over any config
+value (keys in ``--set`` form: ``loss.alpha``, ``convae.latent_dim`` ...), the objective(s) and
+the pruner. A trial trains the ConVAE and the latent flow (or the particle flows) on the
+training split, generates as many jets as the validation split holds and scores them with the
+true observable EMDs (`pipelines.metrics.observable_emds`, each scaled by the real spread).
+
+Scaling out is Optuna's own: every `jetflows tune` process on the same storage (SQLite under
+runs/ by default, any SQLAlchemy URL, e.g. PostgreSQL, read from an environment variable so no
+credential sits in a config) joins the same study (``load_if_exists``). Trials send heartbeats;
+a trial whose worker died is marked failed by the next worker and re-queued with the same
+parameters (`RetryFailedTrialCallback`), so a killed worker loses no trial. Single-objective
+studies report the validation loss every epoch (the ConVAE's, then the flow's at steps after
+it) and prune (median or Hyperband). A flow-only study trains the ConVAE once per worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import yaml
+
+from convae.model import ConVAE
+from convae.train import fit as fit_convae
+from flows import latent, particle
+from flows.models import build_flow
+from flows.train import fit as fit_flow
+from jetflows.normalize import fit_normalization
+from pipelines import metrics
+from pipelines.config import PipelineConfig, build, digest, set_value, to_yaml
+from pipelines.data import Jets
+from pipelines.io import atomic_path
+from pipelines.pipeline import _jets, _split, _tensors
+from pipelines.sample import jet_features
+
+
+def _emd(emds: dict[str, float], *names: str) -> float:
+    return float(sum(emds[f"emd_{n}_scaled"] for n in names))
+
+
+_REST = ("pt", "energy", "eta", "phi", "multiplicity")
+#: name -> (the objective values from the scaled observable EMDs, their count)
+OBJECTIVES: dict[str, Callable[[dict[str, float]], tuple[float, ...]]] = {
+    "emd_sum": lambda e: (_emd(e, "mass", *_REST),),
+    "mass_vs_rest": lambda e: (_emd(e, "mass"), _emd(e, *_REST)),
+    "mass_angles_energy": lambda e: (
+        _emd(e, "mass"),
+        _emd(e, "eta", "phi"),
+        _emd(e, "pt", "energy"),
+    ),
+}
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": functools.partial(optuna.pruners.MedianPruner, n_startup_trials=2),
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search dimension: a float/int range (``log`` for log-uniform) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.choices is None and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("a search parameter needs low <= high, or choices")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        """Draw this parameter for ``trial``."""
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(
+                name, int(self.low), int(self.high), step=self.step or 1, log=self.log
+            )
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A tuning study (``configs/tune_*.yaml`` mirror it).
+
+    Arguments:
+        study: the study name (shared by every worker).
+        base: the pipeline YAML the trials start from; ``overrides`` then apply (``--set`` form).
+        jet_class: the class tuned on.
+        space: {config key: `Param`}.
+        objective: a name in `OBJECTIVES` (one value: pruning on; several: a Pareto front).
+        pruner: a name in `PRUNERS` (single objective only).
+        storage_env: the environment variable that holds the storage URL, if any.
+        heartbeat: seconds between trial heartbeats; a trial silent for 2x is failed and retried.
+        max_retry: retries of a trial whose worker died.
+        seed: the TPE sampler's seed.
+    """
+
+    study: str = "tune"
+    base: str = "configs/quickstart.yaml"
+    overrides: tuple[str, ...] = ()
+    jet_class: str = "t"
+    space: dict[str, Param] = field(default_factory=dict)
+    objective: str = "emd_sum"
+    pruner: str = "median"
+    storage_env: str | None = None
+    heartbeat: int = 30
+    max_retry: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: use {sorted(OBJECTIVES)}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}: use one of {sorted(PRUNERS)}")
+        if not self.space:
+            raise ValueError("the search space is empty")
+        if self.heartbeat < 1 or self.max_retry < 0:
+            raise ValueError("heartbeat must be >= 1 s and max_retry >= 0")
+
+    @property
+    def directions(self) -> list[str]:
+        """One "minimize" per objective value."""
+        return ["minimize"] * len(
+            OBJECTIVES[self.objective]({f"emd_{n}_scaled": 0.0 for n in ("mass", *_REST)})
+        )
+
+
+def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
+    """The tuning config and the base pipeline tree (checked: every space key must exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such tuning config")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    cfg = build(TuneConfig, tree)
+    base_path = Path(cfg.base)
+    if not base_path.is_file():
+        raise FileNotFoundError(f"{path}: base config {base_path} does not exist")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    for assignment in cfg.overrides:
+        set_value(base, assignment)
+    pipeline_config(base, {})  # the base itself must be valid
+    for key, param in cfg.space.items():  # every key must name a config field
+        probe = param.choices[0] if param.choices else param.low
+        pipeline_config(base, {key: int(probe) if param.integer else probe})
+    return cfg, base
+
+
+def pipeline_config(base: dict[str, Any], values: dict[str, Any]) -> PipelineConfig:
+    """The base tree with ``values`` ({dotted key: value}) applied, built strictly."""
+    tree = json.loads(json.dumps(base))
+    for key, value in values.items():
+        set_value(tree, f"{key}={json.dumps(value)}")
+    return build(PipelineConfig, tree)
+
+
+def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats and retries; URL: given, else $storage_env, else SQLite."""
+    if url is None and cfg.storage_env:
+        url = os.environ.get(cfg.storage_env)
+        if not url:
+            raise ValueError(f"the environment variable {cfg.storage_env} (storage URL) is unset")
+    if url is None:
+        default.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{default}"
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=cfg.heartbeat,
+            grace_period=2 * cfg.heartbeat,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(cfg.max_retry),
+            engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {},
+        )
+    except Exception as err:  # SQLAlchemy raises many kinds; the user needs one line
+        shown = url.split("@")[-1]  # never print credentials
+        raise ValueError(f"cannot open the storage {shown!r}: {str(err).splitlines()[0]}") from err
+
+
+# ------------------------------------------------------------------------------------ a trial
+
+
+_CONVAES: dict[str, tuple[ConVAE, Any]] = {}  # in-process cache: flow-only trials reuse it
+
+
+def _convae(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
+    """The trained ConVAE and normalization of ``cfg`` (trained once per worker and config)."""
+    key = digest(cfg.data, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
+    if key not in _CONVAES:
+        (x, m), (vx, vm) = _tensors(train), _tensors(valid)
+        norm = fit_normalization(x, m, kind=cfg.normalization)
+        torch.manual_seed(cfg.convae_train.seed)
+        vae = ConVAE(cfg.convae)
+        fit_convae(
+            vae,
+            (norm.transform(x, m), m),
+            (norm.transform(vx, vm), vm),
+            loss=cfg.loss,
+            config=cfg.convae_train,
+            normalization=norm,
+            on_epoch=report,
+            progress=False,
+        )
+        _CONVAES.clear()  # keep one: a ConVAE study changes it every trial
+        _CONVAES[key] = vae, norm
+    return _CONVAES[key]
+
+
+def _generate_latent(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
+    vae, norm = _convae(cfg, train, valid, report)
+    (x, m), (vx, vm) = _tensors(train), _tensors(valid)
+    z = [
+        latent.encode_latents(vae, norm.transform(a, b), mode=cfg.latent.encoding)
+        for a, b in ((x, m), (vx, vm))
+    ]
+    torch.manual_seed(cfg.flow_train.seed)
+    flow = build_flow(cfg.flow, features=cfg.convae.latent_dim)
+    offset = cfg.convae_train.epochs  # flow epochs are reported after the ConVAE's
+
+    def flow_report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
+        report(offset + epoch, row, state)
+
+    fit_flow(
+        flow,
+        (z[0], None, None),
+        (z[1], None, None),
+        config=cfg.flow_train,
+        on_epoch=flow_report,
+        progress=False,
+    )
+    masking = latent.Masking(
+        cfg.latent.masking, cfg.latent.pt_threshold, latent.multiplicity_probs(m)
+    )
+    g = torch.Generator().manual_seed(cfg.data.seed)
+    return latent.generate(flow, vae, len(valid), masking=masking, normalization=norm, generator=g)
+
+
+def _generate_particles(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
+    (x, m), (vx, vm) = _tensors(train), _tensors(valid)
+    target = particle.fit_target(x, m, context=cfg.particle.context)
+    g = torch.Generator().manual_seed(cfg.flow_train.seed)
+    (px, pc, pj), (vpx, vpc, vpj) = (
+        particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
+    )
+    torch.manual_seed(cfg.flow_train.seed)
+    jet_flow = build_flow(cfg.particle.jet_flow, features=2)
+    fit_flow(
+        jet_flow,
+        (pj, None, None),
+        (vpj, None, None),
+        config=cfg.flow_train,
+        standardize=False,
+        progress=False,
+    )
+    flow = build_flow(cfg.flow, features=px.shape[1], context=pc.shape[1])
+    fit_flow(
+        flow,
+        (px, pc, None),
+        (vpx, vpc, None),
+        config=cfg.flow_train,
+        standardize=False,
+        on_epoch=report,
+        progress=False,
+    )
+    return particle.generate(flow, jet_flow, len(valid), target, generator=g)
+
+
+GENERATORS = {"latent": _generate_latent, "particles": _generate_particles}
+
+
+def score(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> dict[str, float]:
+    """Train on ``train``, generate len(valid) jets, their scaled observable EMDs vs ``valid``."""
+    particles, mask = GENERATORS[cfg.target](cfg, train, valid, report)
+    rng = np.random.default_rng(cfg.data.seed)
+    kinematics = torch.from_numpy(train.jet_features[rng.integers(len(train), size=len(mask)), :2])
+    gen = Jets(
+        particles.numpy(),
+        mask.numpy(),
+        jet_features(particles, mask, kinematics).numpy(),
+        valid.labels[: len(mask)],
+    )
+    emds, _ = metrics.observable_emds(metrics.observables(valid), metrics.observables(gen))
+    return {k: float(v) for k, v in emds.items()}
+
+
+class Objective:
+    """The Optuna objective: one trial = one config from the space, trained and scored."""
+
+    def __init__(self, cfg: TuneConfig, base: dict[str, Any], data: tuple[Jets, Jets]) -> None:
+        self.cfg, self.base, self.data = cfg, base, data
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        trial.set_user_attr("worker", os.getpid())
+        values = {key: p.suggest(trial, key) for key, p in self.cfg.space.items()}
+        pipeline = pipeline_config(self.base, values)
+        single = len(self.cfg.directions) == 1
+
+        def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
+            if single:  # Optuna prunes single-objective studies only
+                trial.report(row["valid_loss"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        emds = score(pipeline, *self.data, report)
+        for name, value in emds.items():
+            trial.set_user_attr(name, value)
+        result = OBJECTIVES[self.cfg.objective](emds)
+        return result[0] if single else result
+
+
+# -------------------------------------------------------------------------------- a study
+
+
+def tune(
+    config_path: str | Path,
+    *,
+    trials: int,
+    storage: str | None = None,
+    storage_env: str | None = None,
+    study_name: str | None = None,
+    root: str | Path = "runs/tune",
+    progress: bool = True,
+) -> Path:
+    """Run (or join) a study until it holds ``trials`` finished trials; write its results.
+
+    ``storage``: an SQLAlchemy URL; ``storage_env``: the variable holding one (overrides the
+    config's). Returns the study's directory ``root/<study>`` with results.json, results.md
+    and best.yaml (single objective) or pareto/<trial>.yaml (multi-objective).
+    """
+    if trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {trials}")
+    cfg, base = load_tune_config(config_path)
+    if storage_env:
+        cfg = dataclasses.replace(cfg, storage_env=storage_env)
+    name = study_name or cfg.study
+    out = Path(root) / name
+    rdb = open_storage(storage, cfg, Path(root) / f"{name}.db")
+    study = optuna.create_study(
+        study_name=name,
+        storage=rdb,
+        load_if_exists=True,
+        directions=cfg.directions,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=PRUNERS[cfg.pruner](),
+    )
+    pipeline = pipeline_config(base, {})
+    train, valid, _ = _split(_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    study.optimize(
+        Objective(cfg, base, (train, valid)),
+        n_trials=trials,
+        callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+        catch=(FloatingPointError,),
+        show_progress_bar=progress,
+    )
+    write_results(study, cfg, base, out)
+    return out
+
+
+def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], out: Path) -> None:
+    """results.json (every trial), results.md, and ready-to-run pipeline YAML of the best."""
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "values": t.values,
+            "params": t.params,
+            "retried_from": t.system_attrs.get("failed_trial"),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    best = study.best_trials if rows and any(r["state"] == "COMPLETE" for r in rows) else []
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(
+            json.dumps(
+                {"objective": cfg.objective, "trials": rows, "best": [t.number for t in best]},
+                indent=2,
+            )
+        )
+    for trial in best:
+        name = "best.yaml" if len(cfg.directions) == 1 else f"pareto/{trial.number}.yaml"
+        config = pipeline_config(base, trial.params)
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(
+                f"# study {study.study_name}, trial {trial.number}: {trial.values}\n"
+                + to_yaml(config)
+            )
+    lines = [
+        f"# Study {study.study_name}: objective {cfg.objective}",
+        "",
+        f"{len(rows)} trials; best (Pareto front for several objectives):",
+        "",
+        "| trial | values | params |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {t.number} | {', '.join(f'{v:.4g}' for v in t.values)} | {t.params} |" for t in best
+    ]
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

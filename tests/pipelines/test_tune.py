@@ -1,0 +1,185 @@
+"""Optuna tuning: shared SQLite studies across processes, retry of a killed worker's trial,
+pruning, multi-objective Pareto fronts, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.data import write_jetnet_file
+from pipelines.tune import tune
+from tests.conftest import random_jets
+
+ROOT = Path(__file__).parents[2]
+TINY = [
+    "data.source=jetnet",
+    "data.n_jets=400",
+    "data.split=[0.3, 0.2, 0.5]",
+    "convae.n_filter=4",
+    "convae.dense_width=32",
+    "convae.latent_dim=4",
+    "convae_train.epochs=3",
+    "flow.transforms=2",
+    "flow.hidden_features=16",
+    "flow_train.epochs=2",
+    "evaluate.cov_mmd=false",
+]
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jetnet_tune")
+    write_jetnet_file(root / "g.hdf5", random_jets(400, seed=4))
+    return root
+
+
+def _write(tmp_path, data_dir, **changes):
+    cfg = {
+        "study": "tiny",
+        "base": str(ROOT / "configs/quickstart.yaml"),
+        "overrides": [*TINY, f"data.data_dir={data_dir}", *changes.pop("more", [])],
+        "jet_class": "g",
+        "objective": "emd_sum",
+        "pruner": "median",
+        "heartbeat": 1,
+        "space": {
+            "convae_train.lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "convae.activation": {"choices": ["relu", "gelu"]},
+        },
+    }
+    cfg.update(changes)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _worker(config, root, trials):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    argv = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "tune",
+        "--config",
+        str(config),
+        "--trials",
+        str(trials),
+        "--root",
+        str(root),
+        "--quiet",
+    ]
+    return subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _study(root, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/{name}.db")
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
+    config, root = _write(tmp_path, data_dir), tmp_path / "tune"
+    workers = [_worker(config, root, 4) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=600) == 0, w.stderr.read()
+    trials = _study(root).get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) >= 4  # the study's total, not 4 per worker
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
+    results = json.loads((root / "tiny" / "results.json").read_text())
+    assert {r["number"] for r in results["trials"]} == {t.number for t in trials}
+    best = load_config(root / "tiny" / "best.yaml")
+    assert best.convae_train.lr == _study(root).best_trial.params["convae_train.lr"]
+
+
+def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
+    config = _write(tmp_path, data_dir, more=["convae_train.epochs=200", "convae_train.patience=0"])
+    root = tmp_path / "tune"
+    victim = _worker(config, root, 1)
+    deadline = time.time() + 120
+    running = []
+    while not running and time.time() < deadline:
+        time.sleep(0.2)
+        if (root / "tiny.db").exists():
+            try:
+                running = _study(root).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            except KeyError:  # the study is not created yet
+                pass
+    assert running, "the worker never started a trial"
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    time.sleep(2.5)  # past the grace period (2 x heartbeat): the trial is now stale
+    quick = _write(tmp_path, data_dir)  # same study, short trials
+    tune(quick, trials=1, root=root, progress=False)
+    trials = _study(root).get_trials()
+    killed = running[0].number
+    assert trials[killed].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert retried and retried[0].state in FINISHED
+    assert retried[0].params == running[0].params
+
+
+def test_a_bad_trial_is_pruned(tmp_path, data_dir):
+    root = tmp_path / "tune"
+    root.mkdir()
+    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{root}/tiny.db")
+    good = {"convae_train.lr": 1e-2, "convae.activation": "relu"}
+    for params in (good, good, {"convae_train.lr": 1e-3, "convae.activation": "relu"}):
+        study.enqueue_trial(params)
+    space = {
+        "convae_train.lr": {"low": 1e-9, "high": 1e-2, "log": True},
+        "convae.activation": {"choices": ["relu", "gelu"]},
+    }
+    config = _write(tmp_path, data_dir, more=["convae_train.epochs=4"], space=space)
+    study.enqueue_trial({"convae_train.lr": 1e-9, "convae.activation": "relu"})  # learns nothing
+    tune(config, trials=4, root=root, progress=False)
+    trials = _study(root).get_trials()
+    bad = next(t for t in trials if t.params["convae_train.lr"] == 1e-9)
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    assert len(bad.intermediate_values) < 4 + 2  # stopped before the end (ConVAE + flow steps)
+
+
+def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
+    config = _write(tmp_path, data_dir, objective="mass_vs_rest")
+    out = tune(config, trials=3, root=tmp_path / "tune", progress=False)
+    results = json.loads((out / "results.json").read_text())
+    complete = [r for r in results["trials"] if r["state"] == "COMPLETE"]
+    front = [r for r in complete if r["number"] in results["best"]]
+    assert front and all(len(r["values"]) == 2 for r in complete)
+    for r in front:  # nobody on the front is dominated by another complete trial
+        assert not any(
+            all(a <= b for a, b in zip(o["values"], r["values"], strict=True))
+            and o["values"] != r["values"]
+            for o in complete
+        )
+        assert load_config(out / "pareto" / f"{r['number']}.yaml").convae.n_filter == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "argv", "match"),
+    [
+        ({}, ["--storage", "postgresql://user:hunter2@localhost:1/db"], "cannot open the storage"),
+        ({}, ["--storage", "sqlite:////nonexistent/dir/x.db"], "cannot open the storage"),
+        ({}, ["--storage-env", "JETFLOWS_TEST_UNSET_URL"], "JETFLOWS_TEST_UNSET_URL"),
+        ({"space": {"convae.filterz": {"low": 1, "high": 2}}}, [], "unknown config key"),
+        ({"objective": "fastest"}, [], "unknown objective"),
+        ({"space": {"loss.alpha": {"low": 2, "high": 1}}}, [], "low <= high"),
+        ({}, ["--trials", "0"], "--trials must be >= 1"),
+    ],
+)
+def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, changes, argv, match):
+    config = _write(tmp_path, data_dir, **changes)
+    args = ["tune", "--config", str(config), "--trials", "1", "--root", str(tmp_path / "t")]
+    assert main([*args, *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert "hunter2" not in err

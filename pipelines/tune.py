@@ -10,7 +10,7 @@ Scaling out is Optuna's own: every `jetflows tune` process on the same storage (
 runs/ by default, any SQLAlchemy URL, e.g. PostgreSQL, read from an environment variable so no
 credential sits in a config) joins the same study (``load_if_exists``). Trials send heartbeats;
 a trial whose worker died is marked failed by the next worker and re-queued with the same
-parameters (`RetryFailedTrialCallback`), so a killed worker loses no trial. Single-objective
+parameters (`RetryHeartbeatStaleTrialCallback`), so a killed worker loses no trial. Single-objective
 studies report the validation loss every epoch (the ConVAE's, then the flow's at steps after
 it) and prune (median or Hyperband). A flow-only study trains the ConVAE once per worker.
 """
@@ -21,6 +21,8 @@ import dataclasses
 import functools
 import json
 import os
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,10 @@ def pipeline_config(base: dict[str, Any], values: dict[str, Any]) -> PipelineCon
     return build(PipelineConfig, tree)
 
 
+#: what SQLite says when two workers create a new study file at the same moment
+_CREATION_RACES = ("already exists", "UNIQUE constraint failed", "database is locked")
+
+
 def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats and retries; URL: given, else $storage_env, else SQLite."""
     if url is None and cfg.storage_env:
@@ -180,17 +186,29 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
     if url is None:
         default.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{default}"
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=cfg.heartbeat,
-            grace_period=2 * cfg.heartbeat,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(cfg.max_retry),
-            engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {},
-        )
-    except Exception as err:  # SQLAlchemy raises many kinds; the user needs one line
-        shown = url.split("@")[-1]  # never print credentials
-        raise ValueError(f"cannot open the storage {shown!r}: {str(err).splitlines()[0]}") from err
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=cfg.heartbeat,
+                    grace_period=2 * cfg.heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        cfg.max_retry
+                    ),
+                    engine_kwargs={"connect_args": {"timeout": 30}} if "sqlite" in url else {},
+                )
+        except Exception as err:  # SQLAlchemy raises many kinds; the user needs one line
+            # two workers starting together on a new SQLite file race to create its tables
+            if any(race in str(err) for race in _CREATION_RACES) and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            shown = url.split("@")[-1]  # never print credentials
+            raise ValueError(
+                f"cannot open the storage {shown!r}: {str(err).splitlines()[0]}"
+            ) from err
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------------------ a trial

@@ -101,7 +101,10 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
 
 
 def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
-    config = _write(tmp_path, data_dir, more=["convae_train.epochs=200", "convae_train.patience=0"])
+    # the victim's trial would run for hours: it is surely mid-trial when killed
+    config = _write(
+        tmp_path, data_dir, more=["convae_train.epochs=1000000", "convae_train.patience=0"]
+    )
     root = tmp_path / "tune"
     victim = _worker(config, root, 1)
     deadline = time.time() + 120

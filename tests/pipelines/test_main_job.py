@@ -1,5 +1,6 @@
-"""The README's main job: generate every class and summarize. Full size is `slow`; CI runs a
-small version (few jets, two classes) through the same commands."""
+"""`jetflows data generate` + `data summary` for several classes (the data step of the main job;
+the pipeline itself is tested in test_pipeline.py). Full size is `slow`; CI runs a small version
+(few jets, two classes) through the same commands."""
 
 import json
 

@@ -252,3 +252,32 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_quickstart_full(tmp_path):
+    """The README's main job at full size (about 4-5 minutes on 2 cores)."""
+    run = run_pipeline(load_config("configs/quickstart.yaml"), root=tmp_path, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"g", "q", "t", "w", "z"}
+    for metrics in summary.values():
+        assert np.isfinite(metrics["emd_sum"]["value"]) and metrics["emd_sum"]["floor"] > 0
+    out = tmp_path / "top.h5"
+    assert (
+        main(
+            [
+                "sample",
+                "--n",
+                "10000",
+                "--class",
+                "top",
+                "--run",
+                str(run),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert read_jetnet_file(out).particles.shape == (10000, 30, 3)

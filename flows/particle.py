@@ -173,7 +173,7 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flow output x (n, 3P) and n (n,) -> particles (n, P, 3) pt-sorted, zero-padded, mask."""
     P = target.num_particles
-    mask = torch.arange(P)[None] < multiplicity[:, None]
+    mask = torch.arange(P, device=x.device)[None] < multiplicity[:, None]
     feats = target.features.inverse(x.reshape(len(x), P, 3))
     particles = torch.stack([feats[..., ETA], feats[..., PHI], feats[..., PT].exp()], -1)
     particles = particles * mask[..., None]

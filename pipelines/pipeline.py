@@ -1,6 +1,7 @@
 """The pipeline: per class, data -> ConVAE -> latents -> flow -> generated jets -> evaluation.
 
-``runs/<name>/`` holds ``config.yaml`` (resolved), ``summary.md``/``summary.json`` (one row per
+``runs/<name>/`` holds ``config.yaml`` (resolved), ``pipeline.log`` (what ran, what was skipped,
+how long each stage took), ``summary.md``/``summary.json`` (one row per
 class, every metric beside its truth floor) and one directory per class with ``data.hdf5``
 (Pythia jets, when generated), ``convae.pt``, ``flow.pt`` (+ ``jet_flow.pt``),
 ``history.json``, ``generated.hdf5``, ``real_test.hdf5``, ``metrics.json``, ``report.md`` and
@@ -15,6 +16,8 @@ every epoch and resume from it, so a killed pipeline re-run continues where it s
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
 from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
 from pipelines.io import atomic_path
 
+LOG = logging.getLogger("jetflows.pipeline")
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
 
 
@@ -47,18 +51,26 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class Stages:
-    """``stages.json`` of a class directory: which stage outputs are complete, for which config."""
+    """``stages.json`` of a class directory: which stage outputs are complete, for which config.
+    Every decision (skipped, done in how long) goes to the ``jetflows.pipeline`` log."""
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "stages.json"
+        self.path, self.name = directory / "stages.json", directory.name
         self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.clock = time.perf_counter()
 
     def complete(self, stage: str, key: str, *outputs: Path) -> bool:
-        return self.done.get(stage) == key and all(p.exists() for p in outputs)
+        done = self.done.get(stage) == key and all(p.exists() for p in outputs)
+        if done:
+            LOG.info("%s: %s up to date (config %s), skipped", self.name, stage, key)
+        return done
 
     def mark(self, stage: str, key: str) -> None:
         self.done[stage] = key
         _write_json(self.path, self.done)
+        now = time.perf_counter()
+        LOG.info("%s: %s done in %.1f s (config %s)", self.name, stage, now - self.clock, key)
+        self.clock = now
 
 
 # --------------------------------------------------------------------------------------- data
@@ -121,6 +133,8 @@ def _trained(
     if last.is_file():
         state = load_checkpoint(last, kind)
         resume = state if state.get("stage_key") == key else None
+        if resume is not None:
+            LOG.info("%s: resuming %s after epoch %d", path.parent.name, path.stem, state["epoch"])
 
     def on_epoch(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
         save_checkpoint(last, {**state, "stage_key": key})
@@ -393,11 +407,20 @@ def run_pipeline(
     run.mkdir(parents=True, exist_ok=True)
     with atomic_path(run / "config.yaml") as tmp:
         tmp.write_text(to_yaml(cfg))
-    results = {}
-    for i, jet_class in enumerate(classes):
-        if progress:
-            print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
-        results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
+    handler = logging.FileHandler(run / "pipeline.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    try:
+        results = {}
+        for i, jet_class in enumerate(classes):
+            if progress:
+                print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
+            LOG.info("%s: class %s", cfg.name, jet_class)
+            results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
     _write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     with atomic_path(run / "summary.md") as tmp:
         tmp.write_text(summary_markdown(cfg.name, results))

@@ -47,8 +47,9 @@ class JetGenerator:
     """A trained generator of one class: ``sampler`` plus the jet (pt, eta) pool."""
 
     sampler: Sampler
-    kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta)
+    kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
     num_particles: int
+    device: str = "cpu"  # where the models run (and their random stream lives)
 
 
 def _latent_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Sampler:
@@ -105,7 +106,7 @@ def load_generator(run: str | Path, jet_class: str, *, device: str = "cpu") -> J
         raise ValueError(f"{path / 'flow.pt'}: not a pipeline flow (no known target recorded)")
     sampler = SAMPLERS[extra["target"]](state, path, device)
     kinematics = torch.tensor(extra["jet_kinematics"], dtype=torch.float32)
-    return JetGenerator(sampler, kinematics, int(extra["num_particles"]))
+    return JetGenerator(sampler, kinematics, int(extra["num_particles"]), device)
 
 
 def jet_features(
@@ -120,7 +121,7 @@ def jet_features(
 @torch.no_grad()
 def sample_jets(gen: JetGenerator, n: int, *, seed: int = 0, batch_size: int = 10_000) -> Any:
     """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy."""
-    g = torch.Generator(device=gen.kinematics.device).manual_seed(seed)
+    g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)

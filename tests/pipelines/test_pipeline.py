@@ -63,6 +63,8 @@ def tiny_run(tmp_path_factory, data_dir):
 
 def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
     assert (tiny_run / "config.yaml").is_file() and (tiny_run / "summary.md").is_file()
+    log = (tiny_run / "pipeline.log").read_text()
+    assert "g: convae done in" in log and "t: evaluate done in" in log
     assert load_config(tiny_run / "config.yaml") == _config(data_dir)
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert set(summary) == {"g", "t"}
@@ -94,6 +96,8 @@ def test_a_rerun_skips_every_finished_stage(tiny_run, data_dir, monkeypatch):
     monkeypatch.setattr("pipelines.evaluate.evaluate_files", boom)
     monkeypatch.setattr("pipelines.sample.sample_to_file", boom)
     run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("g",), progress=False)
+    log = (tiny_run / "pipeline.log").read_text()
+    assert "g: convae up to date" in log and "g: evaluate up to date" in log
 
 
 def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monkeypatch):
@@ -151,6 +155,7 @@ def test_killed_mid_training_resumes_from_the_last_epoch(tmp_path, data_dir, mon
     monkeypatch.setattr(pl, "fit_convae", spy)
     run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     assert epochs == [2]  # resumed after epoch 2 of 3, not from scratch
+    assert "g: resuming convae after epoch 2" in (tmp_path / "tiny" / "pipeline.log").read_text()
     history = json.loads((directory / "history.json").read_text())["convae"]
     assert [row["epoch"] for row in history] == [0, 1, 2]
     assert not (directory / "convae.last.pt").exists()
@@ -225,6 +230,13 @@ def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
         (["--class", "w"], "has no model for class 'w'"),
         (["--run", "missing-run"], "no such run directory"),
         (["--device", "tpu"], "unknown device"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(
+                __import__("torch").cuda.is_available(), reason="a GPU is here"
+            ),
+        ),
     ],
 )
 def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, argv, match):

@@ -45,7 +45,11 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     check_num_particles(args.particles)
-    out = args.out or Path("data") / jetnet_filename(cfg.jet_class, args.particles)
+    shard = _shard(args.shard)
+    name = jetnet_filename(cfg.jet_class, args.particles)
+    if shard != (0, 1):
+        name = name.replace(".hdf5", f".shard{shard[0]}of{shard[1]}.hdf5")
+    out = args.out or Path("data") / name
     path, written = generate_file(
         cfg,
         args.n,
@@ -54,11 +58,30 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         overwrite=args.overwrite,
         cache_dir=args.cache,
+        shard=shard,
     )
+    what = f"shard {shard[0]}/{shard[1]} of " if shard != (0, 1) else ""
     print(
-        f"{'wrote' if written else 'up to date:'} {path} ({args.n} {cfg.jet_class} jets, "
+        f"{'wrote' if written else 'up to date:'} {path} ({what}{args.n} {cfg.jet_class} jets, "
         f"{args.particles} particles)"
     )
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    i, sep, count = text.partition("/")
+    if not sep or not i.strip().isdigit() or not count.strip().isdigit():
+        raise ValueError(f"--shard expects i/N (e.g. 0/4), got {text!r}")
+    return int(i), int(count)
+
+
+def cmd_data_merge(args: argparse.Namespace) -> None:
+    """Join the shard files of one `data generate --shard i/N` request into one JetNet file."""
+    from pipelines.generate import merge_shards
+
+    path = merge_shards(args.files, args.out, overwrite=args.overwrite)
+    print(f"wrote {path} ({len(args.files)} shards)")
 
 
 def cmd_data_summary(args: argparse.Namespace) -> None:
@@ -259,7 +282,18 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--cache", type=Path, help="chunk cache (default $JETFLOWS_CACHE or ~/.cache/jetflows)"
     )
+    gen.add_argument(
+        "--shard", help="i/N: generate only shard i of N (e.g. one machine each); see data merge"
+    )
     gen.set_defaults(func=cmd_data_generate)
+
+    merge = verbs.add_parser(
+        "merge", help="join shard files into one JetNet file", description=cmd_data_merge.__doc__
+    )
+    merge.add_argument("files", nargs="+", help="the shard files (any order)")
+    merge.add_argument("--out", type=Path, required=True, help="output HDF5 file")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    merge.set_defaults(func=cmd_data_merge)
 
     summ = verbs.add_parser(
         "summary",

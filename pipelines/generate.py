@@ -20,7 +20,7 @@ import json
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from jetflows.classes import JET_TYPES, canonical_class
 from jetflows.physics import wrap_phi
-from pipelines.data import MAX_PARTICLES, Jets, check_num_particles, write_jetnet_file
+from pipelines.data import (
+    MAX_PARTICLES,
+    Jets,
+    check_num_particles,
+    concat_jets,
+    read_jetnet_file,
+    write_jetnet_file,
+)
 from pipelines.io import atomic_path, check_writable
 
 GENERATOR_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
@@ -268,6 +275,18 @@ def _run_parallel(tasks: list, jobs: int, step: Callable[[int], None]) -> None:
             step(chunk)
 
 
+def shard_chunks(n: int, chunk_size: int, shard: tuple[int, int]) -> range:
+    """The chunks shard (i, N) of an n-jet request generates: a contiguous 1/N of them, so the
+    shards' files concatenated in shard order are exactly the unsharded file."""
+    i, count = shard
+    if not 0 <= i < count:
+        raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{count}")
+    chunks = math.ceil(n / chunk_size)
+    if count > chunks:
+        raise ValueError(f"{count} shards for {chunks} chunks of {chunk_size} jets: use fewer")
+    return range(i * chunks // count, (i + 1) * chunks // count)
+
+
 def generate_jets(
     cfg: GeneratorConfig,
     n: int,
@@ -276,6 +295,7 @@ def generate_jets(
     jobs: int | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> Jets:
     """``n`` jets of ``cfg.jet_class``, from the chunk cache or generated on ``jobs`` processes.
 
@@ -286,6 +306,7 @@ def generate_jets(
         jobs: processes (default: every core).
         cache_dir: chunk cache (default `default_cache_dir()`).
         progress: show a tqdm bar.
+        shard: (i, N): only this shard's jets (`shard_chunks`), e.g. one machine of N.
 
     Returns:
         `Jets` with particles (n, P, 3), mask (n, P), jet_features (n, 4) where n_particles
@@ -298,7 +319,7 @@ def generate_jets(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    chunks = range(math.ceil(n / cfg.chunk_size))
+    chunks = shard_chunks(n, cfg.chunk_size, shard)
     loaded = {k: _load_chunk(_chunk_path(cache, cfg, k)) for k in chunks}
     missing = [(cfg, k, cache) for k, arrays in loaded.items() if arrays is None]
     with tqdm(
@@ -313,7 +334,8 @@ def generate_jets(
             bar.update(cfg.chunk_size)
 
         _run_parallel(missing, jobs, step)
-    return _assemble([loaded[k] for k in chunks], n, num_particles, cfg.jet_class)
+    size = min(n, chunks.stop * cfg.chunk_size) - chunks.start * cfg.chunk_size
+    return _assemble([loaded[k] for k in chunks], size, num_particles, cfg.jet_class)
 
 
 def _assemble(chunks: list, n: int, num_particles: int, jet_class: str) -> Jets:
@@ -323,17 +345,19 @@ def _assemble(chunks: list, n: int, num_particles: int, jet_class: str) -> Jets:
     return Jets(particles, mask, features, np.full(n, JET_TYPES.index(jet_class)))
 
 
-def request_record(cfg: GeneratorConfig, n: int, num_particles: int) -> str:
+def request_record(
+    cfg: GeneratorConfig, n: int, num_particles: int, shard: tuple[int, int] = (0, 1)
+) -> str:
     """The JSON stored in a generated file's attributes: what exactly it holds."""
-    return json.dumps(
-        {
-            **asdict(cfg),
-            "n": n,
-            "num_particles": num_particles,
-            "generator_version": GENERATOR_VERSION,
-        },
-        sort_keys=True,
-    )
+    record = {
+        **asdict(cfg),
+        "n": n,
+        "num_particles": num_particles,
+        "generator_version": GENERATOR_VERSION,
+    }
+    if shard != (0, 1):
+        record["shard"] = list(shard)
+    return json.dumps(record, sort_keys=True)
 
 
 def _stored_request(path: Path) -> str | None:
@@ -354,21 +378,59 @@ def generate_file(
     overwrite: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Path, bool]:
-    """Generate ``n`` jets into the JetNet-layout file ``out``.
+    """Generate ``n`` jets (or shard (i, N) of them) into the JetNet-layout file ``out``.
 
     A file that already holds exactly this request is kept as it is (the same request twice
-    generates once); any other existing file needs ``overwrite``.
+    generates once); any other existing file needs ``overwrite``. `merge_shards` joins the N
+    shard files into the file the unsharded request writes.
 
     Returns:
         (path, whether anything was written).
     """
-    out, record = Path(out), request_record(cfg, n, check_num_particles(num_particles))
+    record = request_record(cfg, n, check_num_particles(num_particles), shard)
+    out = Path(out)
     if out.is_file() and _stored_request(out) == record:
         return out, False
     check_writable(out, overwrite=overwrite)
     jets = generate_jets(
-        cfg, n, num_particles=num_particles, jobs=jobs, cache_dir=cache_dir, progress=progress
+        cfg,
+        n,
+        num_particles=num_particles,
+        jobs=jobs,
+        cache_dir=cache_dir,
+        progress=progress,
+        shard=shard,
     )
     attrs = {"jetflows_request": record, "source": "Pythia8 + FastJet (jetflows)"}
     return write_jetnet_file(out, jets, attrs), True
+
+
+def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
+    """Join the N shard files of one request (any order) into ``out``: identical to the file
+    the unsharded request writes, attributes included.
+
+    Raises:
+        ValueError: files from different requests, a missing or repeated shard, not shards.
+    """
+    records = []
+    for path in paths:
+        stored = _stored_request(Path(path))
+        if not stored:
+            raise ValueError(f"{path}: not a file written by `jetflows data generate`")
+        records.append(json.loads(stored))
+    shards = [tuple(r.pop("shard", (0, 1))) for r in records]
+    if any(r != records[0] for r in records):
+        raise ValueError("the files come from different generation requests")
+    count = shards[0][1]
+    if sorted(shards) != [(i, count) for i in range(count)]:
+        raise ValueError(f"need each of the {count} shards exactly once, got {sorted(shards)}")
+    check_writable(Path(out), overwrite=overwrite)
+    order = [paths[shards.index((i, count))] for i in range(count)]
+    jets = concat_jets([read_jetnet_file(p) for p in order])
+    attrs = {
+        "jetflows_request": json.dumps(records[0], sort_keys=True),
+        "source": "Pythia8 + FastJet (jetflows)",
+    }
+    return write_jetnet_file(out, jets, attrs)

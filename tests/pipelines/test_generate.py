@@ -163,3 +163,67 @@ def test_a_chunk_does_not_depend_on_what_the_process_generated_before(monkeypatc
     fresh = generate.generate_chunk(cfg, 1)
     np.testing.assert_array_equal(after["particles"], fresh["particles"])
     np.testing.assert_array_equal(after["jet_features"], fresh["jet_features"])
+
+
+def test_shards_merge_into_exactly_the_unsharded_file(tmp_path):
+    from pipelines.cli import main
+
+    common = [
+        "--class",
+        "w",
+        "--n",
+        "7",
+        "--chunk-size",
+        "2",
+        "--seed",
+        "3",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--jobs",
+        "1",
+    ]
+    whole = tmp_path / "whole.hdf5"
+    assert main(["data", "generate", *common, "--out", str(whole)]) == 0
+    shards = [tmp_path / f"s{i}.hdf5" for i in range(3)]
+    for i, path in enumerate(shards):
+        assert main(["data", "generate", *common, "--shard", f"{i}/3", "--out", str(path)]) == 0
+    sizes = [len(read_jetnet_file(p)) for p in shards]
+    assert sizes == [2, 2, 3]  # chunks (4 of 2 jets, the last cut to 1) split 1, 1, 2
+    merged = tmp_path / "merged.hdf5"
+    assert main(["data", "merge", *map(str, shards[::-1]), "--out", str(merged)]) == 0
+    with h5py.File(whole) as a, h5py.File(merged) as b:
+        for name in ("particle_features", "jet_features"):
+            assert np.array_equal(a[name][:], b[name][:])
+        assert a.attrs["jetflows_request"] == b.attrs["jetflows_request"]
+    # the merged file counts as the unsharded request: generating it again is a no-op
+    path, written = generate_file(
+        GeneratorConfig("w", seed=3, chunk_size=2), 7, merged, cache_dir=tmp_path / "cache"
+    )
+    assert not written
+
+
+def test_bad_shards(tmp_path, capsys):
+    from pipelines.cli import main
+
+    base = [
+        "data",
+        "generate",
+        "--class",
+        "w",
+        "--n",
+        "4",
+        "--chunk-size",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "x.hdf5"),
+    ]
+    for shard, match in (("2/2", "0 <= i < N"), ("a/b", "expects i/N"), ("0/3", "use fewer")):
+        assert main([*base, "--shard", shard]) == 2
+        assert match in capsys.readouterr().err
+    one = tmp_path / "one.hdf5"
+    assert main([*base[:-2], "--out", str(one), "--shard", "0/2"]) == 0
+    assert main(["data", "merge", str(one), "--out", str(tmp_path / "m.hdf5")]) == 2
+    assert "exactly once" in capsys.readouterr().err
+    assert not (tmp_path / "m.hdf5").exists()

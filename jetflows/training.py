@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jetflows import __version__
+from jetflows.distributed import all_sum, is_main, rank_world
 
 PRECISIONS = ("fp32", "bf16")
 Batch = Sequence[torch.Tensor | None]
@@ -104,40 +105,69 @@ def _take(data: Batch, index: torch.Tensor) -> list[torch.Tensor | None]:
     return [None if t is None else t[index] for t in data]
 
 
-def _check_finite(name: str, value: torch.Tensor, epoch: int) -> None:
-    if not torch.isfinite(value):
+def _check_finite(name: str, value: float, epoch: int) -> None:
+    if not math.isfinite(value):
         raise FloatingPointError(
-            f"epoch {epoch}: the {name} term became {value.item()}; lower the learning rate "
+            f"epoch {epoch}: the {name} term became {value}; lower the learning rate "
             "or clip gradients (TrainConfig.clip_norm)"
         )
 
 
+class _Bound(nn.Module):
+    """``objective(model, *batch)`` as a module, so that DistributedDataParallel can wrap the
+    whole loss (flows are trained through ``log_prob``, not ``forward``)."""
+
+    def __init__(self, model: nn.Module, objective: ObjectiveFn) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, *batch: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, *batch)
+
+
 def _epoch(
-    model: nn.Module,
-    objective: ObjectiveFn,
+    module: nn.Module,
     data: Batch,
     opt: torch.optim.Optimizer | None,
     cfg: TrainConfig,
     generator: torch.Generator | None,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass; trains when ``opt`` is given. Mean of each term over the jets."""
-    sums: dict[str, float] = {}
-    n = len(data[0])
-    model.train(opt is not None)
-    for index in _batches(n, cfg.batch_size, generator):
+    """One pass; trains when ``opt`` is given. Mean of each term over the jets.
+
+    Data-parallel: every rank draws the same global batches (same shuffling seed) and takes
+    its contiguous slice of each; DDP averages the gradients, so a step is the step of one
+    process on the whole global batch (exactly so when the batch divides by the world size).
+    Global batches smaller than the world size (a short tail) are skipped on every rank.
+    """
+    rank, world = rank_world()
+    names: list[str] = []
+    sums: torch.Tensor | None = None
+    seen = 0
+    module.train(opt is not None)
+    for index in _batches(len(data[0]), cfg.batch_size, generator):
+        if len(index) < world:
+            continue
+        part = index.tensor_split(world)[rank]
         with torch.set_grad_enabled(opt is not None):
-            total, terms = objective(model, *_take(data, index))
-        for name, value in {"loss": total, **terms}.items():
+            total, terms = module(*_take(data, part))
+        names = ["loss", *terms]
+        # float64: a history of large NLLs must still show small improvements
+        local = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).double()
+        weighted = all_sum(local * len(part))  # sums over this global batch, every rank
+        for name, value in zip(names, (weighted / len(index)).tolist(), strict=True):
             _check_finite(name, value, epoch)
-            sums[name] = sums.get(name, 0.0) + value.item() * len(index)
+        sums = weighted if sums is None else sums + weighted
+        seen += len(index)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
             total.backward()
             if cfg.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
             opt.step()
-    return {name: value / n for name, value in sums.items()}
+    if sums is None:
+        raise ValueError(f"no batch of at least {world} jets (one per process)")
+    return dict(zip(names, (sums / seen).tolist(), strict=True))
 
 
 def fit_loop(
@@ -165,8 +195,13 @@ def fit_loop(
         describe: what rebuilds the model and must match on resume (its configs, the
             preprocessing); stored at the top level of the state.
         resume: a state from ``on_epoch`` or a previous `FitResult`: continue from there.
-        on_epoch: called after every epoch with (epoch, history row, state).
-        progress: tqdm bar with the validation terms.
+        on_epoch: called after every epoch with (epoch, history row, state); on rank 0 only
+            when data-parallel.
+        progress: tqdm bar with the validation terms (rank 0).
+
+    Under torchrun (torch.distributed initialized) the loss is wrapped in
+    DistributedDataParallel and every rank trains on its slice of each global batch; history,
+    validation loss and early stopping are global, so every rank stops at the same epoch.
 
     Raises:
         ValueError: a resume state of another kind or with other configs.
@@ -180,22 +215,25 @@ def fit_loop(
         run.restore(resume)
     else:
         torch.manual_seed(config.seed)
+    module: nn.Module = _Bound(model, objective)
+    if rank_world()[1] > 1:  # torchrun: gradients averaged over the ranks every step
+        module = nn.parallel.DistributedDataParallel(module)
     bar = tqdm(
         range(run.epoch, config.epochs),
         initial=run.epoch,
         total=config.epochs,
         desc=desc,
         unit="epoch",
-        disable=not progress,
+        disable=not progress or not is_main(),
     )
     for epoch in bar:
-        fitted = _epoch(model, objective, train, opt, config, run.generator, epoch)
-        checked = _epoch(model, objective, valid, None, config, None, epoch)
+        fitted = _epoch(module, train, opt, config, run.generator, epoch)
+        checked = _epoch(module, valid, None, config, None, epoch)
         row = {f"train_{k}": v for k, v in fitted.items()}
         row.update({f"valid_{k}": v for k, v in checked.items()})
         run.end_epoch(epoch, row)
         bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.startswith("valid")})
-        if on_epoch is not None:
+        if on_epoch is not None and is_main():  # one process writes checkpoints and reports
             on_epoch(epoch, row, run.state())
         if run.should_stop():
             break

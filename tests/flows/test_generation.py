@@ -52,13 +52,12 @@ def test_latent_flow_two_stage(top):
         normalization=norm,
         progress=False,
     )
-    z_train = latent.encode_latents(vae, inputs[0])
-    z_valid = latent.encode_latents(
+    z_train, z_valid = (latent.encode_latents(vae, x) for x in inputs)
+    drawn = latent.encode_latents(
         vae, inputs[1], mode="sample", generator=torch.Generator().manual_seed(0)
     )
-    assert z_train.shape == (600, 8) and not torch.equal(
-        z_valid, latent.encode_latents(vae, inputs[1])
-    )
+    assert z_train.shape == (600, 8) and drawn.shape == z_valid.shape
+    assert not torch.equal(drawn, z_valid)  # q(z|x) draws scatter around the means
     torch.manual_seed(0)
     flow = build_flow(FLOW, features=8)
     flow.standardize_(z_train)

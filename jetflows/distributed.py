@@ -1,0 +1,73 @@
+"""torch.distributed glue for data-parallel training launched by `torchrun`.
+
+`torchrun --nproc_per_node=N ...` starts N processes with RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT set; `init_from_env` joins them (gloo on CPU, nccl on GPU). Everything else asks
+`rank_world()`: a process that was not launched that way is rank 0 of 1, so every code path is
+the same with and without torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (the process that writes files and reports)."""
+    return rank_world()[0] == 0
+
+
+def default_backend() -> str:
+    """nccl when this process has a GPU, else gloo."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group torchrun describes in the environment; False when not launched
+    by torchrun (WORLD_SIZE unset or 1) or already joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside torch.distributed)."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. generates a file); the others run it after (and find
+    the file there)."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the ranks (a copy; the input itself outside torch.distributed)."""
+    if rank_world()[1] == 1:
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total)
+    return total

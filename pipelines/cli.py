@@ -132,14 +132,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """Per class: data -> ConVAE -> flow -> generated jets -> evaluation; skips finished stages."""
+    from jetflows.distributed import init_from_env, is_main
     from pipelines.config import load_config
     from pipelines.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
     classes = tuple(c for c in args.classes.split(",") if c) if args.classes else None
-    run = run_pipeline(cfg, root=args.runs, classes=classes)
-    print((run / "summary.md").read_text(), end="")
-    print(f"reports: {run}/<class>/report.md, plots: {run}/<class>/plots/, summary: {run}")
+    init_from_env()  # under torchrun: join the other processes (gloo on CPU, nccl on GPU)
+    run = run_pipeline(cfg, root=args.runs, classes=classes, progress=not args.quiet)
+    if is_main():
+        print((run / "summary.md").read_text(), end="")
+        print(f"reports: {run}/<class>/report.md, plots: {run}/<class>/plots/, summary: {run}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -209,6 +212,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. --set flow.transforms=8 (repeatable)",
     )
     pipe.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
+    pipe.add_argument("--quiet", action="store_true", help="no progress bars")
     pipe.set_defaults(func=cmd_pipeline)
 
     smp = sub.add_parser(

@@ -34,6 +34,7 @@ from flows.models import build_flow
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import fit as fit_flow
 from jetflows.classes import canonical_class
+from jetflows.distributed import is_main, main_first, rank_world
 from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
@@ -67,7 +68,8 @@ class Stages:
 
     def mark(self, stage: str, key: str) -> None:
         self.done[stage] = key
-        _write_json(self.path, self.done)
+        if is_main():  # data-parallel: one process writes
+            _write_json(self.path, self.done)
         now = time.perf_counter()
         LOG.info("%s: %s done in %.1f s (config %s)", self.name, stage, now - self.clock, key)
         self.clock = now
@@ -140,9 +142,11 @@ def _trained(
         save_checkpoint(last, {**state, "stage_key": key})
 
     state = {**train(resume, on_epoch), "stage_key": key}
-    save_checkpoint(path, state)
-    last.unlink(missing_ok=True)
+    if is_main():
+        save_checkpoint(path, state)
     stages.mark(path.stem, key)
+    if is_main():  # only now: a kill before the mark resumes from here, at the final epoch
+        last.unlink(missing_ok=True)
     return state
 
 
@@ -296,7 +300,9 @@ def run_class(
 
     directory.mkdir(parents=True, exist_ok=True)
     stages = Stages(directory)
-    train, valid, test = _split(_jets(cfg, jet_class, directory, progress), cfg)
+    with main_first():  # data-parallel: rank 0 generates, the others then read the file
+        jets = _jets(cfg, jet_class, directory, progress and is_main())
+    train, valid, test = _split(jets, cfg)
     keys = {"data": digest(cfg.data, jet_class)}
     if cfg.target == "latent":
         keys["convae"] = digest(
@@ -312,6 +318,8 @@ def run_class(
         _particle_flow_stage(
             cfg, jet_class, (train, valid), keys["flow"], stages, directory, progress
         )
+    if not is_main():  # data-parallel: the other ranks only help to train
+        return {}
     _write_history(directory)
     keys["generate"] = digest(keys["flow"], cfg.n_generate)
     generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
@@ -405,22 +413,26 @@ def run_pipeline(
     classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
     run = Path(root) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run / "config.yaml") as tmp:
-        tmp.write_text(to_yaml(cfg))
-    handler = logging.FileHandler(run / "pipeline.log")
+    main = is_main()
+    if main:
+        with atomic_path(run / "config.yaml") as tmp:
+            tmp.write_text(to_yaml(cfg))
+    handler = logging.FileHandler(run / "pipeline.log") if main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
     try:
         results = {}
         for i, jet_class in enumerate(classes):
-            if progress:
+            if progress and main:
                 print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
-            LOG.info("%s: class %s", cfg.name, jet_class)
+            LOG.info("%s: class %s (%d process(es))", cfg.name, jet_class, rank_world()[1])
             results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
     finally:
         LOG.removeHandler(handler)
         handler.close()
+    if not main:
+        return run
     _write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     with atomic_path(run / "summary.md") as tmp:
         tmp.write_text(summary_markdown(cfg.name, results))

@@ -1,4 +1,5 @@
 import errno
+import os
 
 import pytest
 
@@ -42,3 +43,23 @@ def test_check_writable(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         check_writable(tmp_path, overwrite=True)
     assert check_writable(tmp_path / "new" / "dir" / "c.h5").name == "c.h5"
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".x.txt.tmp-{dead.stdout.strip()}"
+    stale.write_text("half")
+    alive = tmp_path / f".x.txt.tmp-{os.getppid()}"  # a running process: left alone
+    alive.write_text("busy")
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("whole")
+    assert not stale.exists() and alive.exists()
+    assert (tmp_path / "x.txt").read_text() == "whole"

@@ -71,3 +71,18 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().clone()
     dist.all_reduce(total)
     return total
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" (a GPU when there is one), "cpu" or "cuda"; under torchrun the GPU of this
+    process's LOCAL_RANK. ValueError for an unknown name or cuda without a GPU."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}: use one of {DEVICES}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available here")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

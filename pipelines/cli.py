@@ -132,13 +132,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """Per class: data -> ConVAE -> flow -> generated jets -> evaluation; skips finished stages."""
-    from jetflows.distributed import init_from_env, is_main
+    from jetflows.distributed import init_from_env, is_main, resolve_device
     from pipelines.config import load_config
     from pipelines.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
     classes = tuple(c for c in args.classes.split(",") if c) if args.classes else None
-    init_from_env()  # under torchrun: join the other processes (gloo on CPU, nccl on GPU)
+    device = resolve_device(cfg.device)
+    init_from_env("nccl" if device.type == "cuda" else "gloo")  # under torchrun: join the rest
     run = run_pipeline(cfg, root=args.runs, classes=classes, progress=not args.quiet)
     if is_main():
         print((run / "summary.md").read_text(), end="")

@@ -25,6 +25,7 @@ from convae.model import ConVAEConfig
 from convae.train import LossConfig
 from flows.models import FlowConfig
 from jetflows.classes import canonical_class
+from jetflows.distributed import DEVICES
 from jetflows.training import TrainConfig
 from pipelines.evaluate import EvalConfig
 
@@ -105,6 +106,8 @@ class PipelineConfig:
         target: "latent" (ConVAE + latent flow, two-stage) or "particles" (direct flow).
         normalization: ConVAE input scaling ("minmax" for the sigmoid output, or "standard").
         n_generate: jets generated per class for the evaluation.
+        device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
+            generation; not part of any stage's identity, so a run may continue elsewhere.
     """
 
     name: str = "quickstart"
@@ -112,6 +115,7 @@ class PipelineConfig:
     target: str = "latent"
     normalization: str = "minmax"
     n_generate: int = 1000
+    device: str = "auto"
     data: DataConfig = DataConfig()
     convae: ConVAEConfig = ConVAEConfig()
     loss: LossConfig = LossConfig()
@@ -123,6 +127,8 @@ class PipelineConfig:
     evaluate: EvalConfig = EvalConfig(fpnd=False)
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}: use one of {DEVICES}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}: use one of {TARGETS}")
         if not self.classes:

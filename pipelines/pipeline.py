@@ -34,7 +34,7 @@ from flows.models import build_flow
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import fit as fit_flow
 from jetflows.classes import canonical_class
-from jetflows.distributed import is_main, main_first, rank_world
+from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
@@ -112,8 +112,11 @@ def _split(jets: Jets, cfg: PipelineConfig) -> tuple[Jets, Jets, Jets]:
     return jets.take(order[:a]), jets.take(order[a:b]), jets.take(order[b:])
 
 
-def _tensors(jets: Jets) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(jets.particles.copy()), torch.from_numpy(jets.mask.copy())
+def _tensors(jets: Jets, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(jets.particles.copy()).to(device),
+        torch.from_numpy(jets.mask.copy()).to(device),
+    )
 
 
 # ----------------------------------------------------------------------------------- training
@@ -158,12 +161,13 @@ def _convae_stage(
     directory: Path,
     progress: bool,
 ) -> tuple[ConVAE, Normalization]:
-    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    device = resolve_device(cfg.device)
+    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
     norm = fit_normalization(x, m, kind=cfg.normalization)
 
     def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
         torch.manual_seed(cfg.convae_train.seed)
-        model = ConVAE(cfg.convae)
+        model = ConVAE(cfg.convae).to(device)
         result = fit_convae(
             model,
             (norm.transform(x, m), m),
@@ -178,7 +182,7 @@ def _convae_stage(
         return result.state
 
     state = _trained(directory / "convae.pt", CONVAE_KIND, key, stages, train)
-    return model_from_state(state), norm
+    return model_from_state(state).to(device), norm
 
 
 def _fit_flow_state(
@@ -190,10 +194,13 @@ def _fit_flow_state(
     extra: dict,
     standardize: bool,
     progress: bool,
+    device: torch.device,
 ) -> Callable[[dict[str, Any] | None, Callable], dict[str, Any]]:
+    data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
+
     def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
         torch.manual_seed(train_cfg.seed)
-        flow = build_flow(flow_cfg, features=features, context=context)
+        flow = build_flow(flow_cfg, features=features, context=context).to(device)
         return fit_flow(
             flow,
             data[0],
@@ -225,8 +232,9 @@ def _latent_flow_stage(
     vae: ConVAE,
     norm: Normalization,
 ) -> None:
-    (x, m), (vx, vm) = (_tensors(j) for j in parts)
-    g = torch.Generator().manual_seed(cfg.flow_train.seed)
+    device = resolve_device(cfg.device)
+    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
+    g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
     z = [
         latent.encode_latents(vae, norm.transform(a, b), mode=cfg.latent.encoding, generator=g)
         for a, b in ((x, m), (vx, vm))
@@ -235,11 +243,11 @@ def _latent_flow_stage(
         **_common_extra(cfg, jet_class, parts[0]),
         "target": "latent",
         "latent": to_dict(cfg.latent),
-        "multiplicity_probs": latent.multiplicity_probs(m).tolist(),
+        "multiplicity_probs": latent.multiplicity_probs(m.cpu()).tolist(),
     }
     data = ((z[0], None, None), (z[1], None, None))
     train = _fit_flow_state(
-        cfg.convae.latent_dim, 0, cfg.flow, cfg.flow_train, data, extra, True, progress
+        cfg.convae.latent_dim, 0, cfg.flow, cfg.flow_train, data, extra, True, progress, device
     )
     _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
 
@@ -253,7 +261,8 @@ def _particle_flow_stage(
     directory: Path,
     progress: bool,
 ) -> None:
-    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    device = resolve_device(cfg.device)
+    (x, m), (vx, vm) = (_tensors(j) for j in parts)  # encoded on the CPU, trained on device
     target = particle.fit_target(x, m, context=cfg.particle.context)
     g = torch.Generator().manual_seed(cfg.flow_train.seed)
     (px, pc, pj), (vpx, vpc, vpj) = (
@@ -273,6 +282,7 @@ def _particle_flow_stage(
         {},
         False,
         progress,
+        device,
     )
     _trained(directory / "jet_flow.pt", FLOW_KIND, key, stages, jet_train)
     train = _fit_flow_state(
@@ -284,6 +294,7 @@ def _particle_flow_stage(
         extra,
         False,
         progress,
+        device,
     )
     _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
 
@@ -331,6 +342,7 @@ def run_class(
             cfg.n_generate,
             generated,
             seed=cfg.data.seed,
+            device=resolve_device(cfg.device).type,
             overwrite=True,
             progress=progress,
         )

@@ -151,3 +151,11 @@ def test_bf16_mixed_precision_trains(data):
     assert all(torch.isfinite(torch.tensor(r["valid_loss"])) for r in result.history)
     with pytest.raises(ValueError, match="unknown precision"):
         TrainConfig(precision="fp16")
+
+
+def test_torch_compile_option_trains(data):
+    train, valid, norm = data
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-3, seed=0, compile="eager")
+    result = fit(ConVAE(SMALL), train, valid, config=cfg, normalization=norm, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[0]["valid_loss"]))
+    assert result.state["train_config"]["compile"] == "eager"

@@ -1,7 +1,8 @@
 """Data-parallel training: 2 gloo processes on the CPU against one process with the same
 global batch. Flows have no sampling noise in training: the histories agree to float32
-round-off (rtol 1e-4 stated). The ConVAE's reparameterisation noise is drawn per process, so
-each step sees other noise than in one process: losses agree within 5% (stated tolerance)."""
+round-off (measured 6e-8 relative; tolerance 1e-5). The ConVAE's reparameterisation noise is
+drawn per process, so each step sees other noise than in one process: losses agree within
+0.4% after 2 epochs here (tolerance 2%)."""
 
 import os
 
@@ -87,11 +88,11 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(two_ranks):
         assert [r["epoch"] for r in result["flow"]] == [0, 1, 2]
         for ours, ref in zip(result["flow"], single, strict=True):
             for key in ("train_loss", "valid_loss"):
-                assert ours[key] == pytest.approx(ref[key], rel=1e-4)
+                assert ours[key] == pytest.approx(ref[key], rel=1e-5)
     assert two_ranks[0]["flow"] == two_ranks[1]["flow"]  # global history on every rank
     reference = _convae_history()
     for ours, ref in zip(two_ranks[0]["convae"], reference, strict=True):
-        assert ours["valid_loss"] == pytest.approx(ref["valid_loss"], rel=0.05)
+        assert ours["valid_loss"] == pytest.approx(ref["valid_loss"], rel=0.02)
 
 
 def test_only_rank_zero_reports_and_the_helpers_work(two_ranks):
@@ -105,3 +106,16 @@ def test_outside_torchrun_everything_is_rank_zero_of_one():
     assert rank_world() == (0, 1) and is_main()
     value = torch.tensor([2.0])
     assert all_sum(value) is value
+
+
+def test_resolve_device():
+    from jetflows.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -257,6 +257,14 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
         (["--set", "flow.transformz=3"], "unknown config key flow.transformz"),
         (["--set", "flow.transforms=many"], "expected int"),
         (["--classes", "g,muon"], "unknown jet class"),
+        (["--set", "device=tpu"], "unknown device 'tpu'"),
+        pytest.param(
+            ["--set", "device=cuda"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(
+                __import__("torch").cuda.is_available(), reason="a GPU is here"
+            ),
+        ),
     ],
 )
 def test_pipeline_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):

@@ -1,6 +1,7 @@
 """Scaling out and surviving faults: the pipeline under torchrun (2 gloo processes), training
 processes SIGKILLed at random points and resumed, a full disk during a checkpoint write."""
 
+import contextlib
 import errno
 import json
 import os
@@ -66,7 +67,8 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def test_pipeline_under_torchrun_with_two_gloo_processes(tmp_path, data_dir):
+def test_pipeline_under_torchrun_with_two_gloo_processes_killed_and_resumed(tmp_path, data_dir):
+    more = ["convae_train.epochs=40", "convae_train.patience=0"]
     argv = [
         sys.executable,
         "-m",
@@ -75,25 +77,49 @@ def test_pipeline_under_torchrun_with_two_gloo_processes(tmp_path, data_dir):
         "--nproc_per_node=2",
         "-m",
         "pipelines.cli",
-        *_argv(data_dir, tmp_path),
+        *_argv(data_dir, tmp_path, *more),
     ]
+    directory = tmp_path / "tiny" / "g"
+    # SIGKILL the launcher and both workers in the middle of the ConVAE's epochs
+    _kill_during(argv, directory / "convae.last.pt", random.Random("torchrun"), module=False)
     done = subprocess.run(argv, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    directory = tmp_path / "tiny" / "g"
     for name in ("convae.pt", "flow.pt", "metrics.json", "report.md", "generated.hdf5"):
         assert (directory / name).is_file(), name
-    assert "(2 process(es))" in (tmp_path / "tiny" / "pipeline.log").read_text()
+    log = (tmp_path / "tiny" / "pipeline.log").read_text()
+    assert "(2 process(es))" in log and "g: resuming convae after epoch" in log
     assert done.stdout.count("# Run tiny") == 1  # one process reports
     history = json.loads((directory / "history.json").read_text())
-    assert [len(history[k]) for k in ("convae", "flow")] == [2, 2]
+    assert [row["epoch"] for row in history["convae"]] == list(range(40))
+    assert len(history["flow"]) == 2
 
 
-def _kill_during(argv, marker: Path, rng: random.Random) -> None:
-    """Start the pipeline, wait until it is training the stage that writes ``marker`` (its
-    per-epoch checkpoint), then SIGKILL it after a random moment (seeded)."""
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun's workers start sessions of their own, so killing
+    the launcher's process group would orphan them, still training)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _kill_during(argv, marker: Path, rng: random.Random, module: bool = True) -> None:
+    """Start the pipeline (``argv`` after ``python -m pipelines.cli``, or a whole command line
+    when not ``module``), wait until it is training the stage that writes ``marker`` (its
+    per-epoch checkpoint), then SIGKILL it and every process it started, at a random moment."""
     started = time.time()
+    command = [sys.executable, "-m", "pipelines.cli", *argv] if module else argv
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *argv],
+        command,
         env=_env(),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -108,7 +134,9 @@ def _kill_during(argv, marker: Path, rng: random.Random) -> None:
         time.sleep(0.05)
     assert proc.poll() is None, "the stage finished before it could be killed"
     time.sleep(rng.uniform(0.0, 0.5))
-    proc.send_signal(signal.SIGKILL)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # like a machine that loses power
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
 
 

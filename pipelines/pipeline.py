@@ -15,6 +15,7 @@ every epoch and resume from it, so a killed pipeline re-run continues where it s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -30,8 +31,9 @@ from convae.train import CHECKPOINT_KIND as CONVAE_KIND
 from convae.train import fit as fit_convae
 from convae.train import model_from_state
 from flows import latent, particle
-from flows.models import build_flow
+from flows.models import FlowConfig, build_flow
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
+from flows.train import FlowData
 from flows.train import fit as fit_flow
 from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
@@ -78,7 +80,7 @@ class Stages:
 # --------------------------------------------------------------------------------------- data
 
 
-def _jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: bool) -> Jets:
+def class_jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: bool) -> Jets:
     """n_jets jets of the class: the JetNet file if present (auto/jetnet), else Pythia8."""
     d = cfg.data
     if d.source != "pythia":
@@ -104,7 +106,7 @@ def _jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: bool) 
     return read_jetnet_file(path)
 
 
-def _split(jets: Jets, cfg: PipelineConfig) -> tuple[Jets, Jets, Jets]:
+def split_jets(jets: Jets, cfg: PipelineConfig) -> tuple[Jets, Jets, Jets]:
     """Seeded train / validation / test parts."""
     order = np.random.default_rng(cfg.data.seed + 1).permutation(len(jets))
     a = round(cfg.data.split[0] * len(jets))
@@ -127,10 +129,11 @@ def _trained(
     kind: str,
     key: str,
     stages: Stages,
-    train: Callable[[dict[str, Any] | None, Callable], dict[str, Any]],
+    train: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
-    """The state of a training stage: from ``path`` when complete, else trained (resumed from
-    ``<path>.last.pt`` when it matches) and saved, the partial checkpoint then removed."""
+    """The state of a training stage: from ``path`` when complete, else trained by
+    ``train(resume=, on_epoch=)`` (resumed from ``<path>.last.pt`` when it matches) and saved,
+    the partial checkpoint then removed."""
     if stages.complete(path.stem, key, path):
         return load_checkpoint(path, kind)
     last = path.with_suffix(".last.pt")
@@ -144,13 +147,107 @@ def _trained(
     def on_epoch(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
         save_checkpoint(last, {**state, "stage_key": key})
 
-    state = {**train(resume, on_epoch), "stage_key": key}
+    state = {**train(resume=resume, on_epoch=on_epoch), "stage_key": key}
     if is_main():
         save_checkpoint(path, state)
     stages.mark(path.stem, key)
     if is_main():  # only now: a kill before the mark resumes from here, at the final epoch
         last.unlink(missing_ok=True)
     return state
+
+
+OnEpoch = Callable[[int, dict[str, float], dict[str, Any]], None] | None
+
+
+def train_convae(
+    cfg: PipelineConfig,
+    parts: tuple[Jets, Jets],
+    *,
+    resume: dict[str, Any] | None = None,
+    on_epoch: OnEpoch = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg``'s ConVAE on (train, valid) jets; its final state (normalization inside)."""
+    device = resolve_device(cfg.device)
+    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
+    norm = fit_normalization(x, m, kind=cfg.normalization)
+    torch.manual_seed(cfg.convae_train.seed)
+    model = ConVAE(cfg.convae).to(device)
+    return fit_convae(
+        model,
+        (norm.transform(x, m), m),
+        (norm.transform(vx, vm), vm),
+        loss=cfg.loss,
+        config=cfg.convae_train,
+        normalization=norm,
+        resume=resume,
+        on_epoch=on_epoch,
+        progress=progress,
+    ).state
+
+
+def convae_of(state: dict[str, Any], device: torch.device) -> tuple[ConVAE, Normalization]:
+    """The (best) ConVAE of a state and its input normalization."""
+    return model_from_state(state).to(device), Normalization.from_dict(state["normalization"])
+
+
+def train_flow(
+    flow_cfg: FlowConfig,
+    train_cfg: TrainConfig,
+    data: tuple[FlowData, FlowData],
+    *,
+    device: torch.device,
+    extra: dict[str, Any] | None = None,
+    standardize: bool = True,
+    resume: dict[str, Any] | None = None,
+    on_epoch: OnEpoch = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit a flow of ``flow_cfg`` on (train, valid) flow data; its final state."""
+    data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
+    x, context = data[0][0], data[0][1]
+    torch.manual_seed(train_cfg.seed)
+    flow = build_flow(
+        flow_cfg, features=x.shape[1], context=0 if context is None else context.shape[1]
+    )
+    return fit_flow(
+        flow.to(device),
+        data[0],
+        data[1],
+        config=train_cfg,
+        standardize=standardize,
+        extra=extra,
+        resume=resume,
+        on_epoch=on_epoch,
+        progress=progress,
+    ).state
+
+
+def latent_data(
+    cfg: PipelineConfig, parts: tuple[Jets, Jets], vae: ConVAE, norm: Normalization
+) -> tuple[FlowData, FlowData]:
+    """The latent flow's (train, valid) data: the ConVAE's encodings of the jets."""
+    device = next(vae.parameters()).device
+    g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
+    z = [
+        latent.encode_latents(vae, norm.transform(x, m), mode=cfg.latent.encoding, generator=g)
+        for x, m in (_tensors(j, device) for j in parts)
+    ]
+    return (z[0], None, None), (z[1], None, None)
+
+
+def particle_data(
+    cfg: PipelineConfig, parts: tuple[Jets, Jets]
+) -> tuple[particle.ParticleTarget, tuple[FlowData, FlowData], tuple[FlowData, FlowData]]:
+    """The particle target and the (train, valid) data of the jet flow and the particle flow
+    (encoded on the CPU: dequantization noise from a CPU generator, the same on any device)."""
+    (x, m), (vx, vm) = (_tensors(j) for j in parts)
+    target = particle.fit_target(x, m, context=cfg.particle.context)
+    g = torch.Generator().manual_seed(cfg.flow_train.seed)
+    (px, pc, pj), (vpx, vpc, vpj) = (
+        particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
+    )
+    return target, ((pj, None, None), (vpj, None, None)), ((px, pc, None), (vpx, vpc, None))
 
 
 def _convae_stage(
@@ -161,59 +258,9 @@ def _convae_stage(
     directory: Path,
     progress: bool,
 ) -> tuple[ConVAE, Normalization]:
-    device = resolve_device(cfg.device)
-    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
-    norm = fit_normalization(x, m, kind=cfg.normalization)
-
-    def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
-        torch.manual_seed(cfg.convae_train.seed)
-        model = ConVAE(cfg.convae).to(device)
-        result = fit_convae(
-            model,
-            (norm.transform(x, m), m),
-            (norm.transform(vx, vm), vm),
-            loss=cfg.loss,
-            config=cfg.convae_train,
-            normalization=norm,
-            resume=resume,
-            on_epoch=on_epoch,
-            progress=progress,
-        )
-        return result.state
-
+    train = functools.partial(train_convae, cfg, parts, progress=progress)
     state = _trained(directory / "convae.pt", CONVAE_KIND, key, stages, train)
-    return model_from_state(state).to(device), norm
-
-
-def _fit_flow_state(
-    features: int,
-    context: int,
-    flow_cfg: Any,
-    train_cfg: TrainConfig,
-    data: tuple,
-    extra: dict,
-    standardize: bool,
-    progress: bool,
-    device: torch.device,
-) -> Callable[[dict[str, Any] | None, Callable], dict[str, Any]]:
-    data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
-
-    def train(resume: dict[str, Any] | None, on_epoch: Callable) -> dict[str, Any]:
-        torch.manual_seed(train_cfg.seed)
-        flow = build_flow(flow_cfg, features=features, context=context).to(device)
-        return fit_flow(
-            flow,
-            data[0],
-            data[1],
-            config=train_cfg,
-            standardize=standardize,
-            extra=extra,
-            resume=resume,
-            on_epoch=on_epoch,
-            progress=progress,
-        ).state
-
-    return train
+    return convae_of(state, resolve_device(cfg.device))
 
 
 def _common_extra(cfg: PipelineConfig, jet_class: str, train: Jets) -> dict[str, Any]:
@@ -232,22 +279,20 @@ def _latent_flow_stage(
     vae: ConVAE,
     norm: Normalization,
 ) -> None:
-    device = resolve_device(cfg.device)
-    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
-    g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
-    z = [
-        latent.encode_latents(vae, norm.transform(a, b), mode=cfg.latent.encoding, generator=g)
-        for a, b in ((x, m), (vx, vm))
-    ]
     extra = {
         **_common_extra(cfg, jet_class, parts[0]),
         "target": "latent",
         "latent": to_dict(cfg.latent),
-        "multiplicity_probs": latent.multiplicity_probs(m.cpu()).tolist(),
+        "multiplicity_probs": latent.multiplicity_probs(torch.from_numpy(parts[0].mask)).tolist(),
     }
-    data = ((z[0], None, None), (z[1], None, None))
-    train = _fit_flow_state(
-        cfg.convae.latent_dim, 0, cfg.flow, cfg.flow_train, data, extra, True, progress, device
+    train = functools.partial(
+        train_flow,
+        cfg.flow,
+        cfg.flow_train,
+        latent_data(cfg, parts, vae, norm),
+        device=resolve_device(cfg.device),
+        extra=extra,
+        progress=progress,
     )
     _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
 
@@ -261,40 +306,19 @@ def _particle_flow_stage(
     directory: Path,
     progress: bool,
 ) -> None:
-    device = resolve_device(cfg.device)
-    (x, m), (vx, vm) = (_tensors(j) for j in parts)  # encoded on the CPU, trained on device
-    target = particle.fit_target(x, m, context=cfg.particle.context)
-    g = torch.Generator().manual_seed(cfg.flow_train.seed)
-    (px, pc, pj), (vpx, vpc, vpj) = (
-        particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
-    )
+    target, jet_data, particle_data_ = particle_data(cfg, parts)
     extra = {
         **_common_extra(cfg, jet_class, parts[0]),
         "target": "particles",
         "particle_target": target.to_dict(),
     }
-    jet_train = _fit_flow_state(
-        2,
-        0,
-        cfg.particle.jet_flow,
-        cfg.flow_train,
-        ((pj, None, None), (vpj, None, None)),
-        {},
-        False,
-        progress,
-        device,
+    common = {"device": resolve_device(cfg.device), "standardize": False, "progress": progress}
+    jet_train = functools.partial(
+        train_flow, cfg.particle.jet_flow, cfg.flow_train, jet_data, **common
     )
     _trained(directory / "jet_flow.pt", FLOW_KIND, key, stages, jet_train)
-    train = _fit_flow_state(
-        3 * cfg.data.num_particles,
-        pc.shape[1],
-        cfg.flow,
-        cfg.flow_train,
-        ((px, pc, None), (vpx, vpc, None)),
-        extra,
-        False,
-        progress,
-        device,
+    train = functools.partial(
+        train_flow, cfg.flow, cfg.flow_train, particle_data_, extra=extra, **common
     )
     _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
 
@@ -312,8 +336,8 @@ def run_class(
     directory.mkdir(parents=True, exist_ok=True)
     stages = Stages(directory)
     with main_first():  # data-parallel: rank 0 generates, the others then read the file
-        jets = _jets(cfg, jet_class, directory, progress and is_main())
-    train, valid, test = _split(jets, cfg)
+        jets = class_jets(cfg, jet_class, directory, progress and is_main())
+    train, valid, test = split_jets(jets, cfg)
     keys = {"data": digest(cfg.data, jet_class)}
     if cfg.target == "latent":
         keys["convae"] = digest(

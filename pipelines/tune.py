@@ -34,16 +34,24 @@ import torch
 import yaml
 
 from convae.model import ConVAE
-from convae.train import fit as fit_convae
 from flows import latent, particle
-from flows.models import build_flow
-from flows.train import fit as fit_flow
-from jetflows.normalize import fit_normalization
+from flows.train import flow_from_state
+from jetflows.distributed import resolve_device
+from jetflows.normalize import Normalization
 from pipelines import metrics
 from pipelines.config import PipelineConfig, build, digest, set_value, to_yaml
 from pipelines.data import Jets
 from pipelines.io import atomic_path
-from pipelines.pipeline import _jets, _split, _tensors
+from pipelines.pipeline import (
+    OnEpoch,
+    class_jets,
+    convae_of,
+    latent_data,
+    particle_data,
+    split_jets,
+    train_convae,
+    train_flow,
+)
 from pipelines.sample import jet_features
 
 
@@ -214,89 +222,61 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
 # ------------------------------------------------------------------------------------ a trial
 
 
-_CONVAES: dict[str, tuple[ConVAE, Any]] = {}  # in-process cache: flow-only trials reuse it
+_CONVAES: dict[str, tuple[ConVAE, Normalization]] = {}  # flow-only trials reuse one ConVAE
 
 
-def _convae(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
+def _convae(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
     """The trained ConVAE and normalization of ``cfg`` (trained once per worker and config)."""
     key = digest(cfg.data, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
     if key not in _CONVAES:
-        (x, m), (vx, vm) = _tensors(train), _tensors(valid)
-        norm = fit_normalization(x, m, kind=cfg.normalization)
-        torch.manual_seed(cfg.convae_train.seed)
-        vae = ConVAE(cfg.convae)
-        fit_convae(
-            vae,
-            (norm.transform(x, m), m),
-            (norm.transform(vx, vm), vm),
-            loss=cfg.loss,
-            config=cfg.convae_train,
-            normalization=norm,
-            on_epoch=report,
-            progress=False,
-        )
+        state = train_convae(cfg, parts, on_epoch=report)
         _CONVAES.clear()  # keep one: a ConVAE study changes it every trial
-        _CONVAES[key] = vae, norm
+        _CONVAES[key] = convae_of(state, resolve_device(cfg.device))
     return _CONVAES[key]
 
 
-def _generate_latent(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
-    vae, norm = _convae(cfg, train, valid, report)
-    (x, m), (vx, vm) = _tensors(train), _tensors(valid)
-    z = [
-        latent.encode_latents(vae, norm.transform(a, b), mode=cfg.latent.encoding)
-        for a, b in ((x, m), (vx, vm))
-    ]
-    torch.manual_seed(cfg.flow_train.seed)
-    flow = build_flow(cfg.flow, features=cfg.convae.latent_dim)
+def _generate_latent(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
+    vae, norm = _convae(cfg, parts, report)
     offset = cfg.convae_train.epochs  # flow epochs are reported after the ConVAE's
 
     def flow_report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
         report(offset + epoch, row, state)
 
-    fit_flow(
-        flow,
-        (z[0], None, None),
-        (z[1], None, None),
-        config=cfg.flow_train,
+    device = resolve_device(cfg.device)
+    state = train_flow(
+        cfg.flow,
+        cfg.flow_train,
+        latent_data(cfg, parts, vae, norm),
+        device=device,
         on_epoch=flow_report,
-        progress=False,
     )
-    masking = latent.Masking(
-        cfg.latent.masking, cfg.latent.pt_threshold, latent.multiplicity_probs(m)
+    probs = latent.multiplicity_probs(torch.from_numpy(parts[0].mask)).to(device)
+    masking = latent.Masking(cfg.latent.masking, cfg.latent.pt_threshold, probs)
+    g = torch.Generator(device=device).manual_seed(cfg.data.seed)
+    return latent.generate(
+        flow_from_state(state).to(device),
+        vae,
+        len(parts[1]),
+        masking=masking,
+        normalization=norm,
+        generator=g,
     )
-    g = torch.Generator().manual_seed(cfg.data.seed)
-    return latent.generate(flow, vae, len(valid), masking=masking, normalization=norm, generator=g)
 
 
-def _generate_particles(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> tuple:
-    (x, m), (vx, vm) = _tensors(train), _tensors(valid)
-    target = particle.fit_target(x, m, context=cfg.particle.context)
-    g = torch.Generator().manual_seed(cfg.flow_train.seed)
-    (px, pc, pj), (vpx, vpc, vpj) = (
-        particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
+def _generate_particles(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
+    device = resolve_device(cfg.device)
+    target, jet_data, particle_data_ = particle_data(cfg, parts)
+    common = {"device": device, "standardize": False}
+    jet_flow = train_flow(cfg.particle.jet_flow, cfg.flow_train, jet_data, **common)
+    flow = train_flow(cfg.flow, cfg.flow_train, particle_data_, on_epoch=report, **common)
+    g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
+    return particle.generate(
+        flow_from_state(flow).to(device),
+        flow_from_state(jet_flow).to(device),
+        len(parts[1]),
+        target,
+        generator=g,
     )
-    torch.manual_seed(cfg.flow_train.seed)
-    jet_flow = build_flow(cfg.particle.jet_flow, features=2)
-    fit_flow(
-        jet_flow,
-        (pj, None, None),
-        (vpj, None, None),
-        config=cfg.flow_train,
-        standardize=False,
-        progress=False,
-    )
-    flow = build_flow(cfg.flow, features=px.shape[1], context=pc.shape[1])
-    fit_flow(
-        flow,
-        (px, pc, None),
-        (vpx, vpc, None),
-        config=cfg.flow_train,
-        standardize=False,
-        on_epoch=report,
-        progress=False,
-    )
-    return particle.generate(flow, jet_flow, len(valid), target, generator=g)
 
 
 GENERATORS = {"latent": _generate_latent, "particles": _generate_particles}
@@ -304,7 +284,8 @@ GENERATORS = {"latent": _generate_latent, "particles": _generate_particles}
 
 def score(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> dict[str, float]:
     """Train on ``train``, generate len(valid) jets, their scaled observable EMDs vs ``valid``."""
-    particles, mask = GENERATORS[cfg.target](cfg, train, valid, report)
+    particles, mask = GENERATORS[cfg.target](cfg, (train, valid), report)
+    particles, mask = particles.cpu(), mask.cpu()
     rng = np.random.default_rng(cfg.data.seed)
     kinematics = torch.from_numpy(train.jet_features[rng.integers(len(train), size=len(mask)), :2])
     gen = Jets(
@@ -378,7 +359,9 @@ def tune(
         pruner=PRUNERS[cfg.pruner](),
     )
     pipeline = pipeline_config(base, {})
-    train, valid, _ = _split(_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline)
+    train, valid, _ = split_jets(
+        class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
+    )
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     study.optimize(
         Objective(cfg, base, (train, valid)),

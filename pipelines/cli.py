@@ -258,7 +258,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="generate, check, download and summarize jet datasets")
+    data = sub.add_parser(
+        "data", help="generate (sharded), merge, check, download and summarize jet datasets"
+    )
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     gen = verbs.add_parser(

@@ -42,9 +42,13 @@ def test_resume_is_exact():
     full = fit(_flow(), train, valid, config=CFG, progress=False)
     states = []
     first = fit(
-        _flow(), train, valid, config=CFG, progress=False,
+        _flow(),
+        train,
+        valid,
+        config=CFG,
+        progress=False,
         on_epoch=lambda e, row, state: states.append(state),
-    )  # fmt: skip
+    )
     assert first.history == full.history
     resumed = fit(_flow(), train, valid, config=CFG, resume=states[1], progress=False)
     assert [r["valid_loss"] for r in resumed.history] == [r["valid_loss"] for r in full.history]

@@ -1,7 +1,10 @@
-"""jetflows core: constants and jet physics shared by `convae`, `flows` and `pipelines`.
+"""jetflows core: constants, jet physics and training glue shared by `convae`, `flows` and
+`pipelines`.
 
-The core imports only numpy at start-up (torch is imported lazily where a tensor is passed), so
-every layer, the command line included, can use it without paying for heavy imports.
+`jetflows`, `classes`, `physics` and `normalize` import only numpy at start-up (torch is
+imported lazily where a tensor is passed), so every layer, the command line included, can use
+them without paying for heavy imports; `training` (the shared fit loop) and `distributed`
+(torch.distributed glue) import torch.
 """
 
 from jetflows.classes import ALIASES, JET_TYPES, canonical_class

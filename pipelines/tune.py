@@ -396,7 +396,9 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
         )
     for trial in best:
         name = "best.yaml" if len(cfg.directions) == 1 else f"pareto/{trial.number}.yaml"
-        config = pipeline_config(base, trial.params)
+        # its own run name: `jetflows pipeline` with it must not overwrite the base's run
+        run_name = f"{study.study_name}_trial{trial.number}"
+        config = pipeline_config(base, {**trial.params, "name": run_name})
         with atomic_path(out / name) as tmp:
             tmp.write_text(
                 f"# study {study.study_name}, trial {trial.number}: {trial.values}\n"

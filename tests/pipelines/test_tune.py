@@ -98,6 +98,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
     assert {r["number"] for r in results["trials"]} == {t.number for t in trials}
     best = load_config(root / "tiny" / "best.yaml")
     assert best.convae_train.lr == _study(root).best_trial.params["convae_train.lr"]
+    assert best.name == f"tiny_trial{_study(root).best_trial.number}"  # not the base's run
 
 
 def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):

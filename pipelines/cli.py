@@ -225,7 +225,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--out", type=Path, help="output HDF5 (default: <class>_generated.hdf5)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same jets)")
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
-    smp.add_argument("--device", default="cpu", help="cpu or cuda")
+    smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")
     smp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")
     smp.set_defaults(func=cmd_sample)

@@ -366,7 +366,7 @@ def run_class(
             cfg.n_generate,
             generated,
             seed=cfg.data.seed,
-            device=resolve_device(cfg.device).type,
+            device=cfg.device,
             overwrite=True,
             progress=progress,
         )

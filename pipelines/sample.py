@@ -32,12 +32,12 @@ from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import flow_from_state
 from jetflows import __version__
 from jetflows.classes import canonical_class
+from jetflows.distributed import resolve_device
 from jetflows.normalize import Normalization
 from jetflows.physics import jet_observables
 from pipelines.checkpoints import load_checkpoint
 from pipelines.io import atomic_path, check_writable
 
-DEVICES = ("cpu", "cuda")
 #: (n, torch.Generator) -> (particles (n, P, 3), mask (n, P))
 Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -49,10 +49,10 @@ class JetGenerator:
     sampler: Sampler
     kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
     num_particles: int
-    device: str = "cpu"  # where the models run (and their random stream lives)
+    device: torch.device  # where the models and their random stream live
 
 
-def _latent_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Sampler:
+def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
     vae_state = load_checkpoint(class_dir / "convae.pt", CONVAE_KIND)
     vae = model_from_state(vae_state).to(device).eval()
     norm = Normalization.from_dict(vae_state["normalization"])
@@ -65,14 +65,14 @@ def _latent_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Samp
     )
 
 
-def _particle_sampler(state: dict[str, Any], class_dir: Path, device: str) -> Sampler:
+def _particle_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
     jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)).to(device)
     flow = flow_from_state(state).to(device)
     target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
     return lambda n, g: particle.generate(flow, jet_flow, n, target, generator=g)
 
 
-SAMPLERS: dict[str, Callable[[dict[str, Any], Path, str], Sampler]] = {
+SAMPLERS: dict[str, Callable[[dict[str, Any], Path, torch.device], Sampler]] = {
     "latent": _latent_sampler,
     "particles": _particle_sampler,
 }
@@ -94,11 +94,9 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
 
 
 def load_generator(run: str | Path, jet_class: str, *, device: str = "cpu") -> JetGenerator:
-    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}: use one of {DEVICES}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here")
+    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``; ``device``
+    as `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda)."""
+    device = resolve_device(device)
     path = class_dir(run, jet_class)
     state = load_checkpoint(path / "flow.pt", FLOW_KIND)
     extra = state.get("extra", {})

@@ -55,12 +55,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 class Stages:
     """``stages.json`` of a class directory: which stage outputs are complete, for which config.
-    Every decision (skipped, done in how long) goes to the ``jetflows.pipeline`` log."""
+    Every decision (skipped, done in how long) goes to the ``jetflows.pipeline`` log; the
+    training stages' histories of this run are collected in ``histories`` (history.json)."""
 
     def __init__(self, directory: Path) -> None:
         self.path, self.name = directory / "stages.json", directory.name
         self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.clock = time.perf_counter()
+        self.histories: dict[str, list[dict[str, float]]] = {}
 
     def complete(self, stage: str, key: str, *outputs: Path) -> bool:
         done = self.done.get(stage) == key and all(p.exists() for p in outputs)
@@ -135,7 +137,9 @@ def _trained(
     ``train(resume=, on_epoch=)`` (resumed from ``<path>.last.pt`` when it matches) and saved,
     the partial checkpoint then removed."""
     if stages.complete(path.stem, key, path):
-        return load_checkpoint(path, kind)
+        state = load_checkpoint(path, kind)
+        stages.histories[path.stem] = state["history"]
+        return state
     last = path.with_suffix(".last.pt")
     resume = None
     if last.is_file():
@@ -151,6 +155,7 @@ def _trained(
     if is_main():
         save_checkpoint(path, state)
     stages.mark(path.stem, key)
+    stages.histories[path.stem] = state["history"]
     if is_main():  # only now: a kill before the mark resumes from here, at the final epoch
         last.unlink(missing_ok=True)
     return state
@@ -355,7 +360,7 @@ def run_class(
         )
     if not is_main():  # data-parallel: the other ranks only help to train
         return {}
-    _write_history(directory)
+    _write_json(directory / "history.json", stages.histories)
     keys["generate"] = digest(keys["flow"], cfg.n_generate)
     generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
     if not stages.complete("generate", keys["generate"], generated, real):
@@ -380,19 +385,6 @@ def run_class(
     )
     stages.mark("evaluate", keys["evaluate"])
     return results
-
-
-def _write_history(directory: Path) -> None:
-    history = {
-        path.stem: load_checkpoint(path, kind)["history"]
-        for path, kind in (
-            (directory / "convae.pt", CONVAE_KIND),
-            (directory / "jet_flow.pt", FLOW_KIND),
-            (directory / "flow.pt", FLOW_KIND),
-        )
-        if path.is_file()
-    }
-    _write_json(directory / "history.json", history)
 
 
 # ------------------------------------------------------------------------------------ a run

@@ -54,22 +54,22 @@ from pipelines.pipeline import (
 )
 from pipelines.sample import jet_features
 
-
-def _emd(emds: dict[str, float], *names: str) -> float:
-    return float(sum(emds[f"emd_{n}_scaled"] for n in names))
-
-
 _REST = ("pt", "energy", "eta", "phi", "multiplicity")
-#: name -> (the objective values from the scaled observable EMDs, their count)
-OBJECTIVES: dict[str, Callable[[dict[str, float]], tuple[float, ...]]] = {
-    "emd_sum": lambda e: (_emd(e, "mass", *_REST),),
-    "mass_vs_rest": lambda e: (_emd(e, "mass"), _emd(e, *_REST)),
-    "mass_angles_energy": lambda e: (
-        _emd(e, "mass"),
-        _emd(e, "eta", "phi"),
-        _emd(e, "pt", "energy"),
-    ),
+#: name -> the observables whose scaled EMDs add up to each objective value
+OBJECTIVES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "emd_sum": (("mass", *_REST),),
+    "mass_vs_rest": (("mass",), _REST),
+    "mass_angles_energy": (("mass",), ("eta", "phi"), ("pt", "energy")),
 }
+
+
+def objective_values(name: str, emds: dict[str, float]) -> tuple[float, ...]:
+    """The values of objective ``name`` from the scaled observable EMDs (emd_<obs>_scaled)."""
+    return tuple(
+        float(sum(emds[f"emd_{obs}_scaled"] for obs in group)) for group in OBJECTIVES[name]
+    )
+
+
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "median": functools.partial(optuna.pruners.MedianPruner, n_startup_trials=2),
     "hyperband": optuna.pruners.HyperbandPruner,
@@ -145,9 +145,7 @@ class TuneConfig:
     @property
     def directions(self) -> list[str]:
         """One "minimize" per objective value."""
-        return ["minimize"] * len(
-            OBJECTIVES[self.objective]({f"emd_{n}_scaled": 0.0 for n in ("mass", *_REST)})
-        )
+        return ["minimize"] * len(OBJECTIVES[self.objective])
 
 
 def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
@@ -319,7 +317,7 @@ class Objective:
         emds = score(pipeline, *self.data, report)
         for name, value in emds.items():
             trial.set_user_attr(name, value)
-        result = OBJECTIVES[self.cfg.objective](emds)
+        result = objective_values(self.cfg.objective, emds)
         return result[0] if single else result
 
 

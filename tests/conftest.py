@@ -34,6 +34,30 @@ def random_jets(n: int = 20, num_particles: int = 30, seed: int = 0):
     return Jets(particles, mask, jet_features, np.full(n, 2))
 
 
+#: pipeline overrides for models small enough to train in seconds (tests add data and epochs)
+TINY_MODELS = [
+    "data.n_jets=400",
+    "convae.n_filter=4",
+    "convae.dense_width=32",
+    "convae.latent_dim=4",
+    "flow.transforms=2",
+    "flow.hidden_features=16",
+    "flow_train.epochs=2",
+    "evaluate.cov_mmd=false",
+]
+
+
+def assert_one_line_error(capsys, argv: list[str], match: str) -> str:
+    """``jetflows ARGV`` fails as a user mistake: exit status 2 and one stderr line with
+    ``match``. Returns that line."""
+    from pipelines.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and match in err, err
+    return err
+
+
 @pytest.fixture
 def jets():
     return random_jets()

@@ -6,7 +6,7 @@ import pytest
 from pipelines import generate
 from pipelines.cli import main
 from pipelines.data import read_jetnet_file, write_jetnet_file
-from tests.conftest import random_jets
+from tests.conftest import assert_one_line_error, random_jets
 
 
 def _run(capsys, command):
@@ -25,9 +25,7 @@ def _fail(capsys, command, match):
 
 
 def _error(capsys, command, match):
-    code, _, err = _run(capsys, command)
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and match in err, err
+    assert_one_line_error(capsys, command.split(), match)
 
 
 @pytest.fixture

@@ -18,23 +18,16 @@ import torch
 from pipelines.checkpoints import load_checkpoint
 from pipelines.cli import main
 from pipelines.data import read_jetnet_file, write_jetnet_file
-from tests.conftest import random_jets
+from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[2]
 TINY = [
+    *TINY_MODELS,
     "name=tiny",
     "data.source=jetnet",
-    "data.n_jets=400",
     "data.split=[0.3, 0.1, 0.6]",
-    "convae.n_filter=4",
-    "convae.dense_width=32",
-    "convae.latent_dim=4",
     "convae_train.epochs=2",
-    "flow.transforms=2",
-    "flow.hidden_features=16",
-    "flow_train.epochs=2",
     "n_generate=200",
-    "evaluate.cov_mmd=false",
 ]
 
 
@@ -181,8 +174,6 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_no_file(
         raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk was full
 
     monkeypatch.setattr(torch, "save", full_disk)
-    assert main(_argv(data_dir, tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert "no space left on device" in err and len(err.strip().splitlines()) == 1
+    assert_one_line_error(capsys, _argv(data_dir, tmp_path), "no space left on device")
     directory = tmp_path / "tiny" / "g"
     assert not list(directory.glob("*.pt")) and not list(directory.glob(".*tmp-*"))

@@ -11,22 +11,15 @@ from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.data import read_jetnet_file, write_jetnet_file
 from pipelines.pipeline import run_pipeline
-from tests.conftest import random_jets
+from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 TINY = [
+    *TINY_MODELS,
     "name=tiny",
-    "data.n_jets=400",
     "data.split=[0.3, 0.1, 0.6]",
     "data.jobs=2",
-    "convae.n_filter=4",
-    "convae.dense_width=32",
-    "convae.latent_dim=4",
     "convae_train.epochs=2",
-    "flow.transforms=2",
-    "flow.hidden_features=16",
-    "flow_train.epochs=2",
     "n_generate=200",
-    "evaluate.cov_mmd=false",
     "particle.jet_flow.transforms=2",
     "particle.jet_flow.hidden_features=8",
 ]
@@ -244,9 +237,7 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
     for flag, value in zip(argv[::2], argv[1::2], strict=True):
         base[flag] = value if flag != "--run" else str(tmp_path / value)
     args = ["sample", *[item for pair in base.items() for item in pair], "--quiet"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1
+    assert_one_line_error(capsys, args, match)
     assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.h5*"))
 
 
@@ -268,9 +259,7 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
     ],
 )
 def test_pipeline_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
-    assert main(["pipeline", "--runs", str(tmp_path), *argv]) == 2
-    err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1
+    assert_one_line_error(capsys, ["pipeline", "--runs", str(tmp_path), *argv], match)
     assert not any(tmp_path.iterdir())
 
 

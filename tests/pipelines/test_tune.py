@@ -13,26 +13,13 @@ import optuna
 import pytest
 import yaml
 
-from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.data import write_jetnet_file
 from pipelines.tune import tune
-from tests.conftest import random_jets
+from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[2]
-TINY = [
-    "data.source=jetnet",
-    "data.n_jets=400",
-    "data.split=[0.3, 0.2, 0.5]",
-    "convae.n_filter=4",
-    "convae.dense_width=32",
-    "convae.latent_dim=4",
-    "convae_train.epochs=3",
-    "flow.transforms=2",
-    "flow.hidden_features=16",
-    "flow_train.epochs=2",
-    "evaluate.cov_mmd=false",
-]
+TINY = [*TINY_MODELS, "data.source=jetnet", "data.split=[0.3, 0.2, 0.5]", "convae_train.epochs=3"]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -187,7 +174,5 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
 def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, changes, argv, match):
     config = _write(tmp_path, data_dir, **changes)
     args = ["tune", "--config", str(config), "--trials", "1", "--root", str(tmp_path / "t")]
-    assert main([*args, *argv, "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1
+    err = assert_one_line_error(capsys, [*args, *argv, "--quiet"], match)
     assert "hunter2" not in err

@@ -65,25 +65,15 @@ def test_latent_flow_two_stage(top):
     result = fit(flow, (z_train, None, None), (z_valid, None, None), config=CFG, progress=False)
     assert min(r["valid_loss"] for r in result.history) < start
     probs = latent.multiplicity_probs(train_m)
+
+    def draw(masking):
+        g = torch.Generator().manual_seed(1)
+        return latent.generate(flow, vae, 50, masking=masking, normalization=norm, generator=g)
+
     for masking in (latent.Masking("threshold", 1e-3), latent.Masking("multiplicity", probs=probs)):
-        particles, mask = latent.generate(
-            flow,
-            vae,
-            50,
-            masking=masking,
-            normalization=norm,
-            generator=torch.Generator().manual_seed(1),
-        )
+        particles, mask = draw(masking)
         _check_jets(particles, mask, 50)
-    again = latent.generate(
-        flow,
-        vae,
-        50,
-        masking=masking,
-        normalization=norm,
-        generator=torch.Generator().manual_seed(1),
-    )
-    assert torch.equal(again[0], particles)
+    assert torch.equal(draw(masking)[0], particles)
     # multiplicity masking follows the training distribution's support
     assert set(mask.sum(1).tolist()) <= set(torch.nonzero(probs).flatten().tolist())
 

@@ -30,6 +30,7 @@ from jetflows.training import (  # noqa: F401  (re-exported: the ConVAE's traini
 )
 
 CHECKPOINT_KIND = "jetflows.convae"
+SPACES = ("physical", "normalized")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class LossConfig:
         alpha, beta: weights of the particle term and of the KL term.
         gamma, gamma_1, gamma_2: jet-term weights; gamma_2 None means mean(pT)/mean(m) of the
             training set. gamma 0 switches the jet terms off.
+        space: where the particle term is computed: "physical" units (eta, phi, pt_rel) or the
+            "normalized" features the network sees. The jet terms are always physical.
     """
 
     particle: str = "chamfer"
@@ -52,12 +55,15 @@ class LossConfig:
     gamma: float = 1.0
     gamma_1: float = 1.0
     gamma_2: float | None = None
+    space: str = "physical"
 
     def __post_init__(self) -> None:
         if self.particle not in L.PARTICLE_LOSSES:
             raise ValueError(
                 f"unknown particle loss {self.particle!r}: use one of {sorted(L.PARTICLE_LOSSES)}"
             )
+        if self.space not in SPACES:
+            raise ValueError(f"unknown loss space {self.space!r}: use one of {SPACES}")
         if self.weighting not in L.WEIGHTINGS:
             raise ValueError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
@@ -81,11 +87,13 @@ class Objective:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             recon, mean, logvar = model(x)
         recon, mean, logvar = recon.float(), mean.float(), logvar.float()
-        if self.normalization is not None:  # losses in physical units: undo the scaling
-            x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
         c = self.cfg
+        seen = (x * mask[..., None], recon * mask[..., None])
+        if self.normalization is not None:  # jet terms in physical units: undo the scaling
+            x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
+        px, precon = seen if c.space == "normalized" else (x, recon)
         terms = {
-            "particle": L.PARTICLE_LOSSES[c.particle](x, recon, mask, mask),
+            "particle": L.PARTICLE_LOSSES[c.particle](px, precon, mask, mask),
             "jet": L.jet_terms(
                 x, recon, mask, mask, gamma=c.gamma, gamma_1=c.gamma_1, gamma_2=self.gamma_2
             )

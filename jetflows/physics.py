@@ -158,3 +158,32 @@ def jet_observables(
         "energy": energy,
         "multiplicity": mask.sum(-1),
     }
+
+
+def d2(particles: Array, mask: Array | None = None, *, beta: float = 1.0) -> Array:
+    """The energy-correlation ratio D2 = e3 / e2^3 (Larkoski, Moult, Neill, arXiv:1409.6298).
+
+    Low for two-prong jets (W, Z, and tops resolved as two prongs), high for one-prong QCD jets.
+    e2 = sum_{i<j} z_i z_j R_ij^beta, e3 = sum_{i<j<k} z_i z_j z_k (R_ij R_ik R_jk)^beta with
+    z = pt / sum(pt). energyflow has these as EFPs but evaluates them jet by jet in numpy only;
+    this is the same sum over a batch axis, for numpy and torch (three-particle sums are P^3 per
+    jet: fine for P = 30, ~3.4 M terms per jet at P = 150).
+
+    Arguments:
+        particles: (N, P, 3) (eta_rel, phi_rel, pt_rel); mask (N, P), default pt_rel > 0.
+        beta: angular exponent.
+
+    Returns:
+        (N,) D2; a jet with fewer than 2 particles gets 0.
+    """
+    xp = _xp(particles)
+    mask = particle_mask(particles) if mask is None else mask
+    pt = particles[..., PT] * mask
+    z = pt / _safe(pt.sum(-1))[..., None]  # (N, P)
+    deta = particles[..., :, None, ETA] - particles[..., None, :, ETA]  # (N, P, P)
+    dphi = wrap_phi(particles[..., :, None, PHI] - particles[..., None, :, PHI])
+    r = (deta**2 + dphi**2) ** (0.5 * beta)  # (N, P, P), zero on the diagonal
+    # full sums over ordered pairs / triples: 2 e2 and 6 e3 (repeated indices carry R_ii = 0)
+    e2 = xp.einsum("ni,nj,nij->n", z, z, r) / 2
+    e3 = xp.einsum("ni,nj,nk,nij,nik,njk->n", z, z, z, r, r, r) / 6
+    return xp.where(e2 > 0, e3 / _safe(e2) ** 3, xp.zeros_like(e2))

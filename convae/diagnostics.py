@@ -28,10 +28,9 @@ import torch
 from convae.losses import emd
 from convae.model import ConVAE
 from jetflows.normalize import Normalization
-from jetflows.physics import ETA, PHI, PT, d2, jet_observables
+from jetflows.physics import PT, d2, jet_observables, sort_by_pt
+from jetflows.spread import spread_ratio
 
-#: Particle features, in order, with the names the diagnostics use.
-FEATURES: tuple[str, ...] = ("eta", "phi", "pt")
 #: Jet quantities whose input-vs-reconstruction correlation is reported.
 CORRELATED: tuple[str, ...] = ("mass", "pt_sum", "d2")
 
@@ -78,45 +77,14 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum().item() / denom) if denom > 0 else 0.0
 
 
-def slot_std(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Std across jets of each particle slot, real particles only: (N, P, F) -> (P, F).
-
-    Slots with fewer than two real particles give NaN (`spread_ratio` skips them).
-    """
-    w = mask.double()[..., None]  # (N, P, 1)
-    count = w.sum(0)  # (P, 1)
-    mean = (particles.double() * w).sum(0) / count.clamp_min(1)
-    var = (((particles.double() - mean) ** 2) * w).sum(0) / (count - 1).clamp_min(1)
-    return torch.where(count >= 2, var.sqrt(), torch.nan)
-
-
-def spread_ratio(
-    particles: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, ref_mask: torch.Tensor
-) -> dict[str, float]:
-    """Per feature: mean over slots of std(particles) / std(reference), stds across jets.
-
-    Arguments:
-        particles, mask: (N, P, F), (N, P): reconstructed or generated jets.
-        reference, ref_mask: (M, P, F), (M, P): the real jets (the same jets for a
-            reconstruction, another sample of the class for a generator).
-
-    Returns:
-        {eta, phi, pt}: 1 when the jets vary as much as the reference, 0 when all are equal.
-    """
-    ratio = slot_std(particles, mask) / slot_std(reference, ref_mask)  # (P, F)
-    return {
-        name: float(ratio[:, i][torch.isfinite(ratio[:, i])].mean())
-        for i, name in zip((ETA, PHI, PT), FEATURES, strict=True)
-    }
-
-
-def keep_hardest(particles: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_hardest(
+    particles: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort each jet by decreasing pt and keep its ``counts`` hardest particles.
 
     particles (N, P, 3), counts (N,) -> particles (N, P, 3) with zero padding, mask (N, P).
     """
-    order = particles[..., PT].argsort(dim=1, descending=True)
-    x = particles.gather(1, order[..., None].expand_as(particles))
+    x = sort_by_pt(particles)
     mask = torch.arange(x.shape[1], device=x.device)[None] < counts[:, None]
     return x * mask[..., None], mask
 

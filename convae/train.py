@@ -46,6 +46,8 @@ class LossConfig:
             training set. gamma 0 switches the jet terms off.
         space: where the particle term is computed: "physical" units (eta, phi, pt_rel) or the
             "normalized" features the network sees. The jet terms are always physical.
+        feature_weights: (eta, phi, pt) multipliers of the features inside the particle term:
+            how many units of angle one unit of pt_rel is worth in a Chamfer distance.
     """
 
     particle: str = "chamfer"
@@ -56,6 +58,7 @@ class LossConfig:
     gamma_1: float = 1.0
     gamma_2: float | None = None
     space: str = "physical"
+    feature_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.particle not in L.PARTICLE_LOSSES:
@@ -64,6 +67,10 @@ class LossConfig:
             )
         if self.space not in SPACES:
             raise ValueError(f"unknown loss space {self.space!r}: use one of {SPACES}")
+        if len(self.feature_weights) != 3 or min(self.feature_weights) <= 0:
+            raise ValueError(
+                f"feature_weights must be 3 positive numbers (eta, phi, pt): {self.feature_weights}"
+            )
         if self.weighting not in L.WEIGHTINGS:
             raise ValueError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
@@ -91,7 +98,8 @@ class Objective:
         seen = (x * mask[..., None], recon * mask[..., None])
         if self.normalization is not None:  # jet terms in physical units: undo the scaling
             x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
-        px, precon = seen if c.space == "normalized" else (x, recon)
+        w = torch.tensor(c.feature_weights, dtype=x.dtype, device=x.device)
+        px, precon = (t * w for t in (seen if c.space == "normalized" else (x, recon)))
         terms = {
             "particle": L.PARTICLE_LOSSES[c.particle](px, precon, mask, mask),
             "jet": L.jet_terms(

@@ -25,6 +25,7 @@ import torch
 from convae.model import ConVAE
 from flows.models import Flow
 from jetflows.normalize import Normalization
+from jetflows.physics import sort_by_pt
 
 ENCODINGS = ("mean", "sample")
 PT = 2
@@ -121,8 +122,7 @@ def to_jets(
     """
     x = normalization.inverse(decoded) if normalization is not None else decoded
     x = torch.cat([x[..., :PT], x[..., PT:].clamp_min(0)], -1)
-    order = x[..., PT].argsort(dim=1, descending=True)
-    x = x.gather(1, order[..., None].expand_as(x))
+    x = sort_by_pt(x)
     mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
     return x * mask[..., None], mask
 

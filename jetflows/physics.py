@@ -187,3 +187,9 @@ def d2(particles: Array, mask: Array | None = None, *, beta: float = 1.0) -> Arr
     e2 = xp.einsum("ni,nj,nij->n", z, z, r) / 2
     e3 = xp.einsum("ni,nj,nk,nij,nik,njk->n", z, z, z, r, r, r) / 6
     return xp.where(e2 > 0, e3 / _safe(e2) ** 3, xp.zeros_like(e2))
+
+
+def sort_by_pt(particles: Array) -> Array:
+    """Particles (N, P, F) of each jet reordered by decreasing pt_rel (torch)."""
+    order = particles[..., PT].argsort(dim=1, descending=True)
+    return particles.gather(1, order[..., None].expand_as(particles))

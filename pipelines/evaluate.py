@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from jetflows import __version__
 from jetflows.classes import JET_TYPES, canonical_class
+from jetflows.spread import spread_ratio
 from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.fpnd import fpnd, fpnd_unavailable
@@ -96,8 +97,10 @@ def _compare(
     """Every metric of ``test`` against ``ref``: {name: (value, std)}, and the EMD scales."""
     ref_obs, test_obs = m.observables(ref), m.observables(test)
     emds, scales = m.observable_emds(ref_obs, test_obs)
+    spread = spread_ratio(test.particles, test.mask, ref.particles, ref.mask)
     plain = {
         **emds,
+        **{f"spread_{k}": v for k, v in spread.items()},
         **m.legacy_emd_sum(ref_obs, test_obs),
         **m.divergences(ref_obs, test_obs, ref.particles.shape[1]),
     }
@@ -221,10 +224,14 @@ def evaluate_files(
     jet_class: str | None = None,
     cfg: EvalConfig | None = None,
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
+    extra_report: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read two JetNet-layout files, evaluate, write metrics.json, report.md and plots/*.png.
 
     The class defaults to the real file's JetNet name (t.hdf5 -> t) when it has one.
+    ``extra`` is merged into metrics.json and ``extra_report`` (Markdown lines) appended to
+    report.md, e.g. the pipeline's ConVAE reconstruction figures.
     """
     from pipelines.report import write_plots, write_report
 
@@ -236,9 +243,10 @@ def evaluate_files(
     efps = _all_efps(samples, cfg, progress)
     results = evaluate_samples(samples, efps, jet_class=jet_class, cfg=cfg, progress=progress)
     results["inputs"] = {"real": str(real_path), "gen": str(gen_path)}
+    results.update(extra or {})
     out_dir = Path(out_dir)
     plots = write_plots(samples, efps[0], efps[2], out_dir / "plots")
-    write_report(results, plots, out_dir / "report.md")
+    write_report(results, plots, out_dir / "report.md", extra=extra_report)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
     return results

@@ -43,6 +43,8 @@ from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
 from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
 from pipelines.io import atomic_path
+from pipelines.reconstruction import markdown as reconstruction_markdown
+from pipelines.reconstruction import write_reconstruction
 
 LOG = logging.getLogger("jetflows.pipeline")
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
@@ -268,6 +270,18 @@ def _convae_stage(
     return convae_of(state, resolve_device(cfg.device))
 
 
+def _reconstruction_stage(
+    test: Jets, key: str, stages: Stages, directory: Path, vae: ConVAE, norm: Normalization
+) -> dict[str, Any]:
+    """reconstruction.json and its plots: the trained ConVAE on the held-out test jets."""
+    path = directory / "reconstruction.json"
+    if stages.complete("reconstruction", key, path):
+        return json.loads(path.read_text())
+    result = write_reconstruction(vae, norm, test, directory)
+    stages.mark("reconstruction", key)
+    return result
+
+
 def _common_extra(cfg: PipelineConfig, jet_class: str, train: Jets) -> dict[str, Any]:
     pool = train.jet_features[:KINEMATICS_POOL, :2].astype(float).tolist()  # (pt, eta)
     return {"jet_class": jet_class, "num_particles": cfg.data.num_particles, "jet_kinematics": pool}
@@ -360,6 +374,11 @@ def run_class(
         )
     if not is_main():  # data-parallel: the other ranks only help to train
         return {}
+    reconstruction = (
+        _reconstruction_stage(test, keys["convae"], stages, directory, vae, norm)
+        if cfg.target == "latent"
+        else None
+    )
     _write_json(directory / "history.json", stages.histories)
     keys["generate"] = digest(keys["flow"], cfg.n_generate)
     generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
@@ -381,7 +400,14 @@ def run_class(
     if stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md"):
         return json.loads(metrics.read_text())
     results = evaluate_files(
-        real, generated, directory, jet_class=jet_class, cfg=cfg.evaluate, progress=progress
+        real,
+        generated,
+        directory,
+        jet_class=jet_class,
+        cfg=cfg.evaluate,
+        progress=progress,
+        extra={"reconstruction": reconstruction} if reconstruction else None,
+        extra_report=reconstruction_markdown(reconstruction) if reconstruction else (),
     )
     stages.mark("evaluate", keys["evaluate"])
     return results

@@ -27,6 +27,12 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "5 EFPs n=4, d=4, prime; FPD/KPD on the 36 EFPs of degree <= 4; COV: higher is better.",
     ),
     (
+        "Spread of the jets (a collapsed generator emits nearly one jet)",
+        ("spread_eta", "spread_phi", "spread_pt"),
+        "Std across jets of each pt-ordered particle slot, generated over real, averaged over "
+        "slots, per feature: ~1 when generated jets vary as real ones do, ~0 for a collapse.",
+    ),
+    (
         "Divergences on histograms (natural log)",
         tuple(f"jsd_{n}" for n in EMD_OBSERVABLES) + tuple(f"kl_{n}" for n in EMD_OBSERVABLES),
         "JSD exact, in [0, ln 2]; KL(real || gen) with 1e-12 added to empty bins.",
@@ -63,8 +69,15 @@ def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[st
     return lines
 
 
-def write_report(results: dict[str, Any], plots: list[Path], path: Path) -> Path:
-    """report.md: every metric with its truth floor and the ratio, then the plots."""
+def write_report(
+    results: dict[str, Any],
+    plots: list[Path],
+    path: Path,
+    *,
+    extra: list[str] | tuple[str, ...] = (),
+) -> Path:
+    """report.md: every metric with its truth floor and the ratio, ``extra`` Markdown lines,
+    then the plots."""
     lines = [
         f"# Evaluation: {results.get('inputs', {}).get('gen', 'generated')} vs "
         f"{results.get('inputs', {}).get('real', 'real')}",
@@ -86,6 +99,8 @@ def write_report(results: dict[str, Any], plots: list[Path], path: Path) -> Path
     if results["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {name}: {reason}" for name, reason in results["skipped"].items()]
+    if extra:
+        lines += ["", *extra]
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     with atomic_path(path) as tmp:
@@ -93,7 +108,8 @@ def write_report(results: dict[str, Any], plots: list[Path], path: Path) -> Path
     return path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend and the mplhep ROOT style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +170,7 @@ def _figure(
     logx: bool = False,
     integer: bool = False,
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )

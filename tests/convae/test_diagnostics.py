@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from convae.diagnostics import keep_hardest, reconstruct, reconstruction_diagnostics
+from convae.model import ConVAE, ConVAEConfig
+from jetflows.normalize import fit_normalization
+from tests.conftest import random_jets
+
+
+def _jets(n=200, seed=0):
+    jets = random_jets(n, 30, seed=seed)
+    return torch.tensor(jets.particles), torch.tensor(jets.mask)
+
+
+def test_a_perfect_reconstruction_scores_perfectly():
+    x, m = _jets()
+    d = reconstruction_diagnostics(x, m, x.clone(), m.clone())
+    assert d.emd_reconstruction == pytest.approx(0, abs=1e-9) and d.emd_other > 0.1
+    assert d.emd_ratio == pytest.approx(0, abs=1e-8)
+    assert all(v == pytest.approx(1) for v in d.correlation.values())
+    assert all(v == pytest.approx(1) for v in d.spread.values())
+
+
+def test_a_collapsed_reconstruction_is_caught():
+    """Every jet decoded to the same full jet: what the first ConVAE did."""
+    x, m = _jets(1000)
+    x, m = x[m.all(1)], m[m.all(1)]  # jets of 30 particles, as most real jets at P = 30 are
+    one = x[:1].expand_as(x).clone()
+    d = reconstruction_diagnostics(x, m, *keep_hardest(one, m.sum(1)))
+    assert d.n_jets > 10 and d.emd_ratio > 0.8
+    assert d.correlation == {"mass": 0.0, "pt_sum": 0.0, "d2": 0.0}
+    assert max(d.spread.values()) < 1e-6
+
+
+def test_a_noisy_reconstruction_sits_in_between():
+    x, m = _jets()
+    g = torch.Generator().manual_seed(1)
+    noisy = x + 0.03 * torch.randn(x.shape, generator=g) * torch.tensor([1.0, 1.0, 0.0])
+    d = reconstruction_diagnostics(x, m, noisy * m[..., None], m)
+    assert 0.05 < d.emd_ratio < 0.5
+    assert d.correlation["pt_sum"] == pytest.approx(1)
+    assert 0.9 < d.spread["eta"] < 1.2
+
+
+def test_reconstruct_keeps_the_input_multiplicity_in_physical_units():
+    x, m = _jets(50)
+    norm = fit_normalization(x, m, kind="standard")
+    torch.manual_seed(0)
+    vae = ConVAE(ConVAEConfig(n_filter=4, dense_width=32, latent_dim=4, output="identity"))
+    rec, rec_mask = reconstruct(vae, x, m, normalization=norm, batch_size=16)
+    assert torch.equal(rec_mask.sum(1), m.sum(1))
+    assert (rec[..., 2] >= 0).all() and (rec[~rec_mask] == 0).all()
+    pt = rec[..., 2].numpy()
+    assert (np.diff(pt, axis=1) <= 0).all()  # pt-sorted
+
+
+def test_bad_input():
+    x, m = _jets(10)
+    with pytest.raises(ValueError, match="same shape"):
+        reconstruction_diagnostics(x, m, x[:, :20], m[:, :20])
+    with pytest.raises(ValueError, match=">= 2 jets"):
+        reconstruction_diagnostics(x[:1], m[:1], x[:1], m[:1])

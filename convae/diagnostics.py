@@ -45,6 +45,8 @@ class ReconstructionDiagnostics:
         emd_other: median per-jet EMD(input, another random input jet).
         emd_ratio: emd_reconstruction / emd_other (a collapsed model: ~1; target < 1/3).
         correlation: {mass, pt_sum, d2}: Pearson r of input vs reconstruction.
+        rank_correlation: the same as Spearman rank correlations (robust to D2's long tail,
+            where a few jets with a tiny e2 dominate Pearson's r).
         spread: {eta, phi, pt}: std across jets per particle slot, reconstruction / input,
             averaged over slots (a collapsed model: ~0; target >= 0.8).
     """
@@ -54,6 +56,7 @@ class ReconstructionDiagnostics:
     emd_other: float
     emd_ratio: float
     correlation: dict[str, float]
+    rank_correlation: dict[str, float]
     spread: dict[str, float]
 
     def to_dict(self) -> dict[str, object]:
@@ -75,6 +78,14 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = (a.norm() * b.norm()).item()
     return float((a * b).sum().item() / denom) if denom > 0 else 0.0
+
+
+def _ranks(a: torch.Tensor) -> torch.Tensor:
+    return a.argsort().argsort().double()  # ties broken by order: fine for continuous values
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return _pearson(_ranks(a), _ranks(b)) if a.unique().numel() > 1 < b.unique().numel() else 0.0
 
 
 def keep_hardest(
@@ -159,5 +170,6 @@ def reconstruction_diagnostics(
         emd_other=rand,
         emd_ratio=rec / rand if rand > 0 else float("nan"),
         correlation={k: _pearson(q_in[k], q_rec[k]) for k in CORRELATED},
+        rank_correlation={k: _spearman(q_in[k], q_rec[k]) for k in CORRELATED},
         spread=spread_ratio(y, recon_mask, x, mask),
     )

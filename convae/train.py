@@ -48,6 +48,9 @@ class LossConfig:
             "normalized" features the network sees. The jet terms are always physical.
         feature_weights: (eta, phi, pt) multipliers of the features inside the particle term:
             how many units of angle one unit of pt_rel is worth in a Chamfer distance.
+        reflect: in training, reflect each jet at random in eta_rel and in phi_rel (each with
+            probability 1/2) before it enters the network: both reflections are symmetries of
+            the jet distribution, so the loss is the same expectation over 4x the data.
     """
 
     particle: str = "chamfer"
@@ -59,6 +62,7 @@ class LossConfig:
     gamma_2: float | None = None
     space: str = "physical"
     feature_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    reflect: bool = False
 
     def __post_init__(self) -> None:
         if self.particle not in L.PARTICLE_LOSSES:
@@ -90,11 +94,13 @@ class Objective:
         self, model: ConVAE, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean loss over the batch and its terms. x: (B, P, F) normalized, mask: (B, P)."""
+        c = self.cfg
+        if c.reflect and model.training:
+            x = self._reflect(x, mask)
         # bf16: the network's matrix products in bfloat16 (autocast), the losses in float32
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             recon, mean, logvar = model(x)
         recon, mean, logvar = recon.float(), mean.float(), logvar.float()
-        c = self.cfg
         seen = (x * mask[..., None], recon * mask[..., None])
         if self.normalization is not None:  # jet terms in physical units: undo the scaling
             x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
@@ -113,6 +119,15 @@ class Objective:
             terms["particle"], terms["jet"], terms["kl"], alpha=c.alpha, beta=c.beta
         )
         return total.mean(), {k: v.mean() for k, v in terms.items()}
+
+    def _reflect(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, P, F) normalized, with eta and phi of random jets negated in physical units."""
+        norm = self.normalization
+        phys = norm.inverse(x, mask) if norm is not None else x
+        signs = torch.ones(len(x), 1, x.shape[-1], dtype=x.dtype, device=x.device)
+        flip = torch.rand(len(x), 1, 2, device=x.device) < 0.5  # (B, 1, eta/phi)
+        signs[..., :2] = torch.where(flip, -1.0, 1.0)
+        return norm.transform(phys * signs, mask) if norm is not None else phys * signs
 
 
 def check_particles(x: torch.Tensor, mask: torch.Tensor, name: str) -> None:

@@ -122,7 +122,7 @@ def write_reconstruction(
 
 def markdown(result: dict[str, Any]) -> list[str]:
     """The report.md section of a reconstruction.json."""
-    corr, spread = result["correlation"], result["spread"]
+    corr, ranks, spread = result["correlation"], result["rank_correlation"], result["spread"]
     return [
         "## ConVAE reconstruction (held-out real jets)",
         "",
@@ -134,13 +134,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "|---|---|---|",
         f"| median EMD(input, reconstruction) | {result['emd_reconstruction']:.4g} | |",
         f"| median EMD(input, another real jet) | {result['emd_other']:.4g} | |",
-        f"| EMD ratio | {result['emd_ratio']:.3f} | < 0.33 |",
+        f"| EMD ratio | {result['emd_ratio']:.3f} | {TARGETS['emd_ratio']} |",
         *(
-            f"| correlation of {k} (input vs reconstruction) | {v:.3f} | "
-            f"{'>= 0.9' if k == 'mass' else ''} |"
+            f"| correlation of {k}, input vs reconstruction (rank correlation) | {v:.3f} "
+            f"({ranks[k]:.3f}) | {TARGETS.get(f'correlation.{k}', '')} |"
             for k, v in corr.items()
         ),
-        *(f"| spread ratio {k} | {v:.3f} | >= 0.8 |" for k, v in spread.items()),
+        *(f"| spread ratio {k} | {v:.3f} | {TARGETS['spread.*']} |" for k, v in spread.items()),
         "",
         *(f"![{Path(p).stem}]({p})" for p in result["plots"]),
     ]

@@ -19,6 +19,7 @@ def test_a_perfect_reconstruction_scores_perfectly():
     assert d.emd_reconstruction == pytest.approx(0, abs=1e-9) and d.emd_other > 0.1
     assert d.emd_ratio == pytest.approx(0, abs=1e-8)
     assert all(v == pytest.approx(1) for v in d.correlation.values())
+    assert all(v == pytest.approx(1) for v in d.rank_correlation.values())
     assert all(v == pytest.approx(1) for v in d.spread.values())
 
 
@@ -29,7 +30,7 @@ def test_a_collapsed_reconstruction_is_caught():
     one = x[:1].expand_as(x).clone()
     d = reconstruction_diagnostics(x, m, *keep_hardest(one, m.sum(1)))
     assert d.n_jets > 10 and d.emd_ratio > 0.8
-    assert d.correlation == {"mass": 0.0, "pt_sum": 0.0, "d2": 0.0}
+    assert d.correlation == {"mass": 0.0, "pt_sum": 0.0, "d2": 0.0} == d.rank_correlation
     assert max(d.spread.values()) < 1e-6
 
 

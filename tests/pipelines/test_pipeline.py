@@ -25,6 +25,9 @@ TINY = [
 ]
 CLASS_FILES = [
     "convae.pt",
+    "reconstruction.json",
+    "plots/reconstruction_jets.png",
+    "plots/reconstruction_correlations.png",
     "flow.pt",
     "history.json",
     "generated.hdf5",

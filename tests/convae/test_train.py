@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from convae.losses import chamfer
 from convae.model import ConVAE, ConVAEConfig
-from convae.train import LossConfig, TrainConfig, fit, model_from_state
+from convae.train import LossConfig, Objective, TrainConfig, fit, model_from_state
 from jetflows.normalize import fit_normalization
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from tests.conftest import random_jets
@@ -24,12 +25,12 @@ def data():
     return scaled[0], scaled[1], norm
 
 
-def _fit(data, epochs=4, **kwargs):
+def _fit(data, epochs=4, loss=None, **kwargs):
     train, valid, norm = data
     torch.manual_seed(0)
     model = ConVAE(SMALL)
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=3, patience=0)
-    loss = LossConfig(beta=0.5, weighting="beta_vae")
+    loss = loss or LossConfig(beta=0.5, weighting="beta_vae")
     return model, fit(
         model, train, valid, loss=loss, config=cfg, normalization=norm, progress=False, **kwargs
     )
@@ -60,8 +61,10 @@ def test_training_on_generated_top_jets_lowers_the_validation_loss(pythia_top_fi
     assert {"train_particle", "train_jet", "train_kl", "valid_particle"} <= set(result.history[0])
 
 
-def test_resume_after_a_crash_continues_exactly(data, tmp_path):
-    _, straight = _fit(data, epochs=4)
+@pytest.mark.parametrize("reflect", [False, True])
+def test_resume_after_a_crash_continues_exactly(data, tmp_path, reflect):
+    loss = LossConfig(beta=0.5, weighting="beta_vae", reflect=reflect)
+    _, straight = _fit(data, epochs=4, loss=loss)
 
     class Crash(Exception):
         pass
@@ -72,10 +75,10 @@ def test_resume_after_a_crash_continues_exactly(data, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        _fit(data, epochs=4, on_epoch=crash_after_two)
+        _fit(data, epochs=4, loss=loss, on_epoch=crash_after_two)
     state = load_checkpoint(tmp_path / "convae.pt", "jetflows.convae")
     assert state["epoch"] == 2 and len(state["history"]) == 2
-    _, resumed = _fit(data, epochs=4, resume=state)
+    _, resumed = _fit(data, epochs=4, loss=loss, resume=state)
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
     assert resumed.history == straight.history
     for key, value in straight.state["state_dict"].items():
@@ -137,7 +140,13 @@ def test_bad_checkpoints(tmp_path, data):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"particle": "l2"}, "unknown particle loss"), ({"weighting": "x"}, "unknown weighting")],
+    [
+        ({"particle": "l2"}, "unknown particle loss"),
+        ({"weighting": "x"}, "unknown weighting"),
+        ({"space": "latent"}, "unknown loss space"),
+        ({"feature_weights": (1.0, 1.0)}, "3 positive numbers"),
+        ({"feature_weights": (1.0, 0.0, 1.0)}, "3 positive numbers"),
+    ],
 )
 def test_bad_loss_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -159,3 +168,58 @@ def test_torch_compile_option_trains(data):
     result = fit(ConVAE(SMALL), train, valid, config=cfg, normalization=norm, progress=False)
     assert torch.isfinite(torch.tensor(result.history[0]["valid_loss"]))
     assert result.state["train_config"]["compile"] == "eager"
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in ConVAE whose reconstruction is given: to check what the Objective computes."""
+
+    def __init__(self, recon):
+        super().__init__()
+        self.recon = recon
+
+    def forward(self, x):
+        self.seen = x
+        zeros = torch.zeros(len(x), 2)
+        return self.recon, zeros, zeros
+
+
+def _objective(recon, norm, **loss):
+    cfg = LossConfig(weighting="beta_vae", beta=0.0, gamma=0.0, **loss)
+    return Objective(cfg, 1.0, norm), _Fixed(recon)
+
+
+def test_feature_weights_and_loss_space(data):
+    _, (x, mask), norm = data
+    x, mask = x[:16], mask[:16]
+    recon = x.clone()
+    recon[..., 2] += 0.1 * mask  # reconstruction off in pt only (normalized units)
+    phys_x, phys_recon = norm.inverse(x, mask), norm.inverse(recon, mask)
+    objective, model = _objective(recon, norm)
+    base = objective(model, x, mask)[1]["particle"]
+    torch.testing.assert_close(base, chamfer(phys_x, phys_recon, mask, mask).mean())
+    objective, model = _objective(recon, norm, feature_weights=(1.0, 1.0, 3.0))
+    w = torch.tensor([1.0, 1.0, 3.0])
+    weighted = chamfer(phys_x * w, phys_recon * w, mask, mask).mean()
+    torch.testing.assert_close(objective(model, x, mask)[1]["particle"], weighted)
+    assert weighted > 2 * base  # the pt mismatch now counts more
+    objective, model = _objective(recon, norm, space="normalized")
+    expected = chamfer(x * mask[..., None], recon * mask[..., None], mask, mask).mean()
+    torch.testing.assert_close(objective(model, x, mask)[1]["particle"], expected)
+    assert not torch.isclose(expected, base)  # physical units differ: pt_rel scale != 1
+
+
+def test_reflections_are_a_symmetry_applied_in_training_only(data):
+    (x, mask), _, norm = data
+    x, mask = x[:200], mask[:200]
+    objective, model = _objective(x.clone(), norm, reflect=True)
+    model.train()
+    objective(model, x, mask)
+    seen, phys = norm.inverse(model.seen, mask), norm.inverse(x, mask)
+    torch.testing.assert_close(seen.abs(), phys.abs())  # each coordinate kept or negated
+    torch.testing.assert_close(seen[..., 2], phys[..., 2])  # pt untouched
+    assert (model.seen[~mask] == 0).all()  # padding stays padding
+    flipped = (seen[..., :2] * phys[..., :2] < 0).any(1).float().mean(0)  # per jet, eta / phi
+    assert ((flipped > 0.35) & (flipped < 0.65)).all(), flipped
+    model.eval()
+    objective(model, x, mask)
+    assert torch.equal(model.seen, x)

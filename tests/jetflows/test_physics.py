@@ -7,6 +7,7 @@ import torch
 from jetflows.physics import (
     OBSERVABLES,
     cartesian_to_relative,
+    d2,
     jet_observables,
     particle_mask,
     relative_to_cartesian,
@@ -110,3 +111,31 @@ def test_wrap_phi_range():
 def test_default_mask_from_pt():
     jets = random_jets(5, 10)
     np.testing.assert_array_equal(particle_mask(jets.particles), jets.mask)
+
+
+def test_d2_matches_energyflow_energy_correlators(jets):
+    """D2 = e3 / e2^3 from energyflow's EFPs (line and triangle graphs, hadronic measure)."""
+    import energyflow as ef
+
+    kw = {"measure": "hadr", "beta": 1, "normed": True, "coords": "ptyphim"}
+    e2, e3 = ef.EFP([(0, 1)], **kw), ef.EFP([(0, 1), (1, 2), (0, 2)], **kw)
+    many = jets.mask.sum(1) >= 3
+    expected = []
+    for x, m in zip(jets.particles[many], jets.mask[many], strict=True):
+        event = x[m][:, [2, 0, 1]].astype(np.float64)  # (pt, y, phi)
+        # EFPs sum over all ordered index tuples: 2 e2 and 6 e3
+        expected.append((e3.compute(event) / 6) / (e2.compute(event) / 2) ** 3)
+    values = d2(jets.particles.astype(np.float64), jets.mask)
+    assert many.sum() >= 15
+    np.testing.assert_allclose(values[many], expected, rtol=1e-9)
+    torch.testing.assert_close(
+        d2(torch.tensor(jets.particles, dtype=torch.float64), torch.tensor(jets.mask)),
+        torch.tensor(values),
+    )
+
+
+def test_d2_separates_two_prongs_from_one():
+    two = np.array([[[-0.2, 0.0, 0.5], [0.2, 0.0, 0.5], [0.0, 0.01, 1e-3]]])  # two hard prongs
+    one = np.array([[[0.0, 0.0, 0.9], [0.05, 0.0, 0.05], [0.0, 0.3, 0.05]]])  # a core + spray
+    assert d2(two)[0] < 0.1 < d2(one)[0]
+    assert d2(np.zeros((1, 3, 3)))[0] == 0  # no particles: 0, not NaN

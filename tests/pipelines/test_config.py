@@ -48,6 +48,10 @@ def test_overrides_are_typed_and_nested():
         (["target=pixels"], "unknown target"),
         (["data.n_jets=100"], "the evaluation needs >= 200"),
         (["flow.transforms"], "expects section.key=value"),
+        (["loss.space=latent"], "unknown loss space 'latent'"),
+        (["loss.feature_weights=[1, 1]"], "feature_weights must be 3 positive numbers"),
+        (["loss.feature_weights=[1, 1, x]"], "expected float"),
+        (["loss.reflect=maybe"], "expected bool"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):

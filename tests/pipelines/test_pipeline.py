@@ -252,6 +252,8 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
         (["--set", "flow.transforms=many"], "expected int"),
         (["--classes", "g,muon"], "unknown jet class"),
         (["--set", "device=tpu"], "unknown device 'tpu'"),
+        (["--set", "loss.space=latent"], "unknown loss space"),
+        (["--set", "loss.feature_weights=[1, -1, 5]"], "3 positive numbers"),
         pytest.param(
             ["--set", "device=cuda"],
             "no CUDA device",

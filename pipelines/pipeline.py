@@ -44,7 +44,7 @@ from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
 from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
 from pipelines.io import atomic_path
 from pipelines.reconstruction import markdown as reconstruction_markdown
-from pipelines.reconstruction import write_reconstruction
+from pipelines.reconstruction import reconstruction_plots
 
 LOG = logging.getLogger("jetflows.pipeline")
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
@@ -277,7 +277,8 @@ def _reconstruction_stage(
     path = directory / "reconstruction.json"
     if stages.complete("reconstruction", key, path):
         return json.loads(path.read_text())
-    result = write_reconstruction(vae, norm, test, directory)
+    result = reconstruction_plots(vae, norm, test, directory)
+    _write_json(path, result)
     stages.mark("reconstruction", key)
     return result
 

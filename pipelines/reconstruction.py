@@ -1,4 +1,4 @@
-"""The ConVAE's reconstruction check as run outputs: reconstruction.json, plots, a report section.
+"""The ConVAE's reconstruction check as run outputs: figures, plots and a report section.
 
 A physicist must see a collapsed autoencoder at once: the figures of
 `convae.diagnostics.reconstruction_diagnostics` (EMD to the input vs to another jet, input vs
@@ -9,7 +9,6 @@ show them), and the 2-D histogram of input vs reconstructed jet mass.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ from convae.diagnostics import jet_quantities, reconstruct, reconstruction_diagn
 from convae.model import ConVAE
 from jetflows.normalize import Normalization
 from pipelines.data import Jets
-from pipelines.io import atomic_path
-from pipelines.report import pyplot
+from pipelines.report import pyplot, save_figure
 
 SHOWN_JETS = 6
 #: Targets of the reconstruction figures (the ConVAE issue): a healthy model meets them.
@@ -30,12 +28,6 @@ TARGETS: dict[str, str] = {
     "correlation.mass": ">= 0.9",
     "spread.*": ">= 0.8",
 }
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path
 
 
 def plot_jets(
@@ -59,11 +51,7 @@ def plot_jets(
         ax.set_xlabel(r"$\eta_{rel}$")
     for ax in axes[:, 0]:
         ax.set_ylabel(r"$\phi_{rel}$")
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def plot_correlations(
@@ -80,17 +68,13 @@ def plot_correlations(
         ax.plot([lo, hi], [lo, hi], color="red", linewidth=1)
         ax.set_xlabel(f"input {label}")
         ax.set_ylabel(f"reconstructed {label}")
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
-def write_reconstruction(
+def reconstruction_plots(
     vae: ConVAE, norm: Normalization, jets: Jets, directory: Path, *, seed: int = 0
 ) -> dict[str, Any]:
-    """Reconstruct held-out ``jets``; write reconstruction.json and plots/reconstruction_*.png.
+    """Reconstruct held-out ``jets``; write plots/reconstruction_*.png under ``directory``.
 
     Returns:
         The reconstruction.json contents: the diagnostics, the targets and the plot names.
@@ -114,10 +98,7 @@ def write_reconstruction(
         ),
         plot_correlations(q_in, q_rec, plots / "reconstruction_correlations.png"),
     ]
-    result = {**diag.to_dict(), "targets": TARGETS, "plots": [f"plots/{p.name}" for p in paths]}
-    with atomic_path(directory / "reconstruction.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False))
-    return result
+    return {**diag.to_dict(), "targets": TARGETS, "plots": [f"plots/{p.name}" for p in paths]}
 
 
 def markdown(result: dict[str, Any]) -> list[str]:

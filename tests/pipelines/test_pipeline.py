@@ -71,8 +71,14 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
         for name in CLASS_FILES:
             assert (directory / name).is_file(), name
         assert len(list((directory / "plots").glob("*.png"))) >= 10
-        metrics = json.loads((directory / "metrics.json").read_text())["metrics"]
+        results = json.loads((directory / "metrics.json").read_text())
+        metrics = results["metrics"]
         assert np.isfinite(metrics["emd_sum"]["value"]) and metrics["emd_sum"]["floor"] > 0
+        assert 0 <= metrics["spread_pt"]["value"] and 0.5 < metrics["spread_pt"]["floor"] < 2
+        reconstruction = json.loads((directory / "reconstruction.json").read_text())
+        assert results["reconstruction"] == reconstruction and reconstruction["n_jets"] == 240
+        report = (directory / "report.md").read_text()
+        assert "## ConVAE reconstruction" in report and "reconstruction_jets.png" in report
         history = json.loads((directory / "history.json").read_text())
         assert [len(history[k]) for k in ("convae", "flow")] == [2, 2]
         generated = read_jetnet_file(directory / "generated.hdf5")

@@ -63,9 +63,15 @@ def plot_correlations(
     fig, axes = plt.subplots(1, len(labels), figsize=(7 * len(labels), 6.5))
     for ax, (name, label) in zip(axes, labels.items(), strict=True):
         a, b = inputs[name], recon[name]
-        lo, hi = np.quantile(np.concatenate([a, b]), [0.005, 0.995])
-        ax.hist2d(a, b, bins=40, range=[[lo, hi], [lo, hi]], cmin=1)
+        both = np.concatenate([a, b])
+        log = name == "d2"  # long-tailed: most jets sit near 1, some at 10+
+        lo, hi = np.quantile(both[both > 0] if log else both, [0.005, 0.995])
+        bins = np.geomspace(lo, hi, 41) if log else np.linspace(lo, hi, 41)
+        ax.hist2d(a, b, bins=[bins, bins], cmin=1)
         ax.plot([lo, hi], [lo, hi], color="red", linewidth=1)
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
         ax.set_xlabel(f"input {label}")
         ax.set_ylabel(f"reconstructed {label}")
     return save_figure(fig, path)

@@ -91,12 +91,13 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def keep_hardest(
     particles: torch.Tensor, counts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each jet by decreasing pt and keep its ``counts`` hardest particles.
+    """Sort each jet by decreasing pt and keep its ``counts`` hardest particles (pt > 0).
 
     particles (N, P, 3), counts (N,) -> particles (N, P, 3) with zero padding, mask (N, P).
     """
     x = sort_by_pt(particles)
     mask = torch.arange(x.shape[1], device=x.device)[None] < counts[:, None]
+    mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
     return x * mask[..., None], mask
 
 
@@ -112,7 +113,8 @@ def reconstruct(
     """Decode the posterior mean of each jet, in physical units, with the input's multiplicity.
 
     The decoder always emits P particles; each reconstruction keeps as many of its hardest
-    particles as its input has (pt_rel clamped at 0), so the comparison is particle for particle.
+    particles as its input has (fewer if some decode to pt_rel <= 0: those are dropped), so the
+    comparison is particle for particle.
 
     Arguments:
         particles: (N, P, 3) in physical units; mask: (N, P).

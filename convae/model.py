@@ -22,13 +22,14 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "selu": nn.SELU,
     "elu": nn.ELU,
 }
-#: Output layers: sigmoid for features scaled into [0, 1] (the seed), identity otherwise.
+#: Output layers: identity for standardized features (the default), sigmoid for features
+#: min-max scaled into [0, 1] as the seed did (that combination collapsed the ConVAE: README).
 OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
 @dataclass(frozen=True)
 class ConVAEConfig:
-    """ConVAE hyperparameters; the defaults are the seed architecture.
+    """ConVAE hyperparameters; the defaults are the seed architecture with an identity output.
 
     Arguments:
         num_particles: P, particles per jet (30 or 150).
@@ -50,7 +51,7 @@ class ConVAEConfig:
     dense_width: int = 1500
     latent_dim: int = 30
     activation: str = "relu"
-    output: str = "sigmoid"
+    output: str = "identity"
 
     def __post_init__(self) -> None:
         sizes = (

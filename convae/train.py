@@ -54,9 +54,10 @@ class LossConfig:
     """
 
     particle: str = "chamfer"
-    weighting: str = "seed"
+    # not the seed's weighting="seed", beta=0.9998: KL 5,000x the reconstruction, a collapse
+    weighting: str = "beta_vae"
     alpha: float = 1.0
-    beta: float = 0.9998
+    beta: float = 1e-4
     gamma: float = 1.0
     gamma_1: float = 1.0
     gamma_2: float | None = None

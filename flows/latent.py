@@ -124,6 +124,7 @@ def to_jets(
     x = torch.cat([x[..., :PT], x[..., PT:].clamp_min(0)], -1)
     x = sort_by_pt(x)
     mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
+    mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
     return x * mask[..., None], mask
 
 

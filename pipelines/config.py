@@ -104,7 +104,8 @@ class PipelineConfig:
         name: the run directory is ``runs/<name>``.
         classes: jet classes (g, q, t, w, z or aliases), one model per class.
         target: "latent" (ConVAE + latent flow, two-stage) or "particles" (direct flow).
-        normalization: ConVAE input scaling ("minmax" for the sigmoid output, or "standard").
+        normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
+            or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE, README).
         n_generate: jets generated per class for the evaluation.
         device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
             generation; not part of any stage's identity, so a run may continue elsewhere.
@@ -113,7 +114,7 @@ class PipelineConfig:
     name: str = "quickstart"
     classes: tuple[str, ...] = ("g", "q", "t", "w", "z")
     target: str = "latent"
-    normalization: str = "minmax"
+    normalization: str = "standard"
     n_generate: int = 1000
     device: str = "auto"
     data: DataConfig = DataConfig()

@@ -20,13 +20,17 @@ def test_default_is_the_seed_architecture():
     convs = [m for m in model.encoder_conv if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs] == [(3, 5), (1, 5), (1, 5)]
     assert [c.out_channels for c in convs] == [50, 100, 200]
-    assert isinstance(model.decoder_conv[-1], torch.nn.Sigmoid)
+    # the seed's sigmoid output (for min-max features) is an option; the default is identity
+    assert isinstance(model.decoder_conv[-1], torch.nn.Identity)
+    assert isinstance(ConVAE(ConVAEConfig(output="sigmoid")).decoder_conv[-1], torch.nn.Sigmoid)
 
 
 @pytest.mark.parametrize("num_particles", [30, 150])
 @pytest.mark.parametrize("batch", [1, 7, 100])
 def test_shapes_any_batch_size(num_particles, batch):
-    model = ConVAE(ConVAEConfig(num_particles=num_particles, n_filter=4, dense_width=32))
+    model = ConVAE(
+        ConVAEConfig(num_particles=num_particles, n_filter=4, dense_width=32, output="sigmoid")
+    )
     x = torch.rand(batch, num_particles, 3)
     recon, mean, logvar = model(x)
     assert recon.shape == x.shape and mean.shape == logvar.shape == (batch, 30)

@@ -42,7 +42,8 @@ def test_latent_flow_two_stage(top):
     norm = fit_normalization(train_x, train_m, kind="minmax")
     inputs = [norm.transform(x, m) for x, m in ((train_x, train_m), (valid_x, valid_m))]
     torch.manual_seed(0)
-    vae = ConVAE(ConVAEConfig(n_filter=8, dense_width=64, latent_dim=8))
+    # min-max into a sigmoid: every decoded pt > 0, so multiplicity masking keeps its count
+    vae = ConVAE(ConVAEConfig(n_filter=8, dense_width=64, latent_dim=8, output="sigmoid"))
     vae_cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3)
     fit_convae(
         vae,
@@ -152,3 +153,17 @@ def test_particle_flow_class_conditional_and_errors():
         particle.fit_target(x, torch.zeros_like(m))
     with pytest.raises(ValueError, match="fitted for P = 30"):
         particle.encode(x[:, :20], m[:, :20], target)
+
+
+def test_decoded_particles_without_pt_are_never_real():
+    """An identity output can decode pt_rel <= 0: multiplicity masking must not keep those."""
+    decoded = torch.zeros(4, 30, 3)
+    decoded[:, :10, 2] = torch.linspace(0.5, 0.01, 10)  # 10 particles with pt, 20 with pt <= 0
+    decoded[:, 10:, 2] = -0.1
+    probs = torch.zeros(31)
+    probs[25] = 1.0  # every jet asks for 25 particles
+    particles, mask = latent.to_jets(
+        decoded, normalization=None, masking=latent.Masking("multiplicity", probs=probs)
+    )
+    assert (mask.sum(1) == 10).all()
+    _check_jets(particles, mask, 4)

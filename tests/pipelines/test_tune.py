@@ -101,14 +101,15 @@ def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
     victim = _worker(config, root, 1)
     deadline = time.time() + 120
     running = []
-    while not running and time.time() < deadline:
+    # wait until the trial has its parameters: a trial is RUNNING before its suggest calls
+    while not (running and running[0].params) and time.time() < deadline:
         time.sleep(0.2)
         if (root / "tiny.db").exists():
             try:
                 running = _study(root).get_trials(states=(optuna.trial.TrialState.RUNNING,))
             except KeyError:  # the study is not created yet
                 pass
-    assert running, "the worker never started a trial"
+    assert running and running[0].params, "the worker never started a trial"
     time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()

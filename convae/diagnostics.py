@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from convae.losses import emd
-from convae.model import ConVAE
+from convae.model import ConVAE, decoded_particles
 from jetflows.normalize import Normalization
 from jetflows.physics import PT, d2, jet_observables, sort_by_pt
 from jetflows.spread import spread_ratio
@@ -129,9 +129,7 @@ def reconstruct(
     for x, m in zip(particles.split(batch_size), mask.split(batch_size), strict=True):
         x, m = x.to(device), m.to(device)
         seen = normalization.transform(x, m) if normalization is not None else x
-        y = model.reconstruct(seen)
-        y = normalization.inverse(y) if normalization is not None else y
-        out.append(torch.cat([y[..., :PT], y[..., PT:].clamp_min(0)], -1).cpu())
+        out.append(decoded_particles(model.reconstruct(seen), normalization).cpu())
     return keep_hardest(torch.cat(out), mask.sum(1))
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from jetflows.normalize import Normalization
+from jetflows.physics import PT, sort_by_pt
+
 #: Activations the seed's tuning searched over.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -181,3 +184,11 @@ class ConVAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
         return self.decode(z)
+
+
+def decoded_particles(decoded: torch.Tensor, normalization: Normalization | None) -> torch.Tensor:
+    """Decoder output (B, P, 3) -> particles (B, P, 3) in physical units, sorted by decreasing
+    pt_rel; pt_rel clamped at 0 (an identity output layer can go below). Which of the P are
+    real is the caller's choice (a multiplicity, a pt threshold)."""
+    x = normalization.inverse(decoded) if normalization is not None else decoded
+    return sort_by_pt(torch.cat([x[..., :PT], x[..., PT:].clamp_min(0)], -1))

@@ -102,11 +102,14 @@ class Objective:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             recon, mean, logvar = model(x)
         recon, mean, logvar = recon.float(), mean.float(), logvar.float()
-        seen = (x * mask[..., None], recon * mask[..., None])
+        if c.space == "normalized":  # the particle term on what the network sees
+            px, precon = x * mask[..., None], recon * mask[..., None]
         if self.normalization is not None:  # jet terms in physical units: undo the scaling
             x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
+        if c.space == "physical":
+            px, precon = x, recon
         w = torch.tensor(c.feature_weights, dtype=x.dtype, device=x.device)
-        px, precon = (t * w for t in (seen if c.space == "normalized" else (x, recon)))
+        px, precon = px * w, precon * w
         terms = {
             "particle": L.PARTICLE_LOSSES[c.particle](px, precon, mask, mask),
             "jet": L.jet_terms(

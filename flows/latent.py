@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from convae.model import ConVAE
+from convae.model import ConVAE, decoded_particles
 from flows.models import Flow
 from jetflows.normalize import Normalization
-from jetflows.physics import sort_by_pt
+from jetflows.physics import PT
 
 ENCODINGS = ("mean", "sample")
-PT = 2
 
 
 @torch.no_grad()
@@ -120,9 +119,7 @@ def to_jets(
 
     Padding is exactly zero; pt_rel is clamped at 0 (an identity output layer can go below).
     """
-    x = normalization.inverse(decoded) if normalization is not None else decoded
-    x = torch.cat([x[..., :PT], x[..., PT:].clamp_min(0)], -1)
-    x = sort_by_pt(x)
+    x = decoded_particles(decoded, normalization)
     mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
     mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
     return x * mask[..., None], mask

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
+from common import cpu_model
 
 from jetflows.classes import canonical_class
 from pipelines.config import load_config
@@ -62,13 +61,6 @@ BEFORE = {
         "loss.feature_weights=[1,1,1]",
     ],
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run(size: str, variant: str, classes: list[str], args: argparse.Namespace) -> dict:

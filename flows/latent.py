@@ -2,8 +2,11 @@
 
 Fit: ``encode_latents`` (posterior means, or draws of q(z|x)) -> `flows.train.fit`.
 Generate: flow sample (n, latent) -> decoder -> particles in physical units, sorted by pt, with a
-mask from either a pt threshold or a multiplicity drawn from the training distribution (the
-decoder always emits P particles; what counts as real must be decided).
+mask from a pt threshold, a multiplicity drawn from the training distribution, or ("joint") a
+multiplicity the flow samples together with the latent vector (the decoder always emits P
+particles; what counts as real must be decided). Joint masking keeps a jet's multiplicity tied to
+the rest of it, as in real jets (a narrow, low-mass gluon jet has few particles): the flow is fit
+on (z, n + u), u ~ U(0, 1) dequantizing the integer n (`with_multiplicity`).
 
 Example (an untrained pair, for shapes):
     >>> from convae.model import ConVAE, ConVAEConfig
@@ -80,11 +83,36 @@ def _by_multiplicity(
     return torch.arange(pt.shape[1], device=pt.device)[None] < counts[:, None].to(pt.device)
 
 
+def _by_flow(
+    pt: torch.Tensor, masking: Masking, labels: torch.Tensor | None, g: torch.Generator | None
+) -> torch.Tensor:
+    raise ValueError("joint masking takes each jet's multiplicity from the latent flow's sample")
+
+
 #: method -> (pt (n, P) sorted decreasing, masking, labels, generator) -> mask (n, P).
 MASKINGS: dict[str, Callable[..., torch.Tensor]] = {
     "threshold": _by_threshold,
     "multiplicity": _by_multiplicity,
+    "joint": _by_flow,
 }
+#: maskings whose flow samples (z, n): one feature more than the latent space
+JOINT = ("joint",)
+
+
+def with_multiplicity(
+    z: torch.Tensor, mask: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The joint flow's data: latents z (N, L) and each jet's n + u, u ~ U(0, 1): (N, L + 1).
+
+    mask: (N, P) of the encoded jets.
+    """
+    u = torch.rand(len(z), generator=generator, device=z.device)
+    return torch.cat([z, (mask.sum(1).to(z) + u)[:, None]], 1)
+
+
+def _first(counts: torch.Tensor, num_particles: int) -> torch.Tensor:
+    """Mask (n, P) of the first ``counts`` (n,) slots (the hardest particles)."""
+    return torch.arange(num_particles, device=counts.device)[None] < counts[:, None]
 
 
 @dataclass(frozen=True)
@@ -92,8 +120,8 @@ class Masking:
     """Which decoded particles are real.
 
     Arguments:
-        method: "threshold" (pt_rel > ``pt_threshold``) or "multiplicity" (the hardest n, with
-            n drawn from ``probs``).
+        method: "threshold" (pt_rel > ``pt_threshold``), "multiplicity" (the hardest n, with
+            n drawn from ``probs``) or "joint" (the hardest n, n sampled by the flow with z).
         pt_threshold: in pt_rel units.
         probs: (P + 1,) or (K classes, P + 1) multiplicity probabilities (`multiplicity_probs`).
     """
@@ -114,13 +142,18 @@ def to_jets(
     masking: Masking,
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder output (n, P, 3) -> particles (n, P, 3) in physical units, pt-sorted, and mask.
 
     Padding is exactly zero; pt_rel is clamped at 0 (an identity output layer can go below).
+    ``counts`` (n,): multiplicities sampled with the latents (joint masking); they decide.
     """
     x = decoded_particles(decoded, normalization)
-    mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
+    if counts is not None:
+        mask = _first(counts.to(x.device), x.shape[1])
+    else:
+        mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
     mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
     return x * mask[..., None], mask
 
@@ -138,19 +171,25 @@ def generate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n jets: flow sample (n, latent) -> decoder -> (particles (n, P, 3), mask (n, P)).
 
-    ``labels`` (n,) are the class indices for a class-conditional flow.
+    ``labels`` (n,) are the class indices for a class-conditional flow. With joint masking the
+    flow samples (z, n + u) (`with_multiplicity`).
     """
-    if flow.features != convae.config.latent_dim:
+    joint = masking.method in JOINT
+    if flow.features != convae.config.latent_dim + joint:
         raise ValueError(
             f"the flow has {flow.features} features but the ConVAE's latent space has "
-            f"{convae.config.latent_dim}"
+            f"{convae.config.latent_dim}" + (" (+1 for the joint multiplicity)" if joint else "")
         )
     convae.eval()
     z = flow.sample(n, labels=labels, generator=generator)
+    counts = None
+    if joint:  # undo the dequantization: floor, within 1..P
+        z, counts = z[:, :-1], z[:, -1].floor().clamp(1, convae.config.num_particles).long()
     return to_jets(
         convae.decode(z),
         normalization=normalization,
         masking=masking,
         labels=labels,
         generator=generator,
+        counts=counts,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -232,10 +233,12 @@ def fit_loop(
         disable=not progress or not is_main(),
     )
     for epoch in bar:
+        start = time.perf_counter()
         fitted = _epoch(module, train, opt, config, run.generator, epoch)
         checked = _epoch(module, valid, None, config, None, epoch)
         row = {f"train_{k}": v for k, v in fitted.items()}
         row.update({f"valid_{k}": v for k, v in checked.items()})
+        row["seconds"] = time.perf_counter() - start  # wall time of the epoch, for benchmarks
         run.end_epoch(epoch, row)
         bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.startswith("valid")})
         if on_epoch is not None and is_main():  # one process writes checkpoints and reports

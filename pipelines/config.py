@@ -23,6 +23,7 @@ import yaml
 
 from convae.model import ConVAEConfig
 from convae.train import LossConfig
+from flows.latent import ENCODINGS, MASKINGS
 from flows.models import FlowConfig
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
@@ -74,7 +75,8 @@ class LatentOptions:
 
     Arguments:
         encoding: "mean" (posterior mean) or "sample" (a draw of q(z|x)).
-        masking: "threshold" or "multiplicity" (see `flows.latent.Masking`).
+        masking: "threshold", "multiplicity" (n drawn from the training jets, independent of
+            the rest) or "joint" (the latent flow samples n with z), see `flows.latent.Masking`.
         pt_threshold: pt_rel below which a decoded particle is dropped (threshold masking).
     """
 
@@ -82,17 +84,29 @@ class LatentOptions:
     masking: str = "multiplicity"
     pt_threshold: float = 1e-3
 
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"unknown latent.encoding {self.encoding!r}: use one of {ENCODINGS}")
+        if self.masking not in MASKINGS:
+            raise ValueError(
+                f"unknown latent.masking {self.masking!r}: use one of {sorted(MASKINGS)}"
+            )
+
 
 @dataclass(frozen=True)
 class ParticleOptions:
     """Direct particle-flow options.
 
     Arguments:
-        context: what the particle flow is conditioned on (names in `flows.particle.CONTEXTS`).
-        jet_flow: the flow that samples (log mass, n) per jet.
+        context: what the particle flow is conditioned on (names in `flows.particle.CONTEXTS`:
+            mass, multiplicity, pt_sum).
+        jet_flow: the flow that samples (log mass, n and any other context) per jet.
+        centroid: the flow models the jet axis (pt-weighted centroid) in place of the leading
+            particle's angles (`flows.particle`); False: every particle's own angles.
     """
 
     context: tuple[str, ...] = ("mass", "multiplicity")
+    centroid: bool = False
     jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
 

@@ -236,10 +236,13 @@ def latent_data(
     """The latent flow's (train, valid) data: the ConVAE's encodings of the jets."""
     device = next(vae.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
-    z = [
-        latent.encode_latents(vae, norm.transform(x, m), mode=cfg.latent.encoding, generator=g)
-        for x, m in (_tensors(j, device) for j in parts)
-    ]
+    z = []
+    for x, m in (_tensors(j, device) for j in parts):
+        z.append(
+            latent.encode_latents(vae, norm.transform(x, m), mode=cfg.latent.encoding, generator=g)
+        )
+        if cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
+            z[-1] = latent.with_multiplicity(z[-1], m, generator=g)
     return (z[0], None, None), (z[1], None, None)
 
 
@@ -249,7 +252,9 @@ def particle_data(
     """The particle target and the (train, valid) data of the jet flow and the particle flow
     (encoded on the CPU: dequantization noise from a CPU generator, the same on any device)."""
     (x, m), (vx, vm) = (_tensors(j) for j in parts)
-    target = particle.fit_target(x, m, context=cfg.particle.context)
+    target = particle.fit_target(
+        x, m, context=cfg.particle.context, use_centroid=cfg.particle.centroid
+    )
     g = torch.Generator().manual_seed(cfg.flow_train.seed)
     (px, pc, pj), (vpx, vpc, vpj) = (
         particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))

@@ -67,9 +67,12 @@ def test_latent_flow_two_stage(top):
     assert min(r["valid_loss"] for r in result.history) < start
     probs = latent.multiplicity_probs(train_m)
 
-    def draw(masking):
+    def draw_with(model, masking):
         g = torch.Generator().manual_seed(1)
-        return latent.generate(flow, vae, 50, masking=masking, normalization=norm, generator=g)
+        return latent.generate(model, vae, 50, masking=masking, normalization=norm, generator=g)
+
+    def draw(masking):
+        return draw_with(flow, masking)
 
     for masking in (latent.Masking("threshold", 1e-3), latent.Masking("multiplicity", probs=probs)):
         particles, mask = draw(masking)
@@ -77,6 +80,27 @@ def test_latent_flow_two_stage(top):
     assert torch.equal(draw(masking)[0], particles)
     # multiplicity masking follows the training distribution's support
     assert set(mask.sum(1).tolist()) <= set(torch.nonzero(probs).flatten().tolist())
+    # joint masking: the flow samples (z, n + u); each jet keeps floor(n) particles
+    g = torch.Generator().manual_seed(0)
+    joint_train = latent.with_multiplicity(z_train, train_m, generator=g)
+    assert torch.equal(joint_train[:, -1].floor(), train_m.sum(1).float())
+    joint_valid = (latent.with_multiplicity(z_valid, valid_m, generator=g), None, None)
+    torch.manual_seed(0)
+    joint = build_flow(FLOW, features=9)
+    joint.standardize_(joint_train)
+    fit(joint, (joint_train, None, None), joint_valid, config=CFG, progress=False)
+    particles, mask = draw_with(joint, latent.Masking("joint"))
+    _check_jets(particles, mask, 50)
+    with torch.no_grad():
+        sampled = joint.sample(50, generator=torch.Generator().manual_seed(1))[:, -1]
+    assert torch.equal(mask.sum(1), sampled.floor().clamp(1, 30).long())
+    # the flow learnt the multiplicities: their mean within 15% of the real jets'
+    real_n = train_m.sum(1).float().mean()
+    assert abs(mask.sum(1).float().mean() - real_n) < 0.15 * real_n
+    with pytest.raises(ValueError, match=r"\+1 for the joint"):
+        draw_with(flow, latent.Masking("joint"))
+    with pytest.raises(ValueError, match="from the latent flow's sample"):
+        latent.to_jets(particles, normalization=None, masking=latent.Masking("joint"))
 
 
 def test_multiplicity_probs_and_masking_errors():
@@ -124,6 +148,34 @@ def test_particle_flow_with_jet_context(top):
     )
     _check_jets(particles, mask, 64)
     assert (mask.sum(1) >= 1).all() and (mask[:, :-1] >= mask[:, 1:]).all()
+
+
+@pytest.mark.parametrize("centroid", [False, True])
+def test_particle_encoding_round_trip_and_axis(top, centroid):
+    """Encoding then decoding returns the jets; with ``centroid`` the flow's slot-0 angles are
+    the jet axis, and any flow output decodes to jets whose axis is exactly that value."""
+    x, m = top[0]
+    target = particle.fit_target(
+        x, m, context=("mass", "multiplicity", "pt_sum"), use_centroid=centroid
+    )
+    assert target.jet_names == ("mass", "multiplicity", "pt_sum")
+    data, ctx, rows = particle.encode(x, m, target, generator=torch.Generator().manual_seed(0))
+    assert ctx.shape == (600, 3) and rows.shape == (600, 3)
+    back, back_mask = particle.decode(data, m.sum(1), target)
+    assert torch.equal(back_mask, m) and torch.allclose(back, x, atol=1e-4)
+    assert particle.ParticleTarget.from_dict(target.to_dict()) == target
+    axis = particle.centroid(x, m)
+    if not centroid:
+        assert torch.allclose(data[:, :2], target.features.transform(x[:, 0], None)[:, :2])
+        return
+    assert torch.allclose(target.centroid.inverse(data[:, :2]), axis, atol=1e-6)
+    # perturb every other coordinate: the decoded axis still is what slot 0 says
+    noisy = data + 0.3 * torch.randn(data.shape, generator=torch.Generator().manual_seed(1))
+    noisy[:, :2] = data[:, :2]
+    jets, jets_mask = particle.decode(noisy, m.sum(1), target)
+    inside = (jets[..., :2].abs() < particle.ANGLE_LIMIT).all((1, 2))  # no clamped leader
+    assert inside.float().mean() > 0.95
+    assert torch.allclose(particle.centroid(jets, jets_mask)[inside], axis[inside], atol=1e-5)
 
 
 def test_particle_flow_class_conditional_and_errors():

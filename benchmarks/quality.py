@@ -1,0 +1,148 @@
+"""Quality at scale: every class, both generators, against the truth floor at >= 2,500 jets.
+
+Runs the pipeline (the code users run) per class and config, then prints one row per class and
+model: W1M, W1P, W1EFP, FPD, KPD, COV, MMD, emd_sum and FPND (g, q, t), each as
+``value / floor = ratio`` (the floor: two disjoint real samples of the same size, here
+2,500 vs 2,500 by the standard configs), and the training wall time (the sum of the training
+epochs' wall times: ConVAE + latent flow, or jet flow + particle flow) and the whole class's
+wall time (data, training, generation, evaluation).
+
+    python benchmarks/quality.py                                  # both standard configs, all
+    python benchmarks/quality.py --configs configs/standard_particles.yaml --classes t
+    python benchmarks/quality.py --parallel 2                     # two classes at once, 1 thread
+
+With ``--parallel 2`` two classes train at once, each on one thread of the 2-core machine; the
+times are then per class on one core. Pythia jets come from the chunk cache (generated once).
+Results: runs/<name>/<class>/ (metrics.json, report.md, plots/) and ``--out`` (JSON + Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import cpu_model
+
+from jetflows.classes import canonical_class
+from pipelines.config import load_config
+from pipelines.io import atomic_path
+from pipelines.pipeline import run_pipeline
+
+CONFIGS = ("configs/standard.yaml", "configs/standard_particles.yaml")
+METRICS = ("w1m", "w1p", "w1efp", "fpd", "kpd", "cov", "mmd", "emd_sum", "fpnd")
+TARGETS = {"w1m": 2.0, "w1p": 2.0, "w1efp": 2.0}  # the issue's: <= 2x the floor; COV >= 0.9x
+
+
+def run_one(config: str, jet_class: str, overrides: list[str], root: str, threads: int) -> dict:
+    """One class of one config through the pipeline; its metrics and timings."""
+    torch.set_num_threads(threads)
+    cfg = load_config(config, overrides)
+    start = time.perf_counter()
+    run_dir = run_pipeline(cfg, root=root, classes=(jet_class,), progress=False)
+    wall = time.perf_counter() - start
+    d = run_dir / canonical_class(jet_class)
+    history = json.loads((d / "history.json").read_text())
+    train = sum(row.get("seconds", math.nan) for rows in history.values() for row in rows)
+    return {
+        "config": config,
+        "name": cfg.name,
+        "target": cfg.target,
+        "class": canonical_class(jet_class),
+        "train_seconds": train,
+        "epochs": {stage: len(rows) for stage, rows in history.items()},
+        "wall_seconds": wall,
+        "threads": threads,
+        "metrics": json.loads((d / "metrics.json").read_text()),
+    }
+
+
+def _strict(obj: Any) -> Any:
+    """NaN/inf -> None, recursively: the JSON must be strict (KPD's ratio can be undefined)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    m = metrics["metrics"].get(key)
+    if m is None:
+        return "-"
+    return f"{m['value']:.3g} / {m['floor']:.3g} = **{m['ratio']:.2f}**"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: a row per (class, model), each metric ``value / floor = ratio``."""
+    head = "| class | model | jets | " + " | ".join(METRICS) + " | train s | class s |"
+    lines = [head, "|---" * (len(METRICS) + 5) + "|"]
+    for r in results:
+        cells = " | ".join(_cell(r["metrics"], k) for k in METRICS)
+        lines.append(
+            f"| {r['class']} | {r['name']} | {r['metrics']['n_jets']} | {cells} "
+            f"| {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(results: list[dict]) -> str:
+    """Per class: the model whose worst W1 ratio is lowest, and whether it meets the targets."""
+    lines = []
+    for c in dict.fromkeys(r["class"] for r in results):
+        rows = [r for r in results if r["class"] == c]
+
+        def worst(r: dict) -> float:
+            return max(r["metrics"]["metrics"][k]["ratio"] for k in TARGETS)
+
+        best = min(rows, key=worst)
+        cov = best["metrics"]["metrics"]["cov"]["ratio"]
+        met = worst(best) <= 2.0 and cov >= 0.9 and best["train_seconds"] <= 1800
+        lines.append(
+            f"- {c}: {best['name']} (worst W1 ratio {worst(best):.2f}, COV {cov:.2f}x the floor, "
+            f"{best['train_seconds'] / 60:.1f} min training): "
+            f"{'meets' if met else 'misses'} the targets"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--classes", default="g,q,t,w,z")
+    parser.add_argument("--set", action="append", default=[], help="config overrides")
+    parser.add_argument("--root", default="runs")
+    parser.add_argument("--parallel", type=int, default=1, help="classes trained at once")
+    parser.add_argument("--out", default="runs/quality")
+    args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    print(f"CPU: {cpu_model()}, torch threads per class: {threads}, {args.parallel} at once")
+    jobs = [(cfg, c) for cfg in args.configs.split(",") for c in args.classes.split(",")]
+    with ProcessPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(run_one, cfg, c, args.set, args.root, threads) for cfg, c in jobs]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            r = results[-1]
+            print(f"done {r['name']} {r['class']}: {r['wall_seconds']:.0f} s", flush=True)
+    text = f"{table(results)}\n\n{verdict(results)}\n"
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "quality.json") as tmp:
+        tmp.write_text(json.dumps(_strict(results), indent=2, allow_nan=False))
+    header = f"CPU: {cpu_model()}; torch threads per class: {threads}; {args.parallel} at once\n\n"
+    with atomic_path(out / "quality.md") as tmp:
+        tmp.write_text(header + text)
+
+
+if __name__ == "__main__":
+    main()

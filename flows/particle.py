@@ -21,6 +21,14 @@ coupling flows did not (the generated axis spread was ~10x too wide). With ``cen
 leading particle's (eta, phi) are replaced by the jet's centroid, an invertible change of
 variables given the pts (the leading particle has >= 6% of the jet's pt), so the flow models the
 axis as one narrow 2-D marginal and `decode` solves for the leading particle's angles.
+
+The jet mass and sum(pt_rel): conditioning on them is not enough for a coupling flow on 90
+coordinates (top jets, 20,000 jets, 15 epochs: W1M 5.0x the floor, and a few jets with
+sum(pt_rel) up to 1.46, which real jets never exceed, inflating FPD). With ``project`` each
+generated jet's pts are scaled to the sum(pt_rel) the jet flow sampled (when it is a context)
+and its angles dilated about its axis to the sampled mass (mass grows linearly with the angular
+size at fixed pts): a projection onto the constraints the flow was conditioned on, optional,
+and reported beside the flow's raw output.
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ class ParticleTarget:
         centroid: `Normalization` of the jets' pt-weighted (eta, phi) centroid, which then
             replaces the leading particle's angles in the flow's data (module docstring);
             None: every particle's own angles.
+        project: `generate` projects each jet onto its sampled mass and sum(pt_rel)
+            (`project_to_context`).
     """
 
     num_particles: int
@@ -90,6 +100,7 @@ class ParticleTarget:
     features: Normalization
     jet: Normalization
     centroid: Normalization | None = None
+    project: bool = False
 
     @property
     def jet_names(self) -> tuple[str, ...]:
@@ -104,6 +115,7 @@ class ParticleTarget:
             "features": self.features.to_dict(),
             "jet": self.jet.to_dict(),
             "centroid": None if self.centroid is None else self.centroid.to_dict(),
+            "project": self.project,
         }
 
     @classmethod
@@ -115,6 +127,7 @@ class ParticleTarget:
             Normalization.from_dict(state["features"]),
             Normalization.from_dict(state["jet"]),
             None if state.get("centroid") is None else Normalization.from_dict(state["centroid"]),
+            bool(state.get("project", False)),
         )
 
 
@@ -155,10 +168,11 @@ def fit_target(
     *,
     context: tuple[str, ...] = ("mass", "multiplicity"),
     use_centroid: bool = False,
+    project: bool = False,
 ) -> ParticleTarget:
     """Fit the preprocessing on training jets: particles (N, P, 3), mask (N, P).
 
-    ``use_centroid``: model the jet axis directly (`ParticleTarget`'s ``centroid``).
+    ``use_centroid``, ``project``: `ParticleTarget`'s ``centroid`` and ``project``.
     """
     _check_jets(particles, mask)
     unknown = set(context) - set(CONTEXTS)
@@ -174,6 +188,7 @@ def fit_target(
         fit_normalization(_log_pt(particles), mask),
         fit_normalization(jet_context(particles, mask, names)),
         fit_normalization(centroid(particles, mask)) if use_centroid else None,
+        project,
     )
 
 
@@ -242,6 +257,38 @@ def _solve_leading(particles: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
     return particles
 
 
+RATIO_LIMIT = 3.0  # a scaling beyond 3x (or 1/3x) is not a correction but a new jet
+
+
+def project_to_context(
+    particles: torch.Tensor,
+    mask: torch.Tensor,
+    mass: torch.Tensor,
+    pt_sum: torch.Tensor | None = None,
+    *,
+    iterations: int = 2,
+) -> torch.Tensor:
+    """Scale each jet's pts to ``pt_sum``, then dilate its angles about its pt-weighted axis so
+    that its mass is ``mass``.
+
+    particles: (n, P, 3), mask (n, P); mass, pt_sum (n,) relative (m / pt_jet, sum pt_rel).
+    The axis and the pt ordering stay; each factor is limited to [1/3, 3]. Mass is linear in
+    the angular size only for small angles, so the dilation is applied twice (the second pass
+    corrects ~1e-3).
+    """
+    if pt_sum is not None:
+        now = (particles[..., PT] * mask).sum(1).clamp_min(1e-6)
+        scale = (pt_sum / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None]
+        particles = torch.cat([particles[..., :PT], particles[..., PT:] * scale[..., None]], -1)
+    axis = centroid(particles, mask)[:, None]  # (n, 1, 2)
+    for _ in range(iterations):
+        now = jet_observables(particles, mask)["mass"].clamp_min(1e-6)
+        ratio = (mass / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None, None]
+        angles = axis + (particles[..., :PT] - axis) * ratio  # (n, P, 2)
+        particles = torch.cat([angles, particles[..., PT:]], -1) * mask[..., None]
+    return particles
+
+
 @torch.no_grad()
 def generate(
     particle_flow: Flow,
@@ -251,10 +298,13 @@ def generate(
     *,
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    project: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n jets: jet flow -> (mass, n) -> particle flow -> (particles (n, P, 3), mask (n, P)).
 
     ``labels`` (n,): class indices, for flows built with ``num_classes`` > 0.
+    ``project``: onto the sampled mass and sum pt (`project_to_context`); None: as the target
+    says.
     """
     raw = target.jet.inverse(jet_flow.sample(n, labels=labels, generator=generator))
     # undo the dequantization: the particle flow was trained on the integer n
@@ -262,4 +312,10 @@ def generate(
     raw[:, N_COLUMN] = multiplicity
     context = target.jet.transform(raw)[:, _columns(target)]
     x = particle_flow.sample(n, context, labels, generator=generator)
-    return decode(x, multiplicity.long(), target)
+    particles, mask = decode(x, multiplicity.long(), target)
+    if target.project if project is None else project:
+        names = target.jet_names
+        mass = raw[:, names.index("mass")].exp()  # the context is log(m / pt_jet)
+        pt_sum = raw[:, names.index("pt_sum")] if "pt_sum" in names else None
+        particles = project_to_context(particles, mask, mass, pt_sum)
+    return particles, mask

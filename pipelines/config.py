@@ -103,10 +103,13 @@ class ParticleOptions:
         jet_flow: the flow that samples (log mass, n and any other context) per jet.
         centroid: the flow models the jet axis (pt-weighted centroid) in place of the leading
             particle's angles (`flows.particle`); False: every particle's own angles.
+        project: generated jets are projected onto the mass and sum(pt_rel) the jet flow
+            sampled (pts scaled, angles dilated about the axis; `flows.particle`).
     """
 
     context: tuple[str, ...] = ("mass", "multiplicity")
     centroid: bool = False
+    project: bool = False
     jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
 

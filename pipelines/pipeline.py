@@ -253,7 +253,11 @@ def particle_data(
     (encoded on the CPU: dequantization noise from a CPU generator, the same on any device)."""
     (x, m), (vx, vm) = (_tensors(j) for j in parts)
     target = particle.fit_target(
-        x, m, context=cfg.particle.context, use_centroid=cfg.particle.centroid
+        x,
+        m,
+        context=cfg.particle.context,
+        use_centroid=cfg.particle.centroid,
+        project=cfg.particle.project,
     )
     g = torch.Generator().manual_seed(cfg.flow_train.seed)
     (px, pc, pj), (vpx, vpc, vpj) = (

@@ -281,10 +281,11 @@ def project_to_context(
         scale = (pt_sum / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None]
         particles = torch.cat([particles[..., :PT], particles[..., PT:] * scale[..., None]], -1)
     axis = centroid(particles, mask)[:, None]  # (n, 1, 2)
+    offsets, total = particles[..., :PT] - axis, torch.ones_like(mass)  # total dilation so far
     for _ in range(iterations):
         now = jet_observables(particles, mask)["mass"].clamp_min(1e-6)
-        ratio = (mass / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None, None]
-        angles = axis + (particles[..., :PT] - axis) * ratio  # (n, P, 2)
+        total = (total * mass / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)
+        angles = axis + offsets * total[:, None, None]  # (n, P, 2)
         particles = torch.cat([angles, particles[..., PT:]], -1) * mask[..., None]
     return particles
 

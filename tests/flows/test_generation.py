@@ -178,6 +178,29 @@ def test_particle_encoding_round_trip_and_axis(top, centroid):
     assert torch.allclose(particle.centroid(jets, jets_mask)[inside], axis[inside], atol=1e-5)
 
 
+def test_projection_onto_mass_and_pt_sum(top):
+    """`project_to_context` hits the asked mass and sum(pt_rel), keeps the axis, the pt order
+    and the padding, and leaves a jet alone when it already has them."""
+    from jetflows.physics import jet_observables
+
+    x, m = top[0]
+    mass = jet_observables(x, m)["mass"]
+    pt_sum = (x[..., 2] * m).sum(1)
+    same = particle.project_to_context(x, m, mass, pt_sum)
+    assert torch.allclose(same, x, atol=1e-5)
+    want_mass, want_pt = mass * torch.linspace(0.7, 1.4, len(x)), pt_sum * 0.9
+    moved = particle.project_to_context(x, m, want_mass, want_pt)
+    assert torch.allclose(jet_observables(moved, m)["mass"], want_mass, rtol=1e-2)
+    assert torch.allclose((moved[..., 2] * m).sum(1), want_pt, rtol=1e-5)
+    assert torch.allclose(particle.centroid(moved, m), particle.centroid(x, m), atol=1e-5)
+    assert (moved[~m] == 0).all() and torch.equal(moved[..., 2].argsort(1), x[..., 2].argsort(1))
+    # a target beyond 3x is not followed: the dilation stops at 3x (the mass, only roughly
+    # linear in it at such angles, ends near 3x, far from the 10x asked)
+    far = particle.project_to_context(x, m, mass * 10)
+    ratio = jet_observables(far, m)["mass"] / mass
+    assert (ratio < 4).all() and (ratio > 2.5).all()
+
+
 def test_particle_flow_class_conditional_and_errors():
     from tests.conftest import random_jets
 

@@ -25,6 +25,7 @@ from convae.model import ConVAEConfig
 from convae.train import LossConfig
 from flows.latent import ENCODINGS, MASKINGS
 from flows.models import FlowConfig
+from flows.particle import CONTEXTS
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
 from jetflows.training import TrainConfig
@@ -110,6 +111,13 @@ class ParticleOptions:
     context: tuple[str, ...] = ("mass", "multiplicity")
     centroid: bool = False
     project: bool = False
+
+    def __post_init__(self) -> None:
+        if "multiplicity" not in self.context or set(self.context) - set(CONTEXTS):
+            raise ValueError(
+                f"particle.context must include 'multiplicity' and use names in "
+                f"{sorted(CONTEXTS)}, got {list(self.context)}"
+            )
     jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
 

@@ -52,6 +52,10 @@ def test_overrides_are_typed_and_nested():
         (["loss.feature_weights=[1, 1]"], "feature_weights must be 3 positive numbers"),
         (["loss.feature_weights=[1, 1, x]"], "expected float"),
         (["loss.reflect=maybe"], "expected bool"),
+        (["latent.masking=topk"], "unknown latent.masking 'topk'"),
+        (["latent.encoding=median"], "unknown latent.encoding 'median'"),
+        (["particle.context=[mass, multiplicity, width]"], "context must include"),
+        (["particle.project=sometimes"], "expected bool"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):

@@ -197,13 +197,14 @@ def test_centroid_flow_centres_the_generated_jet_axis(top):
             flows,
             ((data, ctx, None), (rows, None, None)),
             ((vdata, vctx, None), (vrows, None, None)),
+            strict=True,
         ):
             fit(flow, train, valid, config=cfg, standardize=False, progress=False)
         jets, mask = particle.generate(
             *flows, 600, target, generator=torch.Generator().manual_seed(1)
         )
         ratios[use_centroid] = particle.centroid(jets, mask).std(0) / real
-    assert ((ratios[True] > 0.7) & (ratios[True] < 1.4)).all(), ratios
+    assert ((ratios[True] > 0.6) & (ratios[True] < 1.5)).all(), ratios
     assert ratios[False].max() > 1.5 * ratios[True].max(), ratios
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from convae.model import ConVAEConfig
 from convae.train import LossConfig
-from flows.latent import ENCODINGS, MASKINGS
+from flows.latent import ENCODINGS, JOINT, MASKINGS
 from flows.models import FlowConfig
 from flows.particle import CONTEXTS
 from jetflows.classes import canonical_class
@@ -79,11 +79,14 @@ class LatentOptions:
         masking: "threshold", "multiplicity" (n drawn from the training jets, independent of
             the rest) or "joint" (the latent flow samples n with z), see `flows.latent.Masking`.
         pt_threshold: pt_rel below which a decoded particle is dropped (threshold masking).
+        project: the latent flow also samples each jet's (log mass, sum pt_rel) and the decoded
+            jet is projected onto them (`flows.latent.generate`); needs masking "joint".
     """
 
     encoding: str = "mean"
     masking: str = "multiplicity"
     pt_threshold: float = 1e-3
+    project: bool = False
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -92,6 +95,8 @@ class LatentOptions:
             raise ValueError(
                 f"unknown latent.masking {self.masking!r}: use one of {sorted(MASKINGS)}"
             )
+        if self.project and self.masking not in JOINT:
+            raise ValueError("latent.project needs latent.masking: joint (n is sampled with z)")
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class ParticleOptions:
                 f"particle.context must include 'multiplicity' and use names in "
                 f"{sorted(CONTEXTS)}, got {list(self.context)}"
             )
+
     jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
 

@@ -241,7 +241,9 @@ def latent_data(
         z.append(
             latent.encode_latents(vae, norm.transform(x, m), mode=cfg.latent.encoding, generator=g)
         )
-        if cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
+        if cfg.latent.project:  # the flow samples each jet's n, mass and sum pt with its z
+            z[-1] = latent.with_jet_observables(z[-1], x, m, generator=g)
+        elif cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
             z[-1] = latent.with_multiplicity(z[-1], m, generator=g)
     return (z[0], None, None), (z[1], None, None)
 

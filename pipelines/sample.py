@@ -60,8 +60,9 @@ def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device
     options = state["extra"]["latent"]
     probs = torch.tensor(state["extra"]["multiplicity_probs"], device=device)
     masking = latent.Masking(options["masking"], options["pt_threshold"], probs)
+    project = bool(options.get("project", False))  # absent in checkpoints before the option
     return lambda n, g: latent.generate(
-        flow, vae, n, masking=masking, normalization=norm, generator=g
+        flow, vae, n, masking=masking, normalization=norm, generator=g, project=project
     )
 
 

@@ -258,6 +258,7 @@ def _generate_latent(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEp
         masking=masking,
         normalization=norm,
         generator=g,
+        project=cfg.latent.project,
     )
 
 

@@ -54,6 +54,7 @@ def test_overrides_are_typed_and_nested():
         (["loss.reflect=maybe"], "expected bool"),
         (["latent.masking=topk"], "unknown latent.masking 'topk'"),
         (["latent.encoding=median"], "unknown latent.encoding 'median'"),
+        (["latent.project=true"], "latent.project needs latent.masking: joint"),
         (["particle.context=[mass, multiplicity, width]"], "context must include"),
         (["particle.project=sometimes"], "expected bool"),
     ],

@@ -18,6 +18,11 @@ def _pin_threads() -> None:
     torch.set_num_threads(int(os.environ.get("JETFLOWS_TEST_THREADS", "1")))
 
 
+def without_times(history: list[dict]) -> list[dict]:
+    """History rows without their wall times (``seconds``), which differ from run to run."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
 def random_jets(n: int = 20, num_particles: int = 30, seed: int = 0):
     """Jets in JetNet conventions: pt-sorted particles, random multiplicity, zero padding."""
     from pipelines.data import Jets

@@ -6,7 +6,7 @@ from convae.model import ConVAE, ConVAEConfig
 from convae.train import LossConfig, Objective, TrainConfig, fit, model_from_state
 from jetflows.normalize import fit_normalization
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
-from tests.conftest import random_jets
+from tests.conftest import random_jets, without_times
 
 SMALL = ConVAEConfig(n_filter=4, dense_width=64, latent_dim=8)
 
@@ -80,7 +80,7 @@ def test_resume_after_a_crash_continues_exactly(data, tmp_path, reflect):
     assert state["epoch"] == 2 and len(state["history"]) == 2
     _, resumed = _fit(data, epochs=4, loss=loss, resume=state)
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
-    assert resumed.history == straight.history
+    assert without_times(resumed.history) == without_times(straight.history)
     for key, value in straight.state["state_dict"].items():
         torch.testing.assert_close(resumed.state["state_dict"][key], value, rtol=0, atol=0)
     assert (

@@ -17,7 +17,7 @@ from flows.models import FlowConfig, build_flow
 from flows.train import fit as fit_flow
 from jetflows.distributed import all_sum, is_main, main_first, rank_world
 from jetflows.training import TrainConfig
-from tests.conftest import random_jets
+from tests.conftest import random_jets, without_times
 
 CFG = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0, patience=0)
 
@@ -89,7 +89,8 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(two_ranks):
         for ours, ref in zip(result["flow"], single, strict=True):
             for key in ("train_loss", "valid_loss"):
                 assert ours[key] == pytest.approx(ref[key], rel=1e-5)
-    assert two_ranks[0]["flow"] == two_ranks[1]["flow"]  # global history on every rank
+    # global history on every rank (wall times aside)
+    assert without_times(two_ranks[0]["flow"]) == without_times(two_ranks[1]["flow"])
     reference = _convae_history()
     for ours, ref in zip(two_ranks[0]["convae"], reference, strict=True):
         assert ours["valid_loss"] == pytest.approx(ref["valid_loss"], rel=0.02)

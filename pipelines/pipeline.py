@@ -394,7 +394,8 @@ def run_class(
     _write_json(directory / "history.json", stages.histories)
     keys["generate"] = digest(keys["flow"], cfg.n_generate)
     generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
-    if not stages.complete("generate", keys["generate"], generated, real):
+    regenerated = not stages.complete("generate", keys["generate"], generated, real)
+    if regenerated:
         write_jetnet_file(real, test, {"jet_class": jet_class, "split": "test"})
         sample_to_file(
             directory.parent,
@@ -409,7 +410,9 @@ def run_class(
         stages.mark("generate", keys["generate"])
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
     metrics = directory / "metrics.json"
-    if stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md"):
+    # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again
+    done = stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md")
+    if done and not regenerated:
         return json.loads(metrics.read_text())
     results = evaluate_files(
         real,

@@ -102,6 +102,21 @@ def test_a_rerun_skips_every_finished_stage(tiny_run, data_dir, monkeypatch):
     assert "g: convae up to date" in log and "g: evaluate up to date" in log
 
 
+def test_redrawn_jets_are_scored_again(tiny_run, data_dir, monkeypatch):
+    """A deleted generated.hdf5 is drawn again, and then the evaluation must not be skipped
+    (its config is unchanged, but the jets it scored are gone)."""
+    import pipelines.evaluate as ev
+
+    scored = []
+    real_evaluate = ev.evaluate_files
+    monkeypatch.setattr(
+        ev, "evaluate_files", lambda *a, **k: scored.append(1) or real_evaluate(*a, **k)
+    )
+    (tiny_run / "t" / "generated.hdf5").unlink()
+    run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("t",), progress=False)
+    assert scored == [1] and (tiny_run / "t" / "generated.hdf5").is_file()
+
+
 def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monkeypatch):
     import pipelines.pipeline as pl
 

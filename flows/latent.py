@@ -30,9 +30,9 @@ import torch
 
 from convae.model import ConVAE, decoded_particles
 from flows.models import Flow
-from flows.particle import project_to_context
+from flows.particle import jet_context, project_to_context
 from jetflows.normalize import Normalization
-from jetflows.physics import PT, jet_observables
+from jetflows.physics import PT
 
 ENCODINGS = ("mean", "sample")
 
@@ -125,10 +125,8 @@ def with_jet_observables(
 
     particles: (N, P, 3) physical units, mask (N, P) of the encoded jets.
     """
-    obs = jet_observables(particles, mask)
-    log_mass = obs["mass"].to(z).clamp_min(1e-4).log()[:, None]  # relative mass spans decades
-    pt_sum = (particles[..., PT] * mask).sum(1).to(z)[:, None]
-    return torch.cat([with_multiplicity(z, mask, generator=generator), log_mass, pt_sum], 1)
+    rows = jet_context(particles, mask, ("mass", "pt_sum")).to(z)  # the particle flow's own
+    return torch.cat([with_multiplicity(z, mask, generator=generator), rows], 1)
 
 
 def _first(counts: torch.Tensor, num_particles: int) -> torch.Tensor:

@@ -71,6 +71,21 @@ CONTEXTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 JET_BASE = ("mass", "multiplicity")
 
 
+def check_context(context: tuple[str, ...]) -> None:
+    """A particle flow's context must name `CONTEXTS` and include "multiplicity" (ValueError)."""
+    if "multiplicity" not in context or set(context) - set(CONTEXTS):
+        raise ValueError(
+            f"context must include 'multiplicity' and use names in {sorted(CONTEXTS)}, "
+            f"got {list(context)}"
+        )
+
+
+def jet_names(context: tuple[str, ...]) -> tuple[str, ...]:
+    """The jet flow's columns for a particle-flow ``context``: `JET_BASE` and the rest of
+    ``context``, in `CONTEXTS` order."""
+    return tuple(n for n in CONTEXTS if n in JET_BASE or n in context)
+
+
 def centroid(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """pt-weighted mean (eta_rel, phi_rel) of the real particles: (N, 2); ~the jet axis."""
     pt = particles[..., PT] * mask  # (N, P)
@@ -105,7 +120,7 @@ class ParticleTarget:
     @property
     def jet_names(self) -> tuple[str, ...]:
         """The jet flow's columns, in `CONTEXTS` order."""
-        return tuple(n for n in CONTEXTS if n in JET_BASE or n in self.context)
+        return jet_names(self.context)
 
     def to_dict(self) -> dict[str, object]:
         """Plain-Python form, for checkpoints."""
@@ -175,18 +190,12 @@ def fit_target(
     ``use_centroid``, ``project``: `ParticleTarget`'s ``centroid`` and ``project``.
     """
     _check_jets(particles, mask)
-    unknown = set(context) - set(CONTEXTS)
-    if unknown or "multiplicity" not in context:
-        raise ValueError(
-            f"context must include 'multiplicity' and use names in {sorted(CONTEXTS)}, "
-            f"got {context}"
-        )
-    names = tuple(n for n in CONTEXTS if n in JET_BASE or n in context)
+    check_context(context)
     return ParticleTarget(
         particles.shape[1],
         tuple(context),
         fit_normalization(_log_pt(particles), mask),
-        fit_normalization(jet_context(particles, mask, names)),
+        fit_normalization(jet_context(particles, mask, jet_names(context))),
         fit_normalization(centroid(particles, mask)) if use_centroid else None,
         project,
     )
@@ -279,7 +288,7 @@ def project_to_context(
     corrects ~1e-3).
     """
     if pt_sum is not None:
-        now = (particles[..., PT] * mask).sum(1).clamp_min(1e-6)
+        now = _pt_sum(particles, mask).clamp_min(1e-6)
         scale = (pt_sum / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None]
         particles = torch.cat([particles[..., :PT], particles[..., PT:] * scale[..., None]], -1)
     axis = centroid(particles, mask)[:, None]  # (n, 1, 2)

@@ -25,7 +25,7 @@ from convae.model import ConVAEConfig
 from convae.train import LossConfig
 from flows.latent import ENCODINGS, JOINT, MASKINGS
 from flows.models import FlowConfig
-from flows.particle import CONTEXTS
+from flows.particle import check_context
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
 from jetflows.training import TrainConfig
@@ -116,15 +116,13 @@ class ParticleOptions:
     context: tuple[str, ...] = ("mass", "multiplicity")
     centroid: bool = False
     project: bool = False
+    jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
     def __post_init__(self) -> None:
-        if "multiplicity" not in self.context or set(self.context) - set(CONTEXTS):
-            raise ValueError(
-                f"particle.context must include 'multiplicity' and use names in "
-                f"{sorted(CONTEXTS)}, got {list(self.context)}"
-            )
-
-    jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
+        try:
+            check_context(self.context)
+        except ValueError as err:
+            raise ValueError(f"particle.{err}") from None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
         args.jet_class,
         seed=args.seed,
         mpi=not args.no_mpi,
+        **({"recipe": args.recipe} if args.recipe else {}),
         **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
     if args.n < 1:
@@ -281,6 +282,11 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--jobs", type=_positive_int, help="processes (default: every core)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")
+    gen.add_argument(
+        "--recipe",
+        help="what jets are clustered from: particle (every visible final-state particle) or "
+        "jetnet (JetNet's simplified detector: tracks + ECAL/HCAL cells); default particle",
+    )
     gen.add_argument(
         "--chunk-size",
         type=_positive_int,

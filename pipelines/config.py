@@ -51,6 +51,7 @@ class DataConfig:
         split: train, validation, test fractions; the test part is the evaluation's real set.
         seed: Pythia seed and split seed.
         jobs: Pythia processes.
+        recipe: Pythia jets: what they are clustered from (`pipelines.generate.RECIPES`).
     """
 
     source: str = "auto"
@@ -60,8 +61,13 @@ class DataConfig:
     split: tuple[float, ...] = (0.7, 0.15, 0.15)
     seed: int = 0
     jobs: int = 2
+    recipe: str = "particle"
 
     def __post_init__(self) -> None:
+        from pipelines.generate import RECIPES  # numpy + h5py only
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown data.recipe {self.recipe!r}: use one of {sorted(RECIPES)}")
         if self.source not in SOURCES:
             raise ValueError(f"unknown data source {self.source!r}: use one of {SOURCES}")
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:

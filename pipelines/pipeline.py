@@ -99,7 +99,7 @@ def class_jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: b
     from pipelines.generate import GeneratorConfig, generate_file
 
     path, _ = generate_file(
-        GeneratorConfig(jet_class, seed=d.seed),
+        GeneratorConfig(jet_class, seed=d.seed, recipe=d.recipe),
         d.n_jets,
         directory / "data.hdf5",
         num_particles=d.num_particles,

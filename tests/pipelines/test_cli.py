@@ -75,12 +75,22 @@ def test_generate_default_output_name(tmp_path, capsys, monkeypatch, fake_pythia
         ("--class t --n -3", "--n must be >= 1"),
         ("--class t --n 5 --particles 0", "particles must be in 1..150"),
         ("--class t --n 5 --particles 151", "particles must be in 1..150"),
+        ("--class t --n 5 --recipe delphes", "unknown recipe 'delphes'"),
     ],
 )
 def test_generate_bad_arguments(tmp_path, capsys, args, match):
     out = tmp_path / "x.hdf5"
     _error(capsys, f"data generate {args} --out {out}", match=match)
     assert not out.exists()
+
+
+def test_generate_help_names_every_recipe(capsys):
+    from pipelines.generate import RECIPES
+
+    with pytest.raises(SystemExit):
+        main(["data", "generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in RECIPES)
 
 
 def test_generate_usage_errors_are_one_line(capsys):

@@ -228,3 +228,60 @@ def test_bad_shards(tmp_path, capsys):
     merge = ["data", "merge", str(one), "--out", str(tmp_path / "m.hdf5")]
     assert_one_line_error(capsys, merge, "exactly once")
     assert not (tmp_path / "m.hdf5").exists()
+
+
+def _momenta(eta: list[float], phi: list[float], pt: list[float]) -> np.ndarray:
+    eta, phi, pt = (np.asarray(x, np.float64) for x in (eta, phi, pt))
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), pt * np.cosh(eta)], 1)
+
+
+def test_calorimeter_cells_merge_within_a_cell_only():
+    """Two photons 0.004 apart share a 0.0175 cell; a third 0.05 away has its own; energy is
+    conserved and each cell sits at its centre."""
+    momenta = _momenta([0.101, 0.105, 0.155], [0.301, 0.305, 0.301], [10.0, 20.0, 5.0])
+    cells = generate.calorimeter_cells(momenta, 0.0175)
+    assert cells.shape == (2, 4)
+    np.testing.assert_allclose(np.sort(cells[:, 3]), np.sort([momenta[2, 3], momenta[:2, 3].sum()]))
+    eta = np.arcsinh(cells[:, 2] / np.hypot(cells[:, 0], cells[:, 1]))
+    centres = (np.floor(eta / 0.0175 + 1e-9) + 0.5) * 0.0175
+    np.testing.assert_allclose(eta, centres, atol=1e-9)
+    np.testing.assert_allclose(np.hypot(cells[:, 0], cells[:, 1]) * np.cosh(eta), cells[:, 3])
+    assert generate.calorimeter_cells(np.zeros((0, 4)), 0.0175).shape == (0, 4)
+
+
+def test_simplified_detector_keeps_tracks_and_sums_neutrals():
+    momenta = _momenta([0.1, 0.1001, 0.1002, 0.1003, 0.5], [0.3] * 4 + [0.9], [50, 40, 3, 2, 7])
+    charged = np.array([1, 1, 0, 0, 0.0])
+    pid = np.array([211, 321, 22, 22, 2112.0])
+    table = np.concatenate([momenta, charged[:, None], pid[:, None]], 1)
+    out = generate.simplified_detector(table, ecal=0.0175, hcal=0.022)
+    # two tracks exactly as they were, the two photons in one ECAL cell, the neutron in HCAL
+    np.testing.assert_array_equal(out[:2], momenta[:2])
+    assert out.shape == (4, 4)
+    np.testing.assert_allclose(out[:, 3].sum(), momenta[:, 3].sum())
+    np.testing.assert_allclose(out[2, 3], momenta[2:4, 3].sum())
+    assert generate.RECIPES["particle"].detect(table) is not None
+    np.testing.assert_array_equal(generate.RECIPES["particle"].detect(table), momenta)
+
+
+def test_recipe_names_the_cache_and_is_checked():
+    base = GeneratorConfig("t")
+    assert base.recipe == generate.DEFAULT_RECIPE
+    assert (
+        GeneratorConfig("t", recipe="jetnet").key() != GeneratorConfig("t", recipe="particle").key()
+    )
+    with pytest.raises(ValueError, match="unknown recipe 'delphes'"):
+        GeneratorConfig("t", recipe="delphes")
+
+
+def test_jetnet_recipe_clusters_detector_objects(tmp_path):
+    """The same events through the simplified detector: fewer, merged objects per jet; the jet
+    itself (pt, mass) barely moves."""
+    kwargs = {"jobs": 1, "cache_dir": tmp_path, "progress": False, "num_particles": 150}
+    particle = generate_jets(GeneratorConfig("w", chunk_size=4, seed=3), 4, **kwargs)
+    detector = generate_jets(
+        GeneratorConfig("w", chunk_size=4, seed=3, recipe="jetnet"), 4, **kwargs
+    )
+    assert detector.jet_features[:, 3].sum() < 0.97 * particle.jet_features[:, 3].sum()
+    np.testing.assert_allclose(detector.jet_features[:, 0], particle.jet_features[:, 0], rtol=0.05)
+    assert (np.abs(detector.particles[..., 1]) < 0.8 + 0.02).all()

@@ -284,8 +284,9 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")
     gen.add_argument(
         "--recipe",
-        help="what jets are clustered from: particle (every visible final-state particle) or "
-        "jetnet (JetNet's simplified detector: tracks + ECAL/HCAL cells); default particle",
+        help="jetnet (default; particle level, phi_rel stored as delta phi / pi like JetNet's "
+        "files), particle (particle level, phi_rel in radians) or detector (tracks + ECAL/HCAL "
+        "cells, radians); see README 'The embedded data and JetNet'",
     )
     gen.add_argument(
         "--chunk-size",

@@ -51,7 +51,8 @@ class DataConfig:
         split: train, validation, test fractions; the test part is the evaluation's real set.
         seed: Pythia seed and split seed.
         jobs: Pythia processes.
-        recipe: Pythia jets: what they are clustered from (`pipelines.generate.RECIPES`).
+        recipe: Pythia jets: a key of `pipelines.generate.RECIPES` (jetnet: phi_rel as
+            delta phi / pi like JetNet's files; particle: radians).
     """
 
     source: str = "auto"
@@ -61,7 +62,7 @@ class DataConfig:
     split: tuple[float, ...] = (0.7, 0.15, 0.15)
     seed: int = 0
     jobs: int = 2
-    recipe: str = "particle"
+    recipe: str = "jetnet"
 
     def __post_init__(self) -> None:
         from pipelines.generate import RECIPES  # numpy + h5py only

@@ -1,10 +1,12 @@
 """The embedded default data: jets from Pythia8 + FastJet, following JetNet's recipe.
 
 pp at 13 TeV with the Monash tune; one hard process per class with its hard-process pT in a
-narrow window around 1 TeV (JetNet: delta pt / pt = 0.01); anti-kT R = 0.8 on all visible
-final-state particles; per event, the first jet with 0.8 < pT < 1.6 TeV that carries a hard
-object of the class (for t, W, Z: within R of the resonance and holding all its decay quarks).
-Each jet keeps its 150 hardest constituents; files are cut to the requested count.
+narrow window around 1 TeV (JetNet: delta pt / pt = 0.01); anti-kT R = 0.8 on what the recipe
+clusters (`RECIPES`: every visible final-state particle, or a simplified detector's objects);
+per event, the first jet with 0.8 < pT < 1.6 TeV that carries a hard object of the class (for t,
+W, Z: within R of the resonance and holding all its decay quarks). Each jet keeps its 150
+hardest constituents; files are cut to the requested count. The default recipe, `jetnet`,
+stores phi_rel as delta phi / pi, the convention JetNet's files follow (see `RECIPES`).
 
 Work is split in fixed chunks of jets; Pythia is initialised once per process and reseeded from
 (seed, chunk index) for each chunk. So the output depends on the seed only, never on the number
@@ -157,29 +159,49 @@ def simplified_detector(final_state: np.ndarray, *, ecal: float, hcal: float) ->
     )
 
 
+#: What jets can be clustered from: (N, 6) `FINAL_STATE` table -> (M, 4) (px, py, pz, e).
+DETECTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "particle": every_particle,
+    # cell sizes from the name of the hls4ml file JetNet derives from ("..._h022_e0175_..."):
+    # ECAL 0.0175 (CMS-like), HCAL 0.022 (4x finer than CMS's 0.087)
+    "detector": partial(simplified_detector, ecal=0.0175, hcal=0.022),
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How an event's final state becomes the objects jets are clustered from.
+    """What jets are clustered from and how their particles are stored.
 
     Arguments:
-        detect: (N, 6) `FINAL_STATE` table -> (M, 4) (px, py, pz, e).
+        inputs: a key of `DETECTORS`; recipes with the same inputs share cached chunks.
         summary: one line for --help and the README.
+        phi_scale: stored phi_rel = phi_scale * (phi - phi_jet), the difference wrapped to
+            (-pi, pi]; 1: radians; 1/pi: JetNet's stored convention (see `RECIPES`).
     """
 
-    detect: Callable[[np.ndarray], np.ndarray]
+    inputs: str
     summary: str
+    phi_scale: float = 1.0
 
 
 RECIPES: dict[str, Recipe] = {
-    "particle": Recipe(every_particle, "every visible final-state particle (particle level)"),
-    # cell sizes from the hls4ml file name JetNet derives from ("..._h022_e0175_...nonu"):
-    # ECAL 0.0175 (CMS-like), HCAL 0.022 (4x finer than CMS's 0.087), neutrinos removed
+    "particle": Recipe("particle", "every visible final-state particle, phi_rel in radians"),
+    # JetNet's stored phi_rel is not an azimuth in radians: over its jets |phi_rel| <= 0.521
+    # while |eta_rel| reaches 1.621 (jetnet's JetNet.fpnd_norm), yet anti-kT R = 0.8 reaches
+    # |delta phi| ~0.8 in every large sample. 0.521 * pi = 1.636 ~ the eta maximum, and
+    # dividing our delta phi by pi lowers FPND against jetnet's statistics ~3x for g, q and t
+    # (benchmarks/data_fidelity.py, README "The embedded data and JetNet"); so: delta phi / pi.
     "jetnet": Recipe(
-        partial(simplified_detector, ecal=0.0175, hcal=0.022),
-        "tracks + ECAL cells 0.0175 + HCAL cells 0.022 (the hls4ml/JetNet simplified detector)",
+        "particle",
+        "as particle, phi_rel stored as delta phi / pi like JetNet's files (closest to JetNet)",
+        phi_scale=1 / np.pi,
+    ),
+    "detector": Recipe(
+        "detector",
+        "tracks + photons in ECAL cells 0.0175 + neutral hadrons in HCAL cells 0.022, radians",
     ),
 }
-DEFAULT_RECIPE = "particle"
+DEFAULT_RECIPE = "jetnet"
 
 
 @dataclass(frozen=True)
@@ -221,8 +243,11 @@ class GeneratorConfig:
     def key(self) -> str:
         """A short hash of the configuration and generator version, naming the cache."""
         fields = asdict(self)
-        if fields["recipe"] == "particle":  # caches made before recipes existed stay valid
-            del fields["recipe"]
+        # chunks hold what the detector saw, before the recipe's phi_scale; particle-level
+        # chunks keep the key they had before recipes existed
+        inputs = RECIPES[fields.pop("recipe")].inputs
+        if inputs != "particle":
+            fields["inputs"] = inputs
         blob = json.dumps({**fields, "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -320,13 +345,14 @@ def generate_chunk(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
     """Generate chunk ``chunk``: ``cfg.chunk_size`` jets from Pythia reseeded for that chunk.
 
     Returns:
-        {"particles": (chunk_size, 150, 3), "jet_features": (chunk_size, 4)}.
+        {"particles": (chunk_size, 150, 3), "jet_features": (chunk_size, 4)}, phi_rel in
+        radians whatever the recipe (its phi_scale is applied when chunks are assembled).
     """
     import fastjet
 
     pythia, jet_def = _initialised(cfg)
     pythia.rndm.init(cfg.chunk_seed(chunk))
-    detect = RECIPES[cfg.recipe].detect
+    detect = DETECTORS[RECIPES[cfg.recipe].inputs]
     ids, out, tries = HARD_OBJECTS[cfg.jet_class], [], 0
     while len(out) < cfg.chunk_size:
         tries += 1
@@ -417,7 +443,8 @@ def generate_jets(
         shard: (i, N): only this shard's jets (`shard_chunks`), e.g. one machine of N.
 
     Returns:
-        `Jets` with particles (n, P, 3), mask (n, P), jet_features (n, 4) where n_particles
+        `Jets` with particles (n, P, 3) (phi_rel scaled by the recipe's phi_scale), mask (n, P),
+        jet_features (n, 4) where n_particles
         counts every constituent of the jet (as JetNet's files do), labels (n,).
     """
     if n < 1:
@@ -443,14 +470,17 @@ def generate_jets(
 
         _run_parallel(missing, jobs, step)
     size = min(n, chunks.stop * cfg.chunk_size) - chunks.start * cfg.chunk_size
-    return _assemble([loaded[k] for k in chunks], size, num_particles, cfg.jet_class)
+    return _assemble([loaded[k] for k in chunks], size, num_particles, cfg)
 
 
-def _assemble(chunks: list, n: int, num_particles: int, jet_class: str) -> Jets:
+def _assemble(chunks: list, n: int, num_particles: int, cfg: GeneratorConfig) -> Jets:
     particles = np.concatenate([c["particles"] for c in chunks])[:n, :num_particles]
     features = np.concatenate([c["jet_features"] for c in chunks])[:n]
     mask = particles[..., 2] > 0
-    return Jets(particles, mask, features, np.full(n, JET_TYPES.index(jet_class)))
+    phi_scale = RECIPES[cfg.recipe].phi_scale
+    if phi_scale != 1.0:
+        particles[..., 1] *= np.float32(phi_scale)
+    return Jets(particles, mask, features, np.full(n, JET_TYPES.index(cfg.jet_class)))
 
 
 def request_record(
@@ -511,8 +541,18 @@ def generate_file(
         progress=progress,
         shard=shard,
     )
-    attrs = {"jetflows_request": record, "source": "Pythia8 + FastJet (jetflows)"}
-    return write_jetnet_file(out, jets, attrs), True
+    return write_jetnet_file(out, jets, _attributes(record, cfg.recipe)), True
+
+
+def _attributes(record: str, recipe: str) -> dict[str, str]:
+    """A generated file's attributes: the request, the source and the recipe in words."""
+    unit = "radians" if RECIPES[recipe].phi_scale == 1.0 else "delta phi / pi (JetNet's files)"
+    return {
+        "jetflows_request": record,
+        "source": "Pythia8 + FastJet (jetflows)",
+        "recipe": f"{recipe}: {RECIPES[recipe].summary}",
+        "phi_rel": unit,
+    }
 
 
 def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
@@ -537,8 +577,5 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: boo
     check_writable(Path(out), overwrite=overwrite)
     order = [paths[shards.index((i, count))] for i in range(count)]
     jets = concat_jets([read_jetnet_file(p) for p in order])
-    attrs = {
-        "jetflows_request": json.dumps(records[0], sort_keys=True),
-        "source": "Pythia8 + FastJet (jetflows)",
-    }
-    return write_jetnet_file(out, jets, attrs)
+    record = json.dumps(records[0], sort_keys=True)
+    return write_jetnet_file(out, jets, _attributes(record, records[0].get("recipe", "particle")))

@@ -24,7 +24,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "JetNet metrics (jetnet library)",
         ("w1m", "w1p", "w1p_eta", "w1p_phi", "w1p_pt", "w1efp", "fpd", "kpd", "fpnd", "cov", "mmd"),
         "W1M on the relative mass m/pt_jet; W1P per particle feature and mean; W1EFP mean over the "
-        "5 EFPs n=4, d=4, prime; FPD/KPD on the 36 EFPs of degree <= 4; COV: higher is better.",
+        "5 EFPs n=4, d=4, prime; FPD/KPD on the 36 EFPs of degree <= 4; COV: higher is better. "
+        "FPND compares with jetnet's statistics of the real JetNet jets: its truth floor (real "
+        "held-out jets) is how far the data themselves are from JetNet (JetNet's own jets: ~0), "
+        "so read a model's FPND as its ratio to that floor.",
     ),
     (
         "Spread of the jets (a collapsed generator emits nearly one jet)",

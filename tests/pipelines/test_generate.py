@@ -13,7 +13,7 @@ from pipelines.generate import GeneratorConfig, generate_file, generate_jets
 @pytest.fixture(scope="module")
 def top_jets(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    cfg = GeneratorConfig("top", chunk_size=3, seed=5)
+    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="particle")
     return generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False), cache
 
 
@@ -52,7 +52,7 @@ def test_particles_reproduce_the_jet(top_jets):
 
 def test_deterministic_for_a_seed_whatever_the_process_count(top_jets):
     jets, cache = top_jets
-    cfg = GeneratorConfig("top", chunk_size=3, seed=5)
+    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="particle")
     again = generate_jets(
         cfg, 5, num_particles=150, jobs=1, cache_dir=cache / "fresh", progress=False
     )
@@ -77,7 +77,7 @@ def test_cache_serves_repeated_smaller_and_shorter_requests(top_jets, monkeypatc
         raise AssertionError("generated although cached")
 
     monkeypatch.setattr(generate, "generate_chunk", boom)
-    cfg = GeneratorConfig("t", chunk_size=3, seed=5)
+    cfg = GeneratorConfig("t", chunk_size=3, seed=5, recipe="particle")
     fewer = generate_jets(cfg, 4, num_particles=30, jobs=1, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(fewer.particles, jets.particles[:4, :30])
     again = generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False)
@@ -260,27 +260,42 @@ def test_simplified_detector_keeps_tracks_and_sums_neutrals():
     assert out.shape == (4, 4)
     np.testing.assert_allclose(out[:, 3].sum(), momenta[:, 3].sum())
     np.testing.assert_allclose(out[2, 3], momenta[2:4, 3].sum())
-    assert generate.RECIPES["particle"].detect(table) is not None
-    np.testing.assert_array_equal(generate.RECIPES["particle"].detect(table), momenta)
+    np.testing.assert_array_equal(generate.DETECTORS["particle"](table), momenta)
 
 
 def test_recipe_names_the_cache_and_is_checked():
-    base = GeneratorConfig("t")
-    assert base.recipe == generate.DEFAULT_RECIPE
-    assert (
-        GeneratorConfig("t", recipe="jetnet").key() != GeneratorConfig("t", recipe="particle").key()
-    )
+    assert GeneratorConfig("t").recipe == generate.DEFAULT_RECIPE == "jetnet"
+    keys = {r: GeneratorConfig("t", recipe=r).key() for r in generate.RECIPES}
+    # jetnet and particle cluster the same objects: one cache; the detector its own
+    assert keys["jetnet"] == keys["particle"] != keys["detector"]
     with pytest.raises(ValueError, match="unknown recipe 'delphes'"):
         GeneratorConfig("t", recipe="delphes")
 
 
-def test_jetnet_recipe_clusters_detector_objects(tmp_path):
+def test_jetnet_recipe_is_the_particle_jets_with_phi_over_pi(top_jets, monkeypatch):
+    """Served from the particle recipe's cached chunks (nothing generated): the same jets,
+    phi_rel divided by pi, the file saying so."""
+    particle, cache = top_jets
+    monkeypatch.setattr(generate, "generate_chunk", lambda *a: pytest.fail("generated"))
+    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="jetnet")
+    jetnet = generate_jets(cfg, 5, num_particles=150, jobs=1, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(jetnet.particles[..., [0, 2]], particle.particles[..., [0, 2]])
+    np.testing.assert_allclose(
+        jetnet.particles[..., 1], particle.particles[..., 1] / np.pi, rtol=1e-6
+    )
+    np.testing.assert_array_equal(jetnet.jet_features, particle.jet_features)
+    assert np.abs(jetnet.particles[..., 1]).max() < 0.8 / np.pi + 1e-3
+
+
+def test_detector_recipe_clusters_detector_objects(tmp_path):
     """The same events through the simplified detector: fewer, merged objects per jet; the jet
-    itself (pt, mass) barely moves."""
+    itself (pt) barely moves."""
     kwargs = {"jobs": 1, "cache_dir": tmp_path, "progress": False, "num_particles": 150}
-    particle = generate_jets(GeneratorConfig("w", chunk_size=4, seed=3), 4, **kwargs)
+    particle = generate_jets(
+        GeneratorConfig("w", chunk_size=4, seed=3, recipe="particle"), 4, **kwargs
+    )
     detector = generate_jets(
-        GeneratorConfig("w", chunk_size=4, seed=3, recipe="jetnet"), 4, **kwargs
+        GeneratorConfig("w", chunk_size=4, seed=3, recipe="detector"), 4, **kwargs
     )
     assert detector.jet_features[:, 3].sum() < 0.97 * particle.jet_features[:, 3].sum()
     np.testing.assert_allclose(detector.jet_features[:, 0], particle.jet_features[:, 0], rtol=0.05)

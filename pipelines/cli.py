@@ -97,12 +97,19 @@ def cmd_data_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:
-    """Validate a JetNet-layout file and print its shapes."""
+    """Validate a JetNet-layout file and print its shapes (and, for generated files, the recipe
+    and phi_rel's unit)."""
+    import h5py
+
     from pipelines.data import read_jetnet_file
 
     jets = read_jetnet_file(args.file, args.particles)
     pf = (*jets.particles.shape[:2], 4)
     print(f"{args.file}: particle_features {pf}, jet_features {jets.jet_features.shape}, ok")
+    with h5py.File(args.file, "r") as f:  # readable: read_jetnet_file just opened it
+        for name in ("recipe", "phi_rel"):
+            if name in f.attrs:
+                print(f"  {name}: {f.attrs[name]}")
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:

@@ -100,6 +100,21 @@ def test_generate_usage_errors_are_one_line(capsys):
     _fail(capsys, "frobnicate", match="invalid choice")
 
 
+def test_check_names_the_recipe_and_phi_unit(tmp_path, capsys, fake_pythia):
+    out = tmp_path / "t.hdf5"
+    cache = tmp_path / "c"
+    code, _, _ = _run(capsys, f"data generate --class t --n 2 --out {out} --jobs 1 --cache {cache}")
+    assert code == 0
+    code, stdout, _ = _run(capsys, f"data check {out}")
+    assert code == 0 and "recipe: jetnet" in stdout and "phi_rel: delta phi / pi" in stdout
+    particle = tmp_path / "p.hdf5"
+    _run(
+        capsys, f"data generate --class t --n 2 --out {particle} --recipe particle --cache {cache}"
+    )
+    code, stdout, _ = _run(capsys, f"data check {particle}")
+    assert code == 0 and "recipe: particle" in stdout and "phi_rel: radians" in stdout
+
+
 def test_existing_output_needs_overwrite(tmp_path, capsys, fake_pythia):
     out = tmp_path / "t.hdf5"
     out.write_text("precious")

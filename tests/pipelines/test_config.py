@@ -42,6 +42,7 @@ def test_overrides_are_typed_and_nested():
         (["flow.transforms=true"], "expected int, got True"),
         (["convae_train.lr=fast"], "expected float"),
         (["data.split=[0.5, 0.5]"], "3 positive fractions"),
+        (["data.recipe=delphes"], "unknown data.recipe 'delphes'"),
         (["classes=[top, muon]"], "unknown jet class 'muon'"),
         (["flow=3"], "flow: expected a mapping"),
         (["flow.kind=glow"], "unknown flow 'glow'"),

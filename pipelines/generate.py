@@ -120,6 +120,7 @@ def calorimeter_cells(momenta: np.ndarray, cell: float) -> np.ndarray:
     Returns:
         (M, 4) (px, py, pz, e), M <= N, one row per hit cell.
     """
+    # written here: FastJet has no calorimeter and Delphes (which has) is not on PyPI
     if len(momenta) == 0:
         return momenta.reshape(0, 4)
     px, py, pz, e = momenta.T
@@ -187,10 +188,10 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "particle": Recipe("particle", "every visible final-state particle, phi_rel in radians"),
     # JetNet's stored phi_rel is not an azimuth in radians: over its jets |phi_rel| <= 0.521
-    # while |eta_rel| reaches 1.621 (jetnet's JetNet.fpnd_norm), yet anti-kT R = 0.8 reaches
-    # |delta phi| ~0.8 in every large sample. 0.521 * pi = 1.636 ~ the eta maximum, and
-    # dividing our delta phi by pi lowers FPND against jetnet's statistics ~3x for g, q and t
-    # (benchmarks/data_fidelity.py, README "The embedded data and JetNet"); so: delta phi / pi.
+    # (jetnet's JetNet.fpnd_norm) while anti-kT R = 0.8 jets reach |delta phi| ~0.9 and its
+    # |eta_rel| reaches 1.621. FPND against jetnet's statistics prefers our delta phi
+    # compressed by 0.25-0.40 for g, q and t, ~3x lower at 1/pi (a slip of units): so delta phi
+    # / pi (inferred, not documented; README "The embedded data and JetNet").
     "jetnet": Recipe(
         "particle",
         "as particle, phi_rel stored as delta phi / pi like JetNet's files (closest to JetNet)",

@@ -88,7 +88,7 @@ def line(cls: str, recipe: str, row: dict, maxima: np.ndarray) -> str:
 
 def markdown(rows: dict, maxima: np.ndarray, machine: str) -> str:
     head = (
-        "| recipe | class | FPND (jets) | |eta_rel| max / q99.9 | |phi_rel| max / q99.9 | "
+        "| recipe | class | FPND (jets) | abs eta_rel max / q99.9 | abs phi_rel max / q99.9 | "
         "pt_rel max / q99.9 | mass peak | n median | <30 particles |"
     )
     lines = [

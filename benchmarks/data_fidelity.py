@@ -18,7 +18,6 @@ Writes fidelity.json (strict JSON) and fidelity.md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from common import machine_line
 from pipelines.data import Jets
 from pipelines.fpnd import FPND_CLASSES, fpnd
 from pipelines.generate import RECIPES, GeneratorConfig, generate_jets
+from pipelines.io import write_json
 from pipelines.summary import mass_peak
 
 FEATURES = ("eta_rel", "phi_rel", "pt_rel")
@@ -132,7 +132,7 @@ def main() -> None:
             print(line(cls, recipe, row, maxima), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine, "jetnet_maxima": maxima.tolist(), "rows": rows}
-    (args.out / "fidelity.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    write_json(args.out / "fidelity.json", record)
     (args.out / "fidelity.md").write_text(markdown(rows, maxima, machine))
     print(f"wrote {args.out}/fidelity.json and fidelity.md")
 

@@ -39,7 +39,7 @@ from pipelines.checkpoints import load_checkpoint
 from pipelines.config import load_config
 from pipelines.data import Jets, write_jetnet_file
 from pipelines.evaluate import evaluate_files
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, write_json
 from pipelines.pipeline import run_pipeline
 from pipelines.sample import JetGenerator, sample_jets
 
@@ -99,17 +99,6 @@ def run_one(config: str, jet_class: str, overrides: list[str], root: str, thread
         return [row]
     raw = unprojected(d, jet_class, cfg.n_generate, cfg.data.seed, cfg.evaluate)
     return [row, {**row, "name": f"{cfg.name} (unprojected)", "metrics": raw}]
-
-
-def _strict(obj: Any) -> Any:
-    """NaN/inf -> None, recursively: the JSON must be strict (KPD's ratio can be undefined)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def _cell(metrics: dict[str, Any], key: str) -> str:
@@ -177,8 +166,7 @@ def main() -> None:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "quality.json") as tmp:
-        tmp.write_text(json.dumps(_strict(results), indent=2, allow_nan=False))
+    write_json(out / "quality.json", results)
     header = f"CPU: {cpu_model()}; torch threads per class: {threads}; {args.parallel} at once\n\n"
     with atomic_path(out / "quality.md") as tmp:
         tmp.write_text(header + text)

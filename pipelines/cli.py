@@ -125,6 +125,7 @@ def cmd_data_download(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
     from pipelines.evaluate import EvalConfig, evaluate_files
+    from pipelines.report import fmt
 
     cfg = EvalConfig(
         n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd
@@ -134,7 +135,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for name in ("emd_sum", "w1m", "w1p", "w1efp", "fpd", "kpd", "fpnd"):
         if name in rows:
             r = rows[name]
-            print(f"{name:8s} {r['value']:.4g} (floor {r['floor']:.4g}, ratio {r['ratio']:.3g})")
+            print(
+                f"{name:8s} {fmt(r['value'])} (floor {fmt(r['floor'])}, "
+                f"ratio {fmt(r['ratio'], spec='.3g')})"
+            )
     print(f"metrics.json, report.md and plots/ in {args.out}")
 
 

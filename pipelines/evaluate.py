@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from jetflows.spread import spread_ratio
 from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.fpnd import fpnd, fpnd_unavailable
-from pipelines.io import atomic_path
+from pipelines.io import write_json
 
 MIN_JETS = 100  # fewest jets per sample that the metrics (FPD covariances, COV/MMD) can use
 
@@ -204,16 +205,63 @@ def evaluate_samples(
     }
 
 
-def _row(model: tuple[float, float], floor: tuple[float, float]) -> dict[str, float]:
-    # undefined (NaN) where the floor is not positive: KPD's unbiased estimate can be <= 0
+#: Why a metric's number can be undefined; metrics.json writes it as null with this beside it.
+UNDEFINED = {
+    "ratio": "the floor is <= 0 (an unbiased estimate such as KPD's can be), so value / floor "
+    "is undefined: read the value",
+    "value": "not a finite number (e.g. a scaled EMD of an observable that is constant in the "
+    "real sample divides by a zero spread)",
+}
+
+
+def _row(model: tuple[float, float], floor: tuple[float, float]) -> dict[str, Any]:
+    """One metric: value, std, floor, floor_std, ratio; ``undefined`` says why a number is not
+    finite (metrics.json stores it as null)."""
     ratio = model[0] / floor[0] if floor[0] > 0 else math.nan
-    return {
+    row: dict[str, Any] = {
         "value": model[0],
         "std": model[1],
         "floor": floor[0],
         "floor_std": floor[1],
         "ratio": ratio,
     }
+    undefined = {
+        key: UNDEFINED["ratio" if key == "ratio" else "value"]
+        for key, number in row.items()
+        if not math.isfinite(number)
+    }
+    if undefined:
+        row["undefined"] = undefined
+    return row
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """metrics.json as `evaluate` returns it: the nulls of undefined numbers back to NaN."""
+    results = json.loads(Path(path).read_text())
+    for row in results.get("metrics", {}).values():
+        row.update({k: math.nan for k, v in row.items() if v is None})
+    return results
+
+
+def _file_class(real: Jets, gen_path: str | Path) -> str | None:
+    """The class the files name: the generated file's ``jet_class`` attribute, else the real
+    file's JetNet name; None if neither says.
+
+    Raises:
+        ValueError: the two name different classes.
+    """
+    import h5py
+
+    with h5py.File(gen_path, "r") as f:
+        stored = f.attrs.get("jet_class")
+    gen_class = canonical_class(str(stored)) if stored is not None else None
+    real_class = JET_TYPES[int(real.labels[0])] if len(real) and real.labels[0] >= 0 else None
+    if gen_class and real_class and gen_class != real_class:
+        raise ValueError(
+            f"the generated file holds {gen_class} jets, the real file {real_class} jets: "
+            "pass --class to compare them anyway"
+        )
+    return gen_class or real_class
 
 
 def evaluate_files(
@@ -229,17 +277,24 @@ def evaluate_files(
 ) -> dict[str, Any]:
     """Read two JetNet-layout files, evaluate, write metrics.json, report.md and plots/*.png.
 
-    The class defaults to the real file's JetNet name (t.hdf5 -> t) when it has one.
+    Without ``jet_class``, the class is the generated file's ``jet_class`` attribute (what
+    `jetflows sample` writes), else the real file's JetNet name (t.hdf5 -> t).
     ``extra`` is merged into metrics.json and ``extra_report`` (Markdown lines) appended to
     report.md, e.g. the pipeline's ConVAE reconstruction figures.
     """
     from pipelines.report import write_plots, write_report
 
     real, gen = read_jetnet_file(real_path), read_jetnet_file(gen_path)
-    if jet_class is None and len(real) and real.labels[0] >= 0:
-        jet_class = JET_TYPES[int(real.labels[0])]
+    jet_class = jet_class or _file_class(real, gen_path)
     cfg = cfg or EvalConfig()
     samples = draw_samples(real, gen, cfg.n_jets, cfg.seed)
+    if len(samples.gen) < cfg.n_jets and progress:
+        tqdm.write(
+            f"evaluating {len(samples.gen)} jets per sample, not {cfg.n_jets}: the files hold "
+            f"{len(gen)} generated and {len(real)} real jets (the floor needs two disjoint real "
+            "halves)",
+            file=sys.stderr,
+        )
     efps = _all_efps(samples, cfg, progress)
     results = evaluate_samples(samples, efps, jet_class=jet_class, cfg=cfg, progress=progress)
     results["inputs"] = {"real": str(real_path), "gen": str(gen_path)}
@@ -247,6 +302,5 @@ def evaluate_files(
     out_dir = Path(out_dir)
     plots = write_plots(samples, efps[0], efps[2], out_dir / "plots")
     write_report(results, plots, out_dir / "report.md", extra=extra_report)
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
+    write_json(out_dir / "metrics.json", results)
     return results

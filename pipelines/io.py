@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
@@ -75,3 +78,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON null), recursively.
+
+    json.dumps writes NaN as a bare ``NaN`` token that strict JSON readers (jq, JavaScript,
+    Go, ...) reject; where a number is undefined the files say why beside it.
+
+    Example:
+        >>> strict_json({"ratio": float("nan"), "values": [1.0, float("inf")]})
+        {'ratio': None, 'values': [1.0, None]}
+    """
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as strict, indented JSON (NaN and inf -> null), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
+    return Path(path)

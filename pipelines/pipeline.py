@@ -42,17 +42,12 @@ from jetflows.training import TrainConfig
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
 from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, write_json
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 
 LOG = logging.getLogger("jetflows.pipeline")
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 class Stages:
@@ -75,7 +70,7 @@ class Stages:
     def mark(self, stage: str, key: str) -> None:
         self.done[stage] = key
         if is_main():  # data-parallel: one process writes
-            _write_json(self.path, self.done)
+            write_json(self.path, self.done)
         now = time.perf_counter()
         LOG.info("%s: %s done in %.1f s (config %s)", self.name, stage, now - self.clock, key)
         self.clock = now
@@ -289,7 +284,7 @@ def _reconstruction_stage(
     if stages.complete("reconstruction", key, path):
         return json.loads(path.read_text())
     result = reconstruction_plots(vae, norm, test, directory)
-    _write_json(path, result)
+    write_json(path, result)
     stages.mark("reconstruction", key)
     return result
 
@@ -361,7 +356,7 @@ def run_class(
     cfg: PipelineConfig, jet_class: str, directory: Path, *, progress: bool = True
 ) -> dict[str, Any]:
     """Every stage for one class in ``directory``; returns its metrics.json contents."""
-    from pipelines.evaluate import evaluate_files
+    from pipelines.evaluate import evaluate_files, read_metrics
     from pipelines.sample import sample_to_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -391,7 +386,7 @@ def run_class(
         if cfg.target == "latent"
         else None
     )
-    _write_json(directory / "history.json", stages.histories)
+    write_json(directory / "history.json", stages.histories)
     keys["generate"] = digest(keys["flow"], cfg.n_generate)
     generated, real = directory / "generated.hdf5", directory / "real_test.hdf5"
     regenerated = not stages.complete("generate", keys["generate"], generated, real)
@@ -413,7 +408,7 @@ def run_class(
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again
     done = stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md")
     if done and not regenerated:
-        return json.loads(metrics.read_text())
+        return read_metrics(metrics)
     results = evaluate_files(
         real,
         generated,
@@ -502,7 +497,7 @@ def run_pipeline(
         handler.close()
     if not main:
         return run
-    _write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
+    write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     with atomic_path(run / "summary.md") as tmp:
         tmp.write_text(summary_markdown(cfg.name, results))
     return run

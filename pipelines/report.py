@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,12 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+def fmt(x: float | None, *, spec: str = ".4g", uncertainty: bool = False) -> str:
+    """A number for people: "n/a" where it is undefined (None, NaN) or, for an ``uncertainty``,
+    where none was measured (0: FPND, the divergences and the EMDs come without one)."""
+    if x is None or not math.isfinite(x) or (uncertainty and x == 0):
+        return "n/a"
+    return format(x, spec)
 
 
 def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[str]:
@@ -66,10 +71,15 @@ def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[st
         if name in rows:
             r = rows[name]
             lines.append(
-                f"| {name} | {_fmt(r['value'])} | {_fmt(r['std'])} | "
-                f"{_fmt(r['floor'])} | {_fmt(r['floor_std'])} | {_fmt(r['ratio'])} |"
+                f"| {name} | {fmt(r['value'])} | {fmt(r['std'], uncertainty=True)} | "
+                f"{fmt(r['floor'])} | {fmt(r['floor_std'], uncertainty=True)} | {fmt(r['ratio'])} |"
             )
-    return lines
+    notes = [
+        f"- {name} {field}: n/a, {reason}"
+        for name in names
+        for field, reason in rows.get(name, {}).get("undefined", {}).items()
+    ]
+    return lines + (["", *notes] if notes else [])
 
 
 def write_report(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.data import Jets
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, write_json
 
 MASS_RANGE = (0.0, 400.0)  # GeV; covers every class at 1 TeV
 
@@ -70,8 +69,7 @@ def write_summary(datasets: dict[str, Jets], out_dir: str | Path) -> dict[str, d
     """Write summary.json, summary.md, mass.png and multiplicity.png for named datasets."""
     out_dir = Path(out_dir)
     rows = {name: summarize(jets) for name, jets in datasets.items()}
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=2))
+    write_json(out_dir / "summary.json", rows)
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(
             "# Jet datasets\n\nMass in GeV; multiplicity counts every constituent.\n\n"

@@ -73,7 +73,8 @@ def test_cli_evaluate_two_generated_top_samples(pythia_top_files, tmp_path, caps
         == 0
     )
     assert "ratio" in capsys.readouterr().out
-    results = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
     assert results["jet_class"] == "t" and results["n_jets"] == 300
     expected = {
         "emd_sum",
@@ -91,11 +92,16 @@ def test_cli_evaluate_two_generated_top_samples(pythia_top_files, tmp_path, caps
     }
     assert expected <= set(results["metrics"])
     for row in results["metrics"].values():
-        assert set(row) == {"value", "std", "floor", "floor_std", "ratio"}
+        assert set(row) - {"undefined"} == {"value", "std", "floor", "floor_std", "ratio"}
+        # an undefined number is null, and the row says why
+        assert {k for k, v in row.items() if v is None} == set(row.get("undefined", {}))
     # two Pythia samples of the same process: the generated one is as good as the floor
     assert results["metrics"]["emd_sum"]["ratio"] < 3
     report = (out / "report.md").read_text()
     assert "truth floor" in report and "| fpnd |" in report and "NOT a distance" in report
+    # FPND has no uncertainty: "n/a", never "± 0"
+    fpnd_row = next(line for line in report.splitlines() if line.startswith("| fpnd |"))
+    assert fpnd_row.split("|")[3].strip() == "n/a" and "| 0 |" not in fpnd_row
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert {"jet_mass.png", "jet_multiplicity.png", "particle_pt_rel.png", "efp_0.png"} <= plots
     assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
@@ -141,3 +147,42 @@ def test_ratio_is_undefined_for_a_non_positive_floor():
     assert _row((2.0, 0.1), (4.0, 0.2))["ratio"] == 0.5
     assert np.isnan(_row((1e-4, 0.0), (-2e-5, 0.0))["ratio"])
     assert np.isnan(_row((0.0, 0.0), (0.0, 0.0))["ratio"])
+
+
+def test_ratio_reasons_and_strict_json_round_trip(tmp_path):
+    from pipelines.evaluate import _row, read_metrics
+    from pipelines.io import write_json
+
+    row = _row((1e-4, 0.0), (-2e-5, 0.0))
+    assert set(row["undefined"]) == {"ratio"} and "floor is <= 0" in row["undefined"]["ratio"]
+    assert "undefined" not in _row((2.0, 0.1), (4.0, 0.2))
+    nan_value = _row((float("nan"), 0.0), (1.0, 0.0))
+    assert set(nan_value["undefined"]) == {"value", "ratio"}
+    path = write_json(tmp_path / "metrics.json", {"metrics": {"kpd": row}})
+    assert '"ratio": null' in path.read_text() and "NaN" not in path.read_text()
+    assert np.isnan(read_metrics(path)["metrics"]["kpd"]["ratio"])
+
+
+def test_cli_evaluate_takes_the_class_from_the_generated_file(pythia_top_files, tmp_path, capsys):
+    """A file from `jetflows sample` names its class; --n beyond the files is said, not hidden;
+    files naming different classes are refused unless --class says which."""
+    import h5py
+
+    real, gen = pythia_top_files
+    tagged = tmp_path / "generated.hdf5"
+    tagged.write_bytes(gen.read_bytes())
+    with h5py.File(tagged, "a") as f:
+        f.attrs["jet_class"] = "g"
+    args = ["evaluate", "--real", str(real), "--gen", str(tagged), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "generated file holds g jets, the real file t jets" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    renamed = tmp_path / "real" / "jets.hdf5"  # no JetNet name: the attribute decides
+    renamed.parent.mkdir()
+    renamed.write_bytes(real.read_bytes())
+    args = ["evaluate", "--real", str(renamed), "--gen", str(tagged), "--out", str(tmp_path / "p")]
+    assert main([*args, "--n", "100000", "--no-fpnd", "--no-cov-mmd"]) == 0
+    captured = capsys.readouterr()
+    assert "evaluating 300 jets per sample, not 100000" in captured.err
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["jet_class"] == "g"

@@ -1,8 +1,9 @@
 """ConVAE training throughput on the CPU: jets/s for forward + backward + optimizer step.
 
-The seed architecture (n_filter 50, latent 30, dense 1500, P = 30) with the seed loss (Chamfer +
-jet terms + KL, seed weighting), batches of 100 and 1024, plus the time of one Chamfer call.
-The seed model costs ~100 MFLOP per jet per step; this machine does ~310 GFLOP/s in a large
+The research code's architecture (n_filter 50, latent 30, dense 1500, P = 30) with its loss
+(Chamfer + jet terms + KL, its weighting), batches of 100 and 1024, plus the time of one
+Chamfer call.
+That model costs ~100 MFLOP per jet per step; this machine does ~310 GFLOP/s in a large
 matrix product, so ~3000 jets/s is the ceiling: the fraction reached is printed.
 
     python benchmarks/convae_throughput.py [--threads 2] [--steps 20]
@@ -23,7 +24,7 @@ CEILING = 3000.0  # jets/s, from the issue: ~100 MFLOP/jet/step at ~310 GFLOP/s
 
 
 def throughput(batch: int, steps: int, precision: str) -> float:
-    """Training jets/s with the seed model and loss at this batch size and precision."""
+    """Training jets/s with the research code's model and loss at this batch size and precision."""
     torch.manual_seed(0)
     model = ConVAE()
     opt = OPTIMIZERS["adam"](model.parameters(), lr=1e-4)  # what fit uses (fused Adam)
@@ -58,7 +59,7 @@ def main() -> None:
             print(
                 f"{precision} batch {batch:5d}: {rate:6.0f} training jets/s = "
                 f"{rate / CEILING:.0%} of the ~{CEILING:.0f} jets/s ceiling, "
-                f"{rate / 49:.0f}x the seed code's 49 jets/s"
+                f"{rate / 49:.0f}x the research code's 49 jets/s"
             )
 
 

@@ -1,9 +1,9 @@
 """Flow speed on the CPU: sampling 10,000 jets per flow type and target, and training throughput.
 
 Targets:
-- latent: a flow on a ConVAE's 30-d latent space, then its decoder (default: the seed's, 11.2M
-  parameters; --dense-width/--n-filter for smaller ones) and the pt-threshold mask: the
-  two-stage generator end to end.
+- latent: a flow on a ConVAE's 30-d latent space, then its decoder (default: the research
+  code's, 11.2M parameters; --dense-width/--n-filter for smaller ones) and the pt-threshold
+  mask: the two-stage generator end to end.
 - particles: the jet-level flow (log mass, n) then the particle flow on 30 x 3 features
   conditioned on (mass, n), then decoding (sorting, mask).
 Timings are of untrained models (the cost does not depend on the weights). Every flow here has

@@ -1,7 +1,7 @@
 """Does the ConVAE reconstruct jets, and do two-stage jets cover the real ones? Before vs after.
 
 Runs the pipeline (the same code users run) per class for a ConVAE size (the quickstart's or the
-seed architecture's) with the settings before the fix (min-max scaling into a sigmoid output,
+research code's) with the settings before the fix (min-max scaling into a sigmoid output,
 Chamfer in physical units, the original KL weight) and after it (the shipped config), then
 prints the reconstruction diagnostics on held-out jets (EMD(input, reconstruction) over
 EMD(input, another jet), input-vs-reconstruction correlations, spread ratios) and the two-stage
@@ -29,9 +29,9 @@ from pipelines.config import load_config
 from pipelines.pipeline import run_pipeline
 
 CONFIGS = {"quickstart": "configs/quickstart.yaml", "seed": "configs/seed_convae.yaml"}
-#: The seed's latent flow (RealNVP, 50 couplings of residual width 700: 50 M parameters, ~1 min
-#: an epoch and an 800 MB checkpoint here) is swapped for the quickstart's: this benchmark is
-#: about the ConVAE.
+#: The research code's latent flow (RealNVP, 50 couplings of residual width 700: 50 M
+#: parameters, ~1 min an epoch and an 800 MB checkpoint here) is swapped for the quickstart's:
+#: this benchmark is about the ConVAE.
 SEED_FLOW = [
     "flow.kind=zuko_nsf_coupling",
     "flow.transforms=6",

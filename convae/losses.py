@@ -22,8 +22,8 @@ Loss = Callable[..., torch.Tensor]
 def _sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances (B, P, Q) between x (B, P, D) and y (B, Q, D).
 
-    |x|^2 + |y|^2 - 2 x.y as one batched matrix product: the seed built a (B, B, P, P) tensor
-    and took its diagonal, ~20x slower. Clamped at 0 against rounding.
+    |x|^2 + |y|^2 - 2 x.y as one batched matrix product: the research code built a (B, B, P, P)
+    tensor and took its diagonal, ~20x slower. Clamped at 0 against rounding.
     """
     cross = torch.bmm(x, y.transpose(1, 2))  # (B, P, Q)
     return ((x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :] - 2 * cross).clamp_min(0)
@@ -60,7 +60,7 @@ def chamfer(
     mask_x: torch.Tensor | None = None,
     mask_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The seed's eq. 4: sum_i min_j |x_i - y_j|^2 + sum_j min_i |x_i - y_j|^2 per jet.
+    """The research code's eq. 4: sum_i min_j |x_i - y_j|^2 + sum_j min_i |x_i - y_j|^2 per jet.
 
     Arguments:
         x: (B, P, F) input particles; y: (B, Q, F) reconstruction.
@@ -80,7 +80,7 @@ def nearest_position(
     mask_x: torch.Tensor | None = None,
     mask_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The seed's eq. 2: match by position (eta, phi), then add the intensity difference.
+    """The research code's eq. 2: match by position (eta, phi), then add the intensity difference.
 
     sum_i [|pos_i - pos_j(i)|^2 + (pt_i - pt_j(i))^2] with j(i) the nearest y in position,
     plus the same from y to x. Returns (B,).
@@ -101,7 +101,7 @@ def intensity_axis(
     *,
     intensity_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The seed's eq. 3: Chamfer in (eta, phi, w * pt), the intensity as a third axis.
+    """The research code's eq. 3: Chamfer in (eta, phi, w * pt), the intensity as a third axis.
 
     With ``intensity_weight`` 1 it equals `chamfer` on (eta, phi, pt); the weight sets how many
     units of angle one unit of pt_rel is worth. Returns (B,).
@@ -218,7 +218,7 @@ def jet_terms(
     gamma_1: float = 1.0,
     gamma_2: float = 1.0,
 ) -> torch.Tensor:
-    """The seed's jet-level terms: gamma * (gamma_1 (pT - pT^)^2 + gamma_2 (m - m^)^2), (B,).
+    """The research code's jet terms: gamma * (gamma_1 (pT - pT^)^2 + gamma_2 (m - m^)^2), (B,).
 
     pT and m are computed from the particles (relative frame: pT ~ 1, m ~ m/pT_jet) with the
     one function the metrics use. gamma_2 = mean(pT)/mean(m) of the training set balances the
@@ -254,7 +254,7 @@ def _beta_vae_weighting(
     return alpha * particle + jet + beta * kl
 
 
-#: How the ELBO's terms are combined: the seed's (1 - beta)(alpha L_p + L_jet) + beta KL
+#: How the ELBO's terms are combined: the research code's (1 - beta)(alpha L_p + L_jet) + beta KL
 #: (beta 0.9998 in the seed) or a plain beta-VAE, alpha L_p + L_jet + beta KL.
 WEIGHTINGS: dict[str, Callable[..., torch.Tensor]] = {
     "seed": _seed_weighting,

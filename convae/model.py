@@ -1,4 +1,4 @@
-"""The convolutional VAE of the seed research, configurable, for any batch size and P.
+"""The convolutional VAE of the research code, configurable, for any batch size and P.
 
 Layout: a jet enters as particles (B, P, F); the network sees it as a one-channel image
 (B, 1, F, P) with the F features as rows and the P particles as columns. The first convolution
@@ -17,7 +17,7 @@ from torch import nn
 from jetflows.normalize import Normalization
 from jetflows.physics import PT, sort_by_pt
 
-#: Activations the seed's tuning searched over.
+#: Activations the research code's tuning searched over.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -26,13 +26,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
 }
 #: Output layers: identity for standardized features (the default), sigmoid for features
-#: min-max scaled into [0, 1] as the seed did (that combination collapsed the ConVAE: README).
+#: min-max scaled into [0, 1] as the research code did (that collapsed the ConVAE: README).
 OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
 @dataclass(frozen=True)
 class ConVAEConfig:
-    """ConVAE hyperparameters; the defaults are the seed architecture with an identity output.
+    """ConVAE hyperparameters; defaults: the research code's architecture, identity output.
 
     Arguments:
         num_particles: P, particles per jet (30 or 150).
@@ -119,7 +119,7 @@ class ConVAE(nn.Module):
     """Convolutional VAE on particle clouds.
 
     Arguments:
-        config: a `ConVAEConfig` (default: the seed architecture, 30 particles, latent 30).
+        config: a `ConVAEConfig` (default: the research architecture, 30 particles, latent 30).
 
     Example:
         >>> model = ConVAE(ConVAEConfig())

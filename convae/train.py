@@ -54,7 +54,7 @@ class LossConfig:
     """
 
     particle: str = "chamfer"
-    # not the seed's weighting="seed", beta=0.9998: KL 5,000x the reconstruction, a collapse
+    # not the research code's weighting="seed", beta=0.9998: KL 5,000x the reconstruction
     weighting: str = "beta_vae"
     alpha: float = 1.0
     beta: float = 1e-4

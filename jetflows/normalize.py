@@ -1,6 +1,6 @@
 """Mask-aware, invertible feature normalizations (padding is not data).
 
-The seed code min-max scaled arrays that included zero padding, so every feature's minimum was
+The research code min-max scaled arrays that included zero padding, so every feature's minimum was
 the padding's 0 and the scale depended on the multiplicity. Here statistics come from real
 particles only, and padding stays exactly zero after `transform` and `inverse`.
 """

@@ -30,8 +30,8 @@ PRECISIONS = ("fp32", "bf16")
 Batch = Sequence[torch.Tensor | None]
 ObjectiveFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
-#: fused=True: one kernel for the whole update; on this CPU it took Adam's step on the seed
-#: model's 11M parameters from 40 ms to 4 ms (the step cost as much as the forward pass).
+#: fused=True: one kernel for the whole update; on this CPU it took Adam's step on the research
+#: code's model's 11M parameters from 40 ms to 4 ms (the step cost as much as the forward pass).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": functools.partial(torch.optim.Adam, fused=True),
     "adamw": functools.partial(torch.optim.AdamW, fused=True),

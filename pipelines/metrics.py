@@ -5,7 +5,7 @@
   a sum of scaled terms. The scale of each observable is the standard deviation of the real
   sample, so every term reads "shift in units of the real spread" and none dominates the sum
   because of its range (GeV for mass vs radians for phi).
-- `legacy_emd_sum`: the seed code's figure, reproduced on purpose (see its docstring). It is
+- `legacy_emd_sum`: the research code's figure, reproduced on purpose (see its docstring). It is
   not a distance between the observables.
 - Divergences: Jensen-Shannon and Kullback-Leibler on the same histograms as the legacy figure.
 - The JetNet metrics (W1M, W1P, W1EFP, FPD, KPD, COV/MMD) through the jetnet library.
@@ -31,7 +31,7 @@ from pipelines.data import Jets
 
 #: Jet observables compared by the observable EMDs, in report order.
 EMD_OBSERVABLES: tuple[str, ...] = ("mass", "pt", "energy", "eta", "phi", "multiplicity")
-#: The seed protocol's histogram ranges (GeV for mass, pt, energy); 100 bins each.
+#: The research code's histogram ranges (GeV for mass, pt, energy); 100 bins each.
 LEGACY_RANGES: dict[str, tuple[float, float]] = {
     "mass": (0.0, 400.0),
     "pt": (0.0, 3000.0),
@@ -40,7 +40,7 @@ LEGACY_RANGES: dict[str, tuple[float, float]] = {
     "phi": (-3.0, 3.0),
 }
 LEGACY_BINS = 100
-HIST_EPS = 1e-12  # added to every bin by the seed code; also our KL's treatment of empty bins
+HIST_EPS = 1e-12  # added to every bin by the research code; also our KL's treatment of empty bins
 #: jetnet's W1EFP set, as a selection of the 36 FPD/KPD EFPs (same graphs, same order).
 W1EFP_SELECTION: tuple[tuple[str, int], ...] = (("n==", 4), ("d==", 4), ("p==", 1))
 
@@ -82,7 +82,7 @@ def observable_emds(
 
 
 def _histogram(values: np.ndarray, name: str, num_particles: int) -> np.ndarray:
-    """Bin heights normalised to sum 1: seed ranges, or one bin per particle count."""
+    """Bin heights normalised to sum 1: the research code's ranges, or a bin per count."""
     if name == "multiplicity":
         edges = np.arange(-0.5, num_particles + 1.5)
     else:
@@ -92,7 +92,7 @@ def _histogram(values: np.ndarray, name: str, num_particles: int) -> np.ndarray:
 
 
 def legacy_emd_sum(real: dict[str, np.ndarray], gen: dict[str, np.ndarray]) -> dict[str, float]:
-    """The seed code's "sum(EMD)", reproduced for comparison with old results. NOT a distance.
+    """The research code's "sum(EMD)", reproduced for comparison with old results. NOT a distance.
 
     Seed protocol: histogram each of mass, pt, energy, eta, phi (100 bins, `LEGACY_RANGES`),
     normalise to sum 1, add 1e-12, then ``scipy.stats.wasserstein_distance(hist_gen, hist_real)``
@@ -124,7 +124,7 @@ def divergences(
     Histograms as `legacy_emd_sum` (multiplicity: one bin per count). Empty bins: JSD needs no
     regularisation (its mixture is non-zero wherever either histogram is), so it is exact and
     lies in [0, ln 2]. KL(real || gen) is infinite where gen is empty and real is not; we add
-    1e-12 to every bin of both histograms and renormalise (as the seed code did), which keeps it
+    1e-12 to every bin of both histograms and renormalise (as the research code did), which keeps it
     finite but large (~ p * 27.6 per such bin): read a large KL as "gen misses a region".
 
     Returns:

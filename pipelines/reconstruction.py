@@ -3,7 +3,7 @@
 A physicist must see a collapsed autoencoder at once: the figures of
 `convae.diagnostics.reconstruction_diagnostics` (EMD to the input vs to another jet, input vs
 reconstruction correlations, spread ratios) on held-out jets, a picture of a few jets beside
-their reconstructions in (eta, phi) with marker area proportional to pt (as the seed slides
+their reconstructions in (eta, phi) with marker area proportional to pt (as the research slides
 show them), and 2-D histograms of input vs reconstructed jet mass, sum of pt_rel and D2.
 """
 

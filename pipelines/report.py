@@ -42,7 +42,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "JSD exact, in [0, ln 2]; KL(real || gen) with 1e-12 added to empty bins.",
     ),
     (
-        "Legacy (seed code; NOT a distance between observables)",
+        "Legacy (research code; NOT a distance between observables)",
         (
             "legacy_emd_mass",
             "legacy_emd_pt",
@@ -51,8 +51,8 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "legacy_emd_phi",
             "legacy_emd_sum",
         ),
-        "W1 between histogram bin heights, as the seed code computed it; for comparison with old "
-        "numbers only.",
+        "W1 between histogram bin heights, as the research code computed it; for comparison with "
+        "old numbers only.",
     ),
 )
 

@@ -5,7 +5,7 @@ from convae.model import ACTIVATIONS, ConVAE, ConVAEConfig
 
 
 def _seed_parameter_count(n=50, latent=30, p=30, f=3, k=5, dense=1500):
-    """The seed architecture counted by hand: weights + biases of every layer."""
+    """The research code's architecture counted by hand: weights + biases of every layer."""
     conv = (1 * n * f * k + n) + (n * 2 * n * k + 2 * n) + (2 * n * 4 * n * k + 4 * n)
     flat = 4 * n * (p - 3 * (k - 1))
     enc_dense = (flat * dense + dense) + (dense * 2 * latent + 2 * latent)
@@ -20,7 +20,7 @@ def test_default_is_the_seed_architecture():
     convs = [m for m in model.encoder_conv if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs] == [(3, 5), (1, 5), (1, 5)]
     assert [c.out_channels for c in convs] == [50, 100, 200]
-    # the seed's sigmoid output (for min-max features) is an option; the default is identity
+    # the research code's sigmoid output (min-max features) is an option; the default: identity
     assert isinstance(model.decoder_conv[-1], torch.nn.Identity)
     assert isinstance(ConVAE(ConVAEConfig(output="sigmoid")).decoder_conv[-1], torch.nn.Sigmoid)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from jetflows import __version__
@@ -233,7 +233,12 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     )
     smp.add_argument("--n", type=int, required=True, help="number of jets")
     smp.add_argument("--class", dest="jet_class", required=True, help="g, q, t, w, z or alias")
-    smp.add_argument("--run", type=Path, default=Path("runs/quickstart"), help="a pipeline run")
+    smp.add_argument(
+        "--run",
+        type=Path,
+        default=Path("runs/quickstart"),
+        help="a pipeline run directory, relative to the working directory",
+    )
     smp.add_argument("--out", type=Path, help="output HDF5 (default: <class>_generated.hdf5)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same jets)")
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
@@ -261,7 +266,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--n",
         type=_positive_int,
         default=50_000,
-        help="jets per sample (default 50,000, jetnet's convention)",
+        help="jets per sample (jetnet's convention: 50,000)",
     )
     ev.add_argument("--seed", type=int, default=42, help="seed of the samples and bootstraps")
     ev.add_argument("--no-fpnd", action="store_true", help="skip FPND (a graph network)")
@@ -289,7 +294,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=int, required=True, help="number of jets")
     gen.add_argument("--particles", type=int, default=30, help="particles per jet, 1..150")
     gen.add_argument("--out", type=Path, help="output file (default: data/<class>[150].hdf5)")
-    gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    gen.add_argument("--seed", type=int, default=42, help="random seed")
     gen.add_argument("--jobs", type=_positive_int, help="processes (default: every core)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")
@@ -345,6 +350,43 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(func=cmd_data_download)
 
 
+#: One example per leaf command, shown at the end of its --help.
+EXAMPLES: dict[str, str] = {
+    "data generate": "jetflows data generate --class top --n 50000 --out data/t.hdf5",
+    "data merge": "jetflows data merge data/t.shard*of4.hdf5 --out data/t.hdf5",
+    "data summary": "jetflows data summary data/t.hdf5 runs/quickstart/t/generated.hdf5",
+    "data check": "jetflows data check data/t.hdf5",
+    "data download": "jetflows data download --class t --dir data/jetnet",
+    "pipeline": "jetflows pipeline --config configs/quickstart.yaml --classes t",
+    "sample": "jetflows sample --n 10000 --class top --run runs/quickstart --out top.hdf5",
+    "tune": "jetflows tune --config configs/tune_flow.yaml --trials 20",
+    "evaluate": "jetflows evaluate --real data/t.hdf5 --gen top.hdf5 --out runs/eval_t",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default ("(default: 42)") unless there is none to show (None, a
+    flag's False) or the help already says it; keeps the example's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: str = "") -> Iterator:
+    """(command path, parser) of every command without sub-commands."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        yield path, parser
+    for action in actions:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, f"{path} {name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `jetflows` parser with every sub-command."""
     parser = _Parser(
@@ -360,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parsers(sub)
     _tune_parser(sub)
     _evaluate_parser(sub)
+    for path, leaf in _leaf_parsers(parser):
+        leaf.formatter_class = _HelpFormatter
+        leaf.epilog = f"example:\n  {EXAMPLES[path]}"
     return parser
 
 

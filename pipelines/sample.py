@@ -83,7 +83,10 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
     """``run/<class>``, checked to hold a model (ValueError naming what is missing)."""
     run, jet_class = Path(run), canonical_class(jet_class)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory (train one with jetflows pipeline)")
+        where = "" if run.is_absolute() else f" (relative to {Path.cwd()}: {run.resolve()})"
+        raise FileNotFoundError(
+            f"{run}: no such run directory{where}; train one with jetflows pipeline"
+        )
     path = run / jet_class
     if not (path / "flow.pt").is_file():
         have = sorted(p.parent.name for p in run.glob("*/flow.pt"))

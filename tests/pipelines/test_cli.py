@@ -190,3 +190,24 @@ def test_download_offline(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(data, "_zenodo_reachable", lambda timeout=3.0: False)
     _error(capsys, f"data download --class top --dir {tmp_path}", match="zenodo.org is unreachable")
+
+
+def test_every_command_help_shows_defaults_and_an_example(capsys):
+    from pipelines.cli import EXAMPLES, _leaf_parsers, build_parser
+
+    leaves = dict(_leaf_parsers(build_parser()))
+    assert set(leaves) == set(EXAMPLES)
+    for path in leaves:
+        with pytest.raises(SystemExit):
+            main([*path.split(), "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  {EXAMPLES[path]}" in text, path
+        assert "(default: " in text or path in ("data check", "data merge"), path
+        # the example parses: the options it names exist
+        args = build_parser().parse_args(EXAMPLES[path].split()[1:])
+        assert args.func is not None
+
+
+def test_sample_names_where_a_relative_run_was_looked_for(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _error(capsys, "sample --n 5 --class t --run runs/nowhere", match=str(tmp_path / "runs"))

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${JETFLOWS_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-TORCH_SPEC=${JETFLOWS_TORCH:-torch==2.13.0}   # on a GPU machine: e.g. JETFLOWS_TORCH=torch
+TORCH_SPEC=${JETFLOWS_TORCH:-torch==2.13.0}   # e.g. JETFLOWS_TORCH=torch (GPU) or a CPU index
 stamp="$VENV/.jetflows-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$TORCH_SPEC
 
@@ -22,6 +22,7 @@ PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "setup: installing $TORCH_SPEC, then jetflows and its dependencies into $VENV" >&2
-"${pip[@]}" "$TORCH_SPEC"
+read -r -a torch_spec <<< "$TORCH_SPEC"  # may carry options: "torch --index-url URL"
+"${pip[@]}" "${torch_spec[@]}"
 "${pip[@]}" -e ".[dev]"
 echo "$want" > "$stamp"

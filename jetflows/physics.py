@@ -166,8 +166,8 @@ def d2(particles: Array, mask: Array | None = None, *, beta: float = 1.0) -> Arr
     Low for two-prong jets (W, Z, and tops resolved as two prongs), high for one-prong QCD jets.
     e2 = sum_{i<j} z_i z_j R_ij^beta, e3 = sum_{i<j<k} z_i z_j z_k (R_ij R_ik R_jk)^beta with
     z = pt / sum(pt). energyflow has these as EFPs but evaluates them jet by jet in numpy only;
-    this is the same sum over a batch axis, for numpy and torch (three-particle sums are P^3 per
-    jet: fine for P = 30, ~3.4 M terms per jet at P = 150).
+    this is the same sum over a batch axis, for numpy and torch, its three-particle sum written
+    as a batched matrix product (P^3 multiply-adds per jet, in BLAS).
 
     Arguments:
         particles: (N, P, 3) (eta_rel, phi_rel, pt_rel); mask (N, P), default pt_rel > 0.
@@ -184,8 +184,10 @@ def d2(particles: Array, mask: Array | None = None, *, beta: float = 1.0) -> Arr
     dphi = wrap_phi(particles[..., :, None, PHI] - particles[..., None, :, PHI])
     r = (deta**2 + dphi**2) ** (0.5 * beta)  # (N, P, P), zero on the diagonal
     # full sums over ordered pairs / triples: 2 e2 and 6 e3 (repeated indices carry R_ii = 0)
-    e2 = xp.einsum("ni,nj,nij->n", z, z, r) / 2
-    e3 = xp.einsum("ni,nj,nk,nij,nik,njk->n", z, z, z, r, r, r) / 6
+    pairs = z[..., :, None] * z[..., None, :] * r  # (N, P, P): z_i z_j R_ij
+    e2 = pairs.sum((-2, -1)) / 2
+    # sum_k z_k R_ik R_jk = (R diag(z) R)_ij: one batched matrix product instead of P^3 terms
+    e3 = (pairs * ((r * z[..., None, :]) @ r)).sum((-2, -1)) / 6
     return xp.where(e2 > 0, e3 / _safe(e2) ** 3, xp.zeros_like(e2))
 
 
@@ -193,3 +195,117 @@ def sort_by_pt(particles: Array) -> Array:
     """Particles (N, P, F) of each jet reordered by decreasing pt_rel (torch)."""
     order = particles[..., PT].argsort(dim=1, descending=True)
     return particles.gather(1, order[..., None].expand_as(particles))
+
+
+def nsubjettiness(
+    particles: Array, mask: Array | None = None, *, n_max: int = 3, chunk: int = 8192
+) -> Array:
+    """N-subjettiness tau_1 .. tau_n_max (Thaler, Van Tilburg, arXiv:1011.2268), beta = 1, with
+    exclusive-kT axes (E-scheme, no beam distance), normalised by sum(pt) (R0 = 1).
+
+    tau_N = sum_i pt_i min_k dR(i, axis_k) / sum_i pt_i, the axes being the N pseudojets left
+    when every jet's particles are merged pairwise by the kT distance min(pt_i^2, pt_j^2) dR_ij^2.
+    That is fastjet-contrib's ``KT_Axes`` (kT with R = max_allowable_R, so no particle ever merges
+    with the beam); a test checks it against FastJet's own exclusive kT clustering. Written here
+    because fastjet-contrib's Nsubjettiness is not in the Python wheels, and a jet-by-jet
+    FastJet loop is far slower than this batch, in which every jet merges one pair per step
+    and only the merged pseudojet's distances are recomputed.
+
+    Arguments:
+        particles: (N, P, 3) (eta_rel, phi_rel, pt_rel), numpy or torch; mask (N, P), default
+            pt_rel > 0.
+        n_max: the largest N.
+        chunk: jets clustered at once (memory: chunk * P^2 float64).
+
+    Returns:
+        (N, n_max) float64 (same library as ``particles``): tau_N; 0 where a jet has <= N
+        particles (its axes are its particles).
+    """
+    import torch
+
+    as_numpy = not isinstance(particles, torch.Tensor)
+    x = torch.as_tensor(np.asarray(particles)).double() if as_numpy else particles.double()
+    if mask is None:
+        m = x[..., PT] > 0
+    else:
+        m = torch.as_tensor(np.asarray(mask)) if as_numpy else mask
+    m = m.bool().to(x.device)
+    tau = torch.cat(
+        [_nsub_chunk(x[k : k + chunk], m[k : k + chunk], n_max) for k in range(0, len(x), chunk)]
+        or [torch.zeros(0, n_max, dtype=torch.float64)]
+    )
+    return tau.numpy() if as_numpy else tau
+
+
+def _nsub_chunk(x: Any, m: Any, n_max: int) -> Any:
+    """`nsubjettiness` of one chunk of jets: (B, n_max)."""
+    import torch
+
+    eta, phi, pt = x[..., ETA], x[..., PHI], x[..., PT] * m
+    p4 = torch.stack([pt * phi.cos(), pt * phi.sin(), pt * eta.sinh(), pt * eta.cosh()], -1)
+    alive, size = m.clone(), m.shape[1]
+    d = _kt_distances(p4, alive)  # (B, P, P), inf off the alive pairs
+    tau = torch.zeros(len(x), n_max, dtype=torch.float64)
+    total = pt.sum(-1).clamp_min(1e-300)
+    while True:
+        count = alive.sum(-1)
+        for n in range(1, n_max + 1):
+            rows = (count == n).nonzero().squeeze(-1)
+            if len(rows):
+                tau[rows, n - 1] = _tau(eta[rows], phi[rows], pt[rows], p4[rows], alive[rows], n)
+                tau[rows, n - 1] /= total[rows]
+        rows = (count > 1).nonzero().squeeze(-1)
+        if not len(rows):
+            return tau
+        flat = d.flatten(1).argmin(-1)[rows]
+        i, j = flat // size, flat % size
+        p4[rows, i] += p4[rows, j]
+        alive[rows, j] = False
+        d[rows, j, :] = math.inf
+        d[rows, :, j] = math.inf
+        row = _kt_row(p4[rows], alive[rows], i)  # the merged pseudojet's new distances
+        d[rows, i, :] = row
+        d[rows, :, i] = row
+
+
+def _rap_phi_pt(p4: Any) -> tuple[Any, Any, Any]:
+    """(rapidity, phi, pt) of four-vectors (..., 4) = (px, py, pz, E)."""
+    px, py, pz, e = p4.unbind(-1)
+    rap = 0.5 * ((e + pz).clamp_min(1e-300) / (e - pz).clamp_min(1e-300)).log()
+    return rap, py.atan2(px), px.hypot(py)
+
+
+def _kt_distances(p4: Any, alive: Any) -> Any:
+    """min(pt_i^2, pt_j^2) dR_ij^2 between alive pseudojets (B, P, P); inf elsewhere."""
+    import torch
+
+    rap, phi, pt = _rap_phi_pt(p4)
+    dr2 = (rap[:, :, None] - rap[:, None, :]) ** 2 + wrap_phi(
+        phi[:, :, None] - phi[:, None, :]
+    ) ** 2
+    d = torch.minimum(pt[:, :, None], pt[:, None, :]) ** 2 * dr2
+    pair = alive[:, :, None] & alive[:, None, :] & ~torch.eye(alive.shape[1], dtype=torch.bool)
+    return d.masked_fill(~pair, math.inf)
+
+
+def _kt_row(p4: Any, alive: Any, i: Any) -> Any:
+    """Distances (B, P) of pseudojet ``i`` (B,) of each jet to the others; inf off the alive."""
+    import torch
+
+    rap, phi, pt = _rap_phi_pt(p4)
+    rows = torch.arange(len(p4))
+    dr2 = (rap - rap[rows, i, None]) ** 2 + wrap_phi(phi - phi[rows, i, None]) ** 2
+    d = torch.minimum(pt, pt[rows, i, None]) ** 2 * dr2
+    keep = alive.clone()
+    keep[rows, i] = False
+    return d.masked_fill(~keep, math.inf)
+
+
+def _tau(eta: Any, phi: Any, pt: Any, p4: Any, alive: Any, n: int) -> Any:
+    """Unnormalised tau (B,): each particle's pt times its distance to the nearest of the ``n``
+    alive pseudojets (the axes)."""
+    axes = alive.to(p4.dtype).topk(n, dim=1).indices  # (B, n): where the alive ones are
+    rap, axis_phi, _ = _rap_phi_pt(p4.gather(1, axes[..., None].expand(-1, -1, 4)))
+    deta = eta[:, :, None] - rap[:, None, :]
+    dr = (deta**2 + wrap_phi(phi[:, :, None] - axis_phi[:, None, :]) ** 2).sqrt()
+    return (pt * dr.min(-1).values).sum(-1)

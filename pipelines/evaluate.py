@@ -93,10 +93,16 @@ def draw_samples(real: Jets, gen: Jets, n_jets: int, seed: int) -> Samples:
 
 
 def _compare(
-    ref: Jets, test: Jets, ref_efps: np.ndarray, test_efps: np.ndarray, cfg: EvalConfig
+    ref: Jets,
+    test: Jets,
+    ref_efps: np.ndarray,
+    test_efps: np.ndarray,
+    cfg: EvalConfig,
+    obs: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
 ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-    """Every metric of ``test`` against ``ref``: {name: (value, std)}, and the EMD scales."""
-    ref_obs, test_obs = m.observables(ref), m.observables(test)
+    """Every metric of ``test`` against ``ref``: {name: (value, std)}, and the EMD scales;
+    ``obs``: both samples' `metrics.observables`."""
+    ref_obs, test_obs = obs
     emds, scales = m.observable_emds(ref_obs, test_obs)
     spread = spread_ratio(test.particles, test.mask, ref.particles, ref.mask)
     plain = {
@@ -175,6 +181,12 @@ def evaluate(
     return evaluate_samples(samples, efps, jet_class=jet_class, cfg=cfg, progress=progress)
 
 
+def sample_observables(samples: Samples) -> list[dict[str, np.ndarray]]:
+    """`metrics.observables` of the reference, floor and generated samples, computed once each
+    (substructure costs a few seconds per 50,000 jets)."""
+    return [m.observables(s) for s in (samples.reference, samples.floor, samples.gen)]
+
+
 def evaluate_samples(
     samples: Samples,
     efps: list[np.ndarray],
@@ -182,12 +194,19 @@ def evaluate_samples(
     jet_class: str | None,
     cfg: EvalConfig,
     progress: bool = True,
+    obs: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """`evaluate` on drawn samples with their EFPs (reference, floor, gen), each (n, 36)."""
+    """`evaluate` on drawn samples with their EFPs (reference, floor, gen), each (n, 36), and
+    optionally their `metrics.observables` in the same order (computed here otherwise)."""
     jet_class = canonical_class(jet_class) if jet_class else None
     ref_efps, floor_efps, gen_efps = efps
-    model, scales = _compare(samples.reference, samples.gen, ref_efps, gen_efps, cfg)
-    floor, _ = _compare(samples.reference, samples.floor, ref_efps, floor_efps, cfg)
+    ref_obs, floor_obs, gen_obs = obs or sample_observables(samples)
+    model, scales = _compare(
+        samples.reference, samples.gen, ref_efps, gen_efps, cfg, (ref_obs, gen_obs)
+    )
+    floor, _ = _compare(
+        samples.reference, samples.floor, ref_efps, floor_efps, cfg, (ref_obs, floor_obs)
+    )
     fpnd_model, fpnd_floor, reason = _fpnd_pair(samples, jet_class, cfg, progress)
     model.update(fpnd_model)
     floor.update(fpnd_floor)
@@ -296,11 +315,14 @@ def evaluate_files(
             file=sys.stderr,
         )
     efps = _all_efps(samples, cfg, progress)
-    results = evaluate_samples(samples, efps, jet_class=jet_class, cfg=cfg, progress=progress)
+    obs = sample_observables(samples)
+    results = evaluate_samples(
+        samples, efps, jet_class=jet_class, cfg=cfg, progress=progress, obs=obs
+    )
     results["inputs"] = {"real": str(real_path), "gen": str(gen_path)}
     results.update(extra or {})
     out_dir = Path(out_dir)
-    plots = write_plots(samples, efps[0], efps[2], out_dir / "plots")
+    plots = write_plots(samples, efps[0], efps[2], out_dir / "plots", obs=(obs[0], obs[2]))
     write_report(results, plots, out_dir / "report.md", extra=extra_report)
     write_json(out_dir / "metrics.json", results)
     return results

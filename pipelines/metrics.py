@@ -26,11 +26,21 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from jetflows.physics import jet_observables
+from jetflows.physics import d2, jet_observables, nsubjettiness
 from pipelines.data import Jets
 
+#: Substructure: N-subjettiness ratios (exclusive-kT axes, beta 1) and D2 (beta 1).
+SUBSTRUCTURE: tuple[str, ...] = ("tau21", "tau32", "d2")
 #: Jet observables compared by the observable EMDs, in report order.
-EMD_OBSERVABLES: tuple[str, ...] = ("mass", "pt", "energy", "eta", "phi", "multiplicity")
+EMD_OBSERVABLES: tuple[str, ...] = (
+    "mass",
+    "pt",
+    "energy",
+    "eta",
+    "phi",
+    "multiplicity",
+    *SUBSTRUCTURE,
+)
 #: The research code's histogram ranges (GeV for mass, pt, energy); 100 bins each.
 LEGACY_RANGES: dict[str, tuple[float, float]] = {
     "mass": (0.0, 400.0),
@@ -39,6 +49,12 @@ LEGACY_RANGES: dict[str, tuple[float, float]] = {
     "eta": (-3.0, 3.0),
     "phi": (-3.0, 3.0),
 }
+#: Histogram ranges of the substructure observables for the divergences (not in the legacy sum).
+SUBSTRUCTURE_RANGES: dict[str, tuple[float, float]] = {
+    "tau21": (0.0, 1.2),
+    "tau32": (0.0, 1.2),
+    "d2": (0.0, 12.0),
+}
 LEGACY_BINS = 100
 HIST_EPS = 1e-12  # added to every bin by the research code; also our KL's treatment of empty bins
 #: jetnet's W1EFP set, as a selection of the 36 FPD/KPD EFPs (same graphs, same order).
@@ -46,9 +62,11 @@ W1EFP_SELECTION: tuple[tuple[str, int], ...] = (("n==", 4), ("d==", 4), ("p==", 
 
 
 def observables(jets: Jets) -> dict[str, np.ndarray]:
-    """Jet observables in GeV from the particles, in each jet's frame (float64).
+    """Jet observables from the particles, in each jet's frame (float64).
 
-    The frame is the file's jet_features (pt, eta); phi stays relative to the jet.
+    Kinematics in GeV: the frame is the file's jet_features (pt, eta); phi stays relative to the
+    jet. Substructure (`SUBSTRUCTURE`) is dimensionless: tau21 = tau2/tau1 and tau32 = tau3/tau2
+    (0 where the denominator is, i.e. a jet with too few particles), D2.
 
     Returns:
         {name: (N,)} for every name in `EMD_OBSERVABLES`.
@@ -59,7 +77,23 @@ def observables(jets: Jets) -> dict[str, np.ndarray]:
         jet_pt=jets.jet_features[:, 0].astype(np.float64),
         jet_eta=jets.jet_features[:, 1].astype(np.float64),
     )
-    return {name: np.asarray(obs[name], dtype=np.float64) for name in EMD_OBSERVABLES}
+    out = {name: np.asarray(obs[name], dtype=np.float64) for name in EMD_OBSERVABLES[:6]}
+    return out | substructure(jets.particles, jets.mask)
+
+
+def substructure(particles: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """tau21, tau32 and D2 of each jet (N,), float64; see `SUBSTRUCTURE`.
+
+    Arguments:
+        particles: (N, P, 3) (eta_rel, phi_rel, pt_rel); mask (N, P).
+    """
+    import torch  # batched in torch: several times faster than numpy here
+
+    x, m = torch.from_numpy(np.asarray(particles, np.float64)), torch.from_numpy(mask)
+    tau = nsubjettiness(x, m, n_max=3).numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(tau[:, :2] > 0, tau[:, 1:] / tau[:, :2], 0.0)
+    return {"tau21": ratios[:, 0], "tau32": ratios[:, 1], "d2": d2(x, m).numpy()}
 
 
 def observable_emds(
@@ -86,7 +120,7 @@ def _histogram(values: np.ndarray, name: str, num_particles: int) -> np.ndarray:
     if name == "multiplicity":
         edges = np.arange(-0.5, num_particles + 1.5)
     else:
-        edges = np.linspace(*LEGACY_RANGES[name], LEGACY_BINS + 1)
+        edges = np.linspace(*{**LEGACY_RANGES, **SUBSTRUCTURE_RANGES}[name], LEGACY_BINS + 1)
     heights = np.histogram(values, bins=edges)[0].astype(np.float64)
     return heights / max(heights.sum(), 1.0)
 

@@ -18,8 +18,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         tuple(f"emd_{n}" for n in EMD_OBSERVABLES)
         + tuple(f"emd_{n}_scaled" for n in EMD_OBSERVABLES)
         + ("emd_sum",),
-        "emd_<x> in the observable's unit (GeV for mass, pt, energy); emd_<x>_scaled divides by "
-        "the real sample's standard deviation; emd_sum adds the scaled terms.",
+        "emd_<x> in the observable's unit (GeV for mass, pt, energy; tau21, tau32 and D2 are "
+        "dimensionless substructure: N-subjettiness ratios with exclusive-kT axes, and the "
+        "energy-correlation ratio); emd_<x>_scaled divides by the real sample's standard "
+        "deviation; emd_sum adds the scaled terms.",
     ),
     (
         "JetNet metrics (jetnet library)",
@@ -204,19 +206,29 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+#: Axis names of observables whose key is not their name.
+LABELS = {"tau21": "tau21 = tau2/tau1", "tau32": "tau32 = tau3/tau2", "d2": "D2 (beta = 1)"}
+
+
 def write_plots(
-    samples: Any, ref_efps: np.ndarray, gen_efps: np.ndarray, out_dir: Path
+    samples: Any,
+    ref_efps: np.ndarray,
+    gen_efps: np.ndarray,
+    out_dir: Path,
+    *,
+    obs: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> list[Path]:
-    """PNG histograms with ratio panels: jet observables, particle features, W1EFP's EFPs."""
+    """PNG histograms with ratio panels: jet observables (``obs``: the reference's and the
+    generated sample's `observables`, computed here if absent), particle features, EFPs."""
     ref, gen = samples.reference, samples.gen
-    obs_ref, obs_gen = observables(ref), observables(gen)
+    obs_ref, obs_gen = obs or (observables(ref), observables(gen))
     units = {"mass": " [GeV]", "pt": " [GeV]", "energy": " [GeV]"}
     paths = [
         _figure(
             out_dir / f"jet_{name}.png",
             obs_ref[name],
             obs_gen[name],
-            f"jet {name} from its particles{units.get(name, '')}",
+            f"jet {LABELS.get(name, name)} from its particles{units.get(name, '')}",
             integer=name == "multiplicity",
         )
         for name in EMD_OBSERVABLES

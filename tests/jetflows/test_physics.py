@@ -9,6 +9,7 @@ from jetflows.physics import (
     cartesian_to_relative,
     d2,
     jet_observables,
+    nsubjettiness,
     particle_mask,
     relative_to_cartesian,
     wrap_phi,
@@ -139,3 +140,41 @@ def test_d2_separates_two_prongs_from_one():
     one = np.array([[[0.0, 0.0, 0.9], [0.05, 0.0, 0.05], [0.0, 0.3, 0.05]]])  # a core + spray
     assert d2(two)[0] < 0.1 < d2(one)[0]
     assert d2(np.zeros((1, 3, 3)))[0] == 0  # no particles: 0, not NaN
+
+
+def test_nsubjettiness_two_particles_by_hand():
+    """Two particles pt 0.3 and 0.1, 0.4 apart: tau2 = tau3 = 0 (each is its own axis); tau1's
+    axis is their sum, near the pt-weighted centroid, so tau1 = sum_i pt_i dR_i / sum pt with
+    dR = 0.1 and 0.3."""
+    jet = np.array([[[0.0, 0.0, 0.3], [0.4, 0.0, 0.1], [0.0, 0.0, 0.0]]])
+    tau = nsubjettiness(jet)
+    axis = 0.4 * 0.1 / 0.4  # the E-scheme axis sits near the pt-weighted centroid
+    expected = (0.3 * axis + 0.1 * (0.4 - axis)) / 0.4
+    assert tau[0, 0] == pytest.approx(expected, rel=2e-2)
+    assert tau[0, 1] == pytest.approx(0, abs=1e-12) and tau[0, 2] == 0
+
+
+def test_nsubjettiness_matches_fastjet_exclusive_kt_axes():
+    fastjet = pytest.importorskip("fastjet")
+    rng = np.random.default_rng(3)
+    p = np.zeros((40, 30, 3))
+    for k in range(40):
+        n = rng.integers(1, 31)
+        p[k, :n, :2] = rng.normal(0, 0.2, (n, 2))
+        p[k, :n, 2] = rng.exponential(0.05, n)
+    mask = p[..., 2] > 0
+    ours = nsubjettiness(p, mask)
+    torch_version = nsubjettiness(torch.from_numpy(p), torch.from_numpy(mask))
+    np.testing.assert_allclose(torch_version.numpy(), ours)
+    definition = fastjet.JetDefinition(fastjet.kt_algorithm, 1000.0)  # FastJet's max R
+    for k in range(40):
+        parts = [
+            fastjet.PseudoJet(pt * np.cos(f), pt * np.sin(f), pt * np.sinh(e), pt * np.cosh(e))
+            for e, f, pt in p[k][mask[k]]
+        ]
+        sequence = fastjet.ClusterSequence(parts, definition)
+        total = sum(q.pt() for q in parts)
+        for n in (1, 2, 3):
+            axes = sequence.exclusive_jets(n) if len(parts) > n else parts
+            ref = sum(q.pt() * min(q.delta_R(a) for a in axes) for q in parts) / total
+            assert ours[k, n - 1] == pytest.approx(ref, abs=1e-12)

@@ -18,6 +18,9 @@ def _obs(seed=0, n=4000, shift=0.0):
         "eta": rng.normal(0, 1, n),
         "phi": rng.normal(0, 0.01, n),
         "multiplicity": rng.integers(10, 31, n).astype(float),
+        "tau21": rng.uniform(0.2, 0.9, n),
+        "tau32": rng.uniform(0.3, 0.9, n),
+        "d2": rng.gamma(2.0, 1.0, n),
     }
 
 
@@ -170,3 +173,41 @@ def test_w1p_matches_jetnet_draw_for_draw():
     mean, std = m._w1_batches(a.particles, b.particles, 100, 5, np.random.default_rng(5), masks)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-9)
     np.testing.assert_allclose(std, ref_std, rtol=1e-7)
+
+
+def test_substructure_separates_one_prong_from_three_prong_jets():
+    """Known answers: two narrow, well-separated prongs have tau21 ~ 0 (two axes see
+    everything), three have tau32 ~ 0 but not tau21, a featureless blob has neither; collapse
+    every generated jet onto one real jet and the tau32 EMD stands far above its floor."""
+    rng = np.random.default_rng(1)
+
+    def prongs(centres, n_jets=400, per=10, width=1e-3):
+        p = np.zeros((n_jets, 30, 3))
+        for k, (eta, phi) in enumerate(centres):
+            rows = slice(k * per, (k + 1) * per)
+            p[:, rows, 0] = eta + rng.normal(0, width, (n_jets, per))
+            p[:, rows, 1] = phi + rng.normal(0, width, (n_jets, per))
+            p[:, rows, 2] = rng.uniform(0.01, 0.05, (n_jets, per))
+        return p, p[..., 2] > 0
+
+    blob = m.substructure(*prongs([(0.0, 0.0)], width=0.1, per=30))
+    two = m.substructure(*prongs([(0.0, 0.0), (0.3, 0.1)], per=15))
+    three = m.substructure(*prongs([(0.0, 0.0), (0.3, 0.1), (-0.2, 0.25)]))
+    assert np.median(two["tau21"]) < 0.05 and np.median(three["tau32"]) < 0.05
+    assert np.median(three["tau21"]) > 0.2  # two axes cannot describe three prongs
+    assert np.median(blob["tau21"]) > 0.4 and np.median(blob["tau32"]) > 0.4
+    real = m.substructure(*prongs([(0.0, 0.0), (0.3, 0.1)], per=15, width=0.05))
+    floor = m.substructure(*prongs([(0.0, 0.0), (0.3, 0.1)], per=15, width=0.05))
+    collapsed = {k: np.full_like(v, v[0]) for k, v in real.items()}
+    w1 = {
+        name: m.observable_emds({**_obs(), **real}, {**_obs(), **other})[0]["emd_tau32_scaled"]
+        for name, other in (("floor", floor), ("collapsed", collapsed))
+    }
+    assert w1["collapsed"] > 5 * w1["floor"]
+
+
+def test_observables_carry_the_substructure(tmp_path):
+    jets = random_jets(50, 30)
+    obs = m.observables(jets)
+    assert set(m.SUBSTRUCTURE) <= set(obs) and all(len(obs[k]) == 50 for k in m.SUBSTRUCTURE)
+    assert all(np.isfinite(obs[k]).all() for k in m.SUBSTRUCTURE)

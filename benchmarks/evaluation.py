@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine_line
 
 from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--no-fpnd", action="store_true", help="skip the FPND timing (minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}, jets per sample: {args.n}")
+    print(f"{machine_line()}, jets per sample: {args.n}")
     if args.real and args.gen:
         real, gen = read_jetnet_file(args.real, 30), read_jetnet_file(args.gen, 30)
     else:

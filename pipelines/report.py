@@ -135,6 +135,10 @@ def pyplot() -> Any:
     return plt
 
 
+#: The ratio panel's range; ratios outside it are drawn as arrows at its edge.
+RATIO_RANGE = (0.0, 2.0)
+
+
 def _ratio_axes(
     ax_top: Any,
     ax_ratio: Any,
@@ -144,33 +148,90 @@ def _ratio_axes(
     xlabel: str,
     logx: bool,
 ) -> None:
-    """Normalised histograms of real and generated values, with gen/real underneath."""
+    """Histograms of real and generated values with Poisson error bars, and gen/real underneath
+    with the real sample's statistical band; out-of-range ratios are arrows at the panel's edge.
+
+    Densities per unit of x, or (``logx``) the fraction of entries per log-spaced bin, so a
+    distribution spanning decades is not squashed by the widest bins; log-y when the populated
+    bins span more than three decades.
+    """
     import mplhep
 
     h_real, _ = np.histogram(real, bins=bins)
     h_gen, _ = np.histogram(gen, bins=bins)
-    widths = np.diff(bins)
-    d_real, d_gen = (h / max(h.sum(), 1) / widths for h in (h_real, h_gen))
+    norm = (lambda h: max(h.sum(), 1)) if logx else (lambda h: max(h.sum(), 1) * np.diff(bins))
+    d_real, d_gen = h_real / norm(h_real), h_gen / norm(h_gen)
+    e_real, e_gen = np.sqrt(h_real) / norm(h_real), np.sqrt(h_gen) / norm(h_gen)
     mplhep.histplot(d_real, bins, ax=ax_top, label="real", histtype="fill", alpha=0.35)
-    mplhep.histplot(d_gen, bins, ax=ax_top, label="generated", histtype="step", linewidth=1.5)
-    ax_top.set_ylabel("density")
-    ax_top.legend()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(h_real > 0, d_gen / d_real, np.nan)
-    mplhep.histplot(ratio, bins, ax=ax_ratio, histtype="step", color="black")
-    ax_ratio.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax_ratio.set_ylim(0, 2)
-    ax_ratio.set_ylabel("gen / real")
+    mplhep.histplot(d_real, bins, ax=ax_top, yerr=e_real, histtype="errorbar", color="C0")
+    mplhep.histplot(
+        d_gen, bins, ax=ax_top, yerr=e_gen, label="generated", histtype="step", linewidth=1.5
+    )
+    ax_top.set_ylabel("fraction per bin" if logx else "density")
+    _y_scale(ax_top, np.concatenate([d_real, d_gen]))
+    ax_top.legend(loc="upper right", frameon=False)
+    _ratio_panel(ax_ratio, h_real, h_gen, d_real, d_gen, bins)
     ax_ratio.set_xlabel(xlabel)
     if logx:
         ax_top.set_xscale("log")
         ax_ratio.set_xscale("log")
 
 
+def _y_scale(ax: Any, heights: np.ndarray) -> None:
+    """Log-y when the non-empty bins span more than three decades; headroom for the legend."""
+    positive = heights[heights > 0]
+    if len(positive) and positive.max() / positive.min() > 1e3:
+        ax.set_yscale("log")
+        ax.set_ylim(positive.min() / 3, positive.max() * 30)
+    else:
+        ax.set_ylim(0, max(heights.max(), 1e-12) * 1.35)
+
+
+def _ratio_panel(
+    ax: Any,
+    h_real: np.ndarray,
+    h_gen: np.ndarray,
+    d_real: np.ndarray,
+    d_gen: np.ndarray,
+    bins: np.ndarray,
+) -> None:
+    """gen/real with Poisson error bars, the real sample's relative uncertainty as a grey band
+    around 1, and arrows where the ratio leaves `RATIO_RANGE` (up where only generated jets
+    fall; nothing where neither sample has entries)."""
+    lo, hi = RATIO_RANGE
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # generated jets where the real sample has none: an arrow up (infinite ratio)
+        ratio = np.where(h_real > 0, d_gen / d_real, np.where(h_gen > 0, np.inf, np.nan))
+        error = np.where(np.isfinite(ratio), ratio, 0) / np.sqrt(np.maximum(h_gen, 1))
+        band = np.where(h_real > 0, 1 / np.sqrt(np.maximum(h_real, 1)), np.nan)
+    ax.fill_between(
+        bins,
+        np.append(1 - band, 1 - band[-1]),
+        np.append(1 + band, 1 + band[-1]),
+        step="post",
+        color="grey",
+        alpha=0.3,
+        linewidth=0,
+        label="real stat. unc.",
+    )
+    inside = (ratio >= lo) & (ratio <= hi)
+    ax.errorbar(centres[inside], ratio[inside], yerr=error[inside], fmt="o", ms=3, color="black")
+    margin = 0.06 * (hi - lo)
+    ax.plot(centres[ratio > hi], np.full((ratio > hi).sum(), hi - margin), "^", color="C3", ms=6)
+    ax.plot(centres[ratio < lo], np.full((ratio < lo).sum(), lo + margin), "v", color="C3", ms=6)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("gen / real")
+
+
 def _bins(real: np.ndarray, gen: np.ndarray, logx: bool, integer: bool) -> np.ndarray:
     both = np.concatenate([real, gen])
-    if integer:
-        return np.arange(both.min() - 0.5, both.max() + 1.5)
+    if integer:  # one bin per count, at least 10 counts wide, at most ~60 bins
+        lo, hi = np.floor(both.min()), np.ceil(both.max())
+        lo = min(lo, hi - 10)
+        step = max(1, int(np.ceil((hi - lo + 1) / 60)))
+        return np.arange(lo - 0.5, hi + step + 0.5, step)
     lo, hi = np.quantile(both[both > 0] if logx else both, [0.001, 0.999])
     lo, hi = (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
     return np.geomspace(lo, hi, 51) if logx else np.linspace(lo, hi, 51)
@@ -254,3 +315,66 @@ def write_plots(
             )
         )
     return paths
+
+
+def training_curves(histories: dict[str, list[dict[str, float]]], out_dir: Path) -> list[Path]:
+    """One PNG per training stage (history.json): every train_*/valid_* term against the epoch,
+    log-y when a term spans more than a decade or goes negative-free across decades.
+
+    Arguments:
+        histories: {stage: [{"epoch", "train_loss", "valid_loss", ...}, ...]}.
+
+    Returns:
+        The written paths, ``out_dir/training_<stage>.png``.
+    """
+    plt = pyplot()
+    paths = []
+    for stage, rows in histories.items():
+        terms = sorted({k.split("_", 1)[1] for r in rows for k in r if k.startswith("train_")})
+        if not rows or not terms:
+            continue
+        fig, axes = plt.subplots(1, len(terms), figsize=(5 * len(terms), 4.5), squeeze=False)
+        epochs = [r["epoch"] for r in rows]
+        for ax, term in zip(axes[0], terms, strict=True):
+            for split, style in (("train", "-"), ("valid", "--")):
+                values = np.array([r.get(f"{split}_{term}", np.nan) for r in rows], float)
+                ax.plot(epochs, values, style, label=split)
+            both = np.array(
+                [r.get(f"{s}_{term}", np.nan) for r in rows for s in ("train", "valid")]
+            )
+            both = both[np.isfinite(both)]
+            if len(both) and both.min() > 0 and both.max() / both.min() > 10:
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(term)
+            ax.legend(frameon=False)
+        fig.suptitle(stage)
+        paths.append(save_figure(fig, out_dir / f"training_{stage}.png"))
+    return paths
+
+
+def summary_figure(results: dict[str, dict[str, Any]], names: tuple[str, ...], path: Path) -> Path:
+    """One figure per run: each metric's ratio to its truth floor, one marker per class (log
+    scale, 1 = as close as another real sample); undefined ratios are left out.
+
+    Arguments:
+        results: {class: metrics.json contents}.
+        names: the metrics to show, in order.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(9, 0.9 * len(names)), 7))
+    x = np.arange(len(names))
+    for k, (jet_class, result) in enumerate(results.items()):
+        rows = result["metrics"]
+        ratios = np.array([rows.get(n, {}).get("ratio", np.nan) for n in names], float)
+        ratios = np.where(np.isfinite(ratios) & (ratios > 0), ratios, np.nan)
+        offset = (k - (len(results) - 1) / 2) * 0.12
+        ax.plot(x + offset, ratios, "o", label=jet_class)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("gen / truth floor")
+    ax.set_title("1: as close as real data; COV: higher is better", fontsize=14, pad=62)
+    # above the axes, so it never covers a marker
+    ax.legend(frameon=False, ncol=len(results), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return save_figure(fig, path)

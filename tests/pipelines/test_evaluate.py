@@ -186,3 +186,27 @@ def test_cli_evaluate_takes_the_class_from_the_generated_file(pythia_top_files, 
     captured = capsys.readouterr()
     assert "evaluating 300 jets per sample, not 100000" in captured.err
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["jet_class"] == "g"
+
+
+def test_plot_choices_for_spiky_and_integer_distributions():
+    """One bin per count and at least ten even when every jet has 30 particles; log-y where the
+    populated bins span decades; ratios out of range and generated-only bins become arrows."""
+    from pipelines.report import _bins, _ratio_panel, _y_scale, pyplot
+
+    thirty = np.full(100, 30.0)
+    edges = _bins(thirty, thirty, logx=False, integer=True)
+    assert len(edges) - 1 >= 10 and np.allclose(np.diff(edges), 1) and edges[-1] == 30.5
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2)
+    _y_scale(top, np.array([0.5, 1e-2, 1e-5, 0.0]))
+    assert top.get_yscale() == "log"
+    _y_scale(bottom, np.array([0.5, 0.2, 0.1]))
+    assert bottom.get_yscale() == "linear"
+    fig2, ax = plt.subplots()
+    h_real, h_gen = np.array([100, 100, 0, 100]), np.array([100, 400, 5, 0])
+    _ratio_panel(ax, h_real, h_gen, h_real / 300, h_gen / 505, np.arange(5.0))
+    arrows = {line.get_marker(): len(line.get_xdata()) for line in ax.lines if line.get_marker()}
+    # the 4x bin and the generated-only bin are arrows; 1 and 0 (gen empty) are points
+    assert arrows.get("^") == 2 and arrows.get("o") == 2
+    plt.close(fig)
+    plt.close(fig2)

@@ -66,6 +66,7 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
     assert set(summary) == {"g", "t"}
     md = (tiny_run / "summary.md").read_text()
     assert "| g | 120 |" in md and "| t | 120 |" in md and "emd_sum" in md  # 240 test jets / 2
+    assert "![summary](summary.png)" in md and (tiny_run / "summary.png").stat().st_size > 5000
     for jet_class in ("g", "t"):
         directory = tiny_run / jet_class
         for name in CLASS_FILES:
@@ -81,6 +82,10 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
         assert "## ConVAE reconstruction" in report and "reconstruction_jets.png" in report
         history = json.loads((directory / "history.json").read_text())
         assert [len(history[k]) for k in ("convae", "flow")] == [2, 2]
+        for stage in ("convae", "flow"):  # a training curve per stage, linked from the report
+            assert (directory / "plots" / f"training_{stage}.png").stat().st_size > 5000
+            assert f"plots/training_{stage}.png" in report
+        assert {"emd_tau21", "emd_tau32", "emd_d2"} <= set(metrics)
         generated = read_jetnet_file(directory / "generated.hdf5")
         assert generated.particles.shape == (200, 30, 3)
     # g came from the JetNet file (no generation), t from Pythia8

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jetflows.physics import jet_observables
 from pipelines.data import Jets
 from pipelines.io import atomic_path, write_json
 
@@ -24,14 +25,34 @@ def mass_peak(masses: np.ndarray, *, bandwidth: float = 0.05) -> float:
     return float(grid[np.argmax(gaussian_kde(masses, bw_method=bandwidth)(grid))])
 
 
+def particle_level(jets: Jets) -> tuple[np.ndarray, np.ndarray]:
+    """Mass [GeV] and multiplicity of each jet from its stored particles, in the frame of the
+    file's jet pt and eta: the same definition for every file, real or generated.
+
+    (A Pythia or JetNet file's jet_features hold the clustered jet: hadron masses and every
+    constituent, not only the stored ones; a generated file's come from its particles.)
+    """
+    obs = jet_observables(
+        jets.particles.astype(np.float64),
+        jets.mask,
+        jet_pt=jets.jet_features[:, 0].astype(np.float64),
+        jet_eta=jets.jet_features[:, 1].astype(np.float64),
+    )
+    return np.asarray(obs["mass"]), np.asarray(obs["multiplicity"], dtype=np.float64)
+
+
 def summarize(jets: Jets) -> dict[str, float]:
-    """Per-dataset figures: jet count, mass peak/median [GeV], median multiplicity, mean pt."""
-    mass, multiplicity = jets.jet_features[:, 2], jets.jet_features[:, 3]
+    """Per-dataset figures. ``particle_*``: from the stored particles (compare these between
+    files); ``file_*``: the file's own jet_features (the clustered jet in Pythia and JetNet
+    files, the particles in generated ones: not comparable between the two kinds)."""
+    mass, multiplicity = particle_level(jets)
     return {
         "jets": len(jets),
-        "mass_peak": mass_peak(mass),
-        "mass_median": float(np.median(mass)),
-        "multiplicity_median": float(np.median(multiplicity)),
+        "particle_mass_peak": mass_peak(mass),
+        "particle_mass_median": float(np.median(mass)),
+        "particle_multiplicity_median": float(np.median(multiplicity)),
+        "file_mass_peak": mass_peak(jets.jet_features[:, 2]),
+        "file_multiplicity_median": float(np.median(jets.jet_features[:, 3])),
         "pt_mean": float(jets.jet_features[:, 0].mean()),
     }
 
@@ -72,20 +93,25 @@ def write_summary(datasets: dict[str, Jets], out_dir: str | Path) -> dict[str, d
     write_json(out_dir / "summary.json", rows)
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(
-            "# Jet datasets\n\nMass in GeV; multiplicity counts every constituent.\n\n"
+            "# Jet datasets\n\nMass in GeV. `particle_*`: from the stored particles, the same "
+            "definition for every file: compare these. `file_*`: the file's jet_features, i.e. "
+            "the clustered jet (hadron masses, every constituent) in Pythia and JetNet files "
+            "but the stored particles in generated ones: not comparable between the two.\n\n"
             + markdown_table(rows)
             + "\n![mass](mass.png)\n![n](multiplicity.png)\n"
         )
+    levels = {k: particle_level(v) for k, v in datasets.items()}
+    size = max(v.particles.shape[1] for v in datasets.values())
     _histogram_png(
         out_dir / "mass.png",
-        {k: v.jet_features[:, 2] for k, v in datasets.items()},
-        "jet mass [GeV]",
+        {k: mass for k, (mass, _) in levels.items()},
+        "jet mass from the stored particles [GeV]",
         np.linspace(*MASS_RANGE, 81),
     )
     _histogram_png(
         out_dir / "multiplicity.png",
-        {k: v.jet_features[:, 3] for k, v in datasets.items()},
-        "constituents per jet",
-        np.arange(0.5, 200.5, 4.0),
+        {k: n for k, (_, n) in levels.items()},
+        "stored particles per jet",
+        np.arange(-0.5, size + 1.5),
     )
     return rows

@@ -153,7 +153,7 @@ def test_check_and_summary(tmp_path, capsys):
     code, out, _ = _run(capsys, f"data check {path}")
     assert code == 0 and "(30, 30, 4)" in out and "(30, 4)" in out
     code, out, _ = _run(capsys, f"data summary {path} --out {tmp_path}/s")
-    assert code == 0 and "mass_peak" in out
+    assert code == 0 and "particle_mass_peak" in out and "file_mass_peak" in out
     for name in ("summary.json", "summary.md", "mass.png", "multiplicity.png"):
         assert (tmp_path / "s" / name).stat().st_size > 0
 

@@ -50,4 +50,4 @@ def test_main_job_small(tmp_path):
 def test_main_job_mass_peaks(tmp_path):
     rows = _main_job(tmp_path, list(EXPECTED_PEAKS), n=1600, chunk=100)
     for cls, (lo, hi) in EXPECTED_PEAKS.items():
-        assert lo <= rows[f"{cls}.hdf5"]["mass_peak"] <= hi, (cls, rows[f"{cls}.hdf5"])
+        assert lo <= rows[f"{cls}.hdf5"]["file_mass_peak"] <= hi, (cls, rows[f"{cls}.hdf5"])

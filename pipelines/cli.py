@@ -124,8 +124,15 @@ def cmd_data_download(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
+    from jetflows.classes import canonical_class
     from pipelines.evaluate import EvalConfig, evaluate_files
+    from pipelines.io import check_output_dir
     from pipelines.report import fmt
+
+    # every argument checked before the EFPs (seconds) are computed
+    if args.jet_class:
+        canonical_class(args.jet_class)
+    check_output_dir(args.out)
 
     cfg = EvalConfig(
         n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd

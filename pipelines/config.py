@@ -254,6 +254,43 @@ def set_value(tree: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(text)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key repeated in one mapping (yaml keeps the last value
+    silently, so a duplicated ``n_generate`` would quietly override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ValueError(f"duplicate key {key!r} (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from ``path``, strictly: duplicate keys and syntax errors are one-line
+    ValueErrors naming the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, not a mapping, or a duplicate key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    try:
+        tree = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
@@ -263,15 +300,7 @@ def load_config(
         FileNotFoundError: no such file.
         ValueError: not YAML, unknown key, wrong type or invalid value (one line, naming it).
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         set_value(tree, assignment)
     return build(PipelineConfig, tree)

@@ -96,6 +96,11 @@ def _validate(path: Path, pf: np.ndarray, jf: np.ndarray) -> None:
         raise ValueError(f"{path}: jet_features has shape {jf.shape}, expected (N, 4)")
     if len(pf) != len(jf):
         raise ValueError(f"{path}: {len(pf)} jets of particles but {len(jf)} of jet features")
+    if len(pf) == 0:
+        raise ValueError(f"{path}: holds 0 jets")
+    for name, arr in (("particle_features", pf), ("jet_features", jf)):
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"{path}: {name} has dtype {arr.dtype}, expected floating point")
     for name, arr in (("particle_features", pf), ("jet_features", jf)):
         bad = int(np.size(arr) - np.isfinite(arr).sum())
         if bad:

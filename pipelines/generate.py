@@ -565,6 +565,8 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: boo
     """
     records = []
     for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file")
         stored = _stored_request(Path(path))
         if not stored:
             raise ValueError(f"{path}: not a file written by `jetflows data generate`")

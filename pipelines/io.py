@@ -19,13 +19,28 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
         ValueError: the file exists and ``overwrite`` is False, or its directory is not writable.
     """
     path = Path(path)
+    if path.is_dir():  # before "exists": --overwrite would not help
+        raise ValueError(f"{path} is a directory, not a file name")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists: pass --overwrite to replace it")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a file name")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: {parent} is not a writable directory")
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Fail early, before any work, if ``path`` cannot become an output directory.
+
+    Raises:
+        ValueError: it is an existing file, or no directory above it is writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into {path}: {existing} is not a writable directory")
     return path
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-import yaml
 
 from convae.model import ConVAE
 from flows import latent, particle
@@ -39,7 +38,7 @@ from flows.train import flow_from_state
 from jetflows.distributed import resolve_device
 from jetflows.normalize import Normalization
 from pipelines import metrics
-from pipelines.config import PipelineConfig, build, digest, set_value, to_yaml
+from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
 from pipelines.data import Jets
 from pipelines.io import atomic_path
 from pipelines.pipeline import (
@@ -148,20 +147,27 @@ class TuneConfig:
         return ["minimize"] * len(OBJECTIVES[self.objective])
 
 
+def base_config_path(config: Path, base: str) -> Path:
+    """Where a tuning config's ``base`` is: relative to the tuning config's own directory (so a
+    config works from any working directory), else, as written before, to the working
+    directory; absolute paths as they are.
+
+    Raises:
+        FileNotFoundError: neither exists (both places named).
+    """
+    candidates = [Path(base)] if Path(base).is_absolute() else [config.parent / base, Path(base)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c.resolve()) for c in candidates)
+    raise FileNotFoundError(f"{config}: base config {base} not found (looked for {tried})")
+
+
 def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
     """The tuning config and the base pipeline tree (checked: every space key must exist)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such tuning config")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-    cfg = build(TuneConfig, tree)
-    base_path = Path(cfg.base)
-    if not base_path.is_file():
-        raise FileNotFoundError(f"{path}: base config {base_path} does not exist")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    cfg = build(TuneConfig, read_yaml(path, "tuning config"))
+    base = read_yaml(base_config_path(path, cfg.base), "base config")
     for assignment in cfg.overrides:
         set_value(base, assignment)
     pipeline_config(base, {})  # the base itself must be valid
@@ -343,6 +349,8 @@ def tune(
     """
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
+    if storage and storage_env:
+        raise ValueError("pass --storage or --storage-env, not both (which one would win?)")
     cfg, base = load_tune_config(config_path)
     if storage_env:
         cfg = dataclasses.replace(cfg, storage_env=storage_env)

@@ -167,6 +167,11 @@ def test_check_and_summary(tmp_path, capsys):
             lambda p: write_jetnet_file(p, random_jets(2, 30)).write_bytes(p.read_bytes()[:900]),
             "truncated or corrupt",
         ),
+        (lambda p: _raw_file(p, np.zeros((0, 30, 4)), np.zeros((0, 4))), "holds 0 jets"),
+        (
+            lambda p: _raw_file(p, np.ones((2, 30, 4), np.int64), np.ones((2, 4))),
+            "particle_features has dtype int64, expected floating point",
+        ),
     ],
 )
 def test_check_bad_files(tmp_path, capsys, make, match):
@@ -211,3 +216,42 @@ def test_every_command_help_shows_defaults_and_an_example(capsys):
 def test_sample_names_where_a_relative_run_was_looked_for(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _error(capsys, "sample --n 5 --class t --run runs/nowhere", match=str(tmp_path / "runs"))
+
+
+def _raw_file(path, particle_features, jet_features):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("particle_features", data=particle_features)
+        f.create_dataset("jet_features", data=jet_features)
+
+
+def test_an_output_directory_is_named_as_such(tmp_path, capsys, fake_pythia):
+    (tmp_path / "d").mkdir()
+    _error(capsys, f"data generate --class t --n 2 --out {tmp_path / 'd'}", match="is a directory")
+    _error(
+        capsys,
+        f"data generate --class t --n 2 --out {tmp_path / 'd'} --overwrite",
+        match="is a directory",
+    )
+
+
+def test_merge_of_a_missing_file_says_so(tmp_path, capsys):
+    _error(
+        capsys,
+        f"data merge {tmp_path / 'nope.hdf5'} --out {tmp_path / 'm.hdf5'}",
+        match="nope.hdf5: no such file",
+    )
+
+
+def test_evaluate_checks_class_and_out_before_any_work(tmp_path, capsys, monkeypatch):
+    from pipelines import evaluate
+
+    monkeypatch.setattr(evaluate, "read_jetnet_file", lambda *a, **k: pytest.fail("read"))
+    real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    base = f"evaluate --real {real} --gen {real}"
+    _error(capsys, f"{base} --out {tmp_path / 'o'} --class higgs", match="unknown jet class")
+    _error(capsys, f"{base} --out {blocker}", match="is a file, not a directory")
+    _error(capsys, f"{base} --out {blocker}/sub", match="not a writable directory")

@@ -15,6 +15,25 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert load_config(again) == cfg
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("tune")], ids=str)
+def test_every_shipped_tuning_config_loads_from_any_directory(path, tmp_path, monkeypatch):
+    from pipelines.tune import load_tune_config
+
+    monkeypatch.chdir(tmp_path)  # the base config resolves relative to the tuning config
+    cfg, base = load_tune_config(path.resolve())
+    assert cfg.space and base
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("n_generate: 100\nflow:\n  transforms: 3\nn_generate: 200\n")
+    with pytest.raises(ValueError, match=r"dup.yaml: duplicate key 'n_generate' \(line 4\)"):
+        load_config(path)
+    path.write_text("flow:\n  transforms: 3\n  transforms: 4\n")
+    with pytest.raises(ValueError, match="duplicate key 'transforms'"):
+        load_config(path)
+
+
 def test_overrides_are_typed_and_nested():
     cfg = load_config(
         None,

@@ -170,6 +170,11 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
         ({"objective": "fastest"}, [], "unknown objective"),
         ({"space": {"loss.alpha": {"low": 2, "high": 1}}}, [], "low <= high"),
         ({}, ["--trials", "0"], "--trials must be >= 1"),
+        (
+            {},
+            ["--storage", "sqlite:///x.db", "--storage-env", "JETFLOWS_TEST_URL"],
+            "--storage or --storage-env, not both",
+        ),
     ],
 )
 def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, changes, argv, match):

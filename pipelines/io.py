@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,22 @@ def check_output_dir(path: str | Path) -> Path:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {path}: {existing} is not a writable directory")
     return path
+
+
+def check_disk_space(path: str | Path, needed: int, *, margin: float = 1.05) -> None:
+    """Refuse, before writing anything, a file of ``needed`` bytes that would not fit.
+
+    Raises:
+        ValueError: the free space where ``path`` goes is below ``margin`` x ``needed``.
+    """
+    path = Path(path)
+    existing = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if needed * margin > free:
+        raise ValueError(
+            f"{path} would need {needed / 1e9:.3g} GB but {existing} has {free / 1e9:.3g} GB "
+            "free: ask for fewer jets or write elsewhere"
+        )
 
 
 def _alive(pid: int) -> bool:

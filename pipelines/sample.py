@@ -36,7 +36,7 @@ from jetflows.distributed import resolve_device
 from jetflows.normalize import Normalization
 from jetflows.physics import jet_observables
 from pipelines.checkpoints import load_checkpoint
-from pipelines.io import atomic_path, check_writable
+from pipelines.io import atomic_path, check_disk_space, check_writable
 
 #: (n, torch.Generator) -> (particles (n, P, 3), mask (n, P))
 Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -154,8 +154,12 @@ def sample_to_file(
         raise ValueError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
     jet_class = canonical_class(jet_class)
     out = check_writable(Path(out), overwrite=overwrite)
+    inputs = sorted(class_dir(run, jet_class).glob("*.pt"))
+    if any(out.resolve() == path.resolve() for path in inputs):
+        raise ValueError(f"{out} is one of the run's models: write the jets somewhere else")
     gen = load_generator(run, jet_class, device=device)
     P = gen.num_particles
+    check_disk_space(out, n * (P * 4 + 4) * 4)  # float32 particle and jet features
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         pf = f.create_dataset("particle_features", (n, P, 4), dtype=np.float32)
         jf = f.create_dataset("jet_features", (n, 4), dtype=np.float32)

@@ -252,6 +252,7 @@ def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
         (["--class", "w"], "has no model for class 'w'"),
         (["--run", "missing-run"], "no such run directory"),
         (["--device", "tpu"], "unknown device"),
+        (["--n", "1000000000000"], "GB free: ask for fewer jets"),
         pytest.param(
             ["--device", "cuda"],
             "no CUDA device",
@@ -268,6 +269,14 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
     args = ["sample", *[item for pair in base.items() for item in pair], "--quiet"]
     assert_one_line_error(capsys, args, match)
     assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.h5*"))
+
+
+def test_sample_never_overwrites_the_run_s_own_model(tiny_run, capsys):
+    model = tiny_run / "t" / "flow.pt"
+    before = model.read_bytes()
+    args = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--out", str(model)]
+    assert_one_line_error(capsys, [*args, "--overwrite", "--quiet"], "one of the run's models")
+    assert model.read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -188,8 +188,11 @@ def generate(
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     project: bool = False,
+    context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n jets: flow sample (n, latent) -> decoder -> (particles (n, P, 3), mask (n, P)).
+
+    ``context`` (n, C): for a flow conditioned on each jet's context (e.g. its kinematics).
 
     ``labels`` (n,) are the class indices for a class-conditional flow. With joint masking the
     flow samples (z, n + u) (`with_multiplicity`); with ``project`` (joint masking only) also
@@ -206,7 +209,7 @@ def generate(
             + (f" (+{extra} for the jet's n, mass, pt)" if extra else "")
         )
     convae.eval()
-    sample = flow.sample(n, labels=labels, generator=generator)
+    sample = flow.sample(n, context, labels, generator=generator)
     z, jet = sample[:, : convae.config.latent_dim], sample[:, convae.config.latent_dim :]
     counts = None
     if joint:  # undo the dequantization: floor, within 1..P

@@ -315,14 +315,17 @@ def generate(
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     project: bool | None = None,
+    jet_context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n jets: jet flow -> (mass, n) -> particle flow -> (particles (n, P, 3), mask (n, P)).
+
+    ``jet_context`` (n, C): for a jet flow conditioned on each jet's context (its kinematics).
 
     ``labels`` (n,): class indices, for flows built with ``num_classes`` > 0.
     ``project``: onto the sampled mass and sum pt (`project_to_context`); None: as the target
     says.
     """
-    raw = target.jet.inverse(jet_flow.sample(n, labels=labels, generator=generator))
+    raw = target.jet.inverse(jet_flow.sample(n, jet_context, labels, generator=generator))
     # undo the dequantization: the particle flow was trained on the integer n
     multiplicity = raw[:, N_COLUMN].floor().clamp(1, target.num_particles)
     raw[:, N_COLUMN] = multiplicity

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from jetflows import __version__
 
@@ -165,6 +166,27 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         print(f"reports: {run}/<class>/report.md, plots: {run}/<class>/plots/, summary: {run}")
 
 
+def _requested_kinematics(args: argparse.Namespace) -> Any:
+    """(n, 2) (pt, eta) from --pt/--eta or --kinematics FILE; None: drawn from the training jets."""
+    import numpy as np
+
+    if args.kinematics is not None and args.pt is not None:
+        raise ValueError("pass --pt or --kinematics, not both")
+    if args.kinematics is not None:
+        if not args.kinematics.is_file():
+            raise FileNotFoundError(f"{args.kinematics}: no such file")
+        try:
+            table = np.loadtxt(args.kinematics, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{args.kinematics}: not a CSV of pt,eta rows ({err})") from err
+        if table.shape[0] != args.n:
+            raise ValueError(f"{args.kinematics} has {table.shape[0]} rows, --n is {args.n}")
+        return table
+    if args.pt is None:
+        return None
+    return np.tile([args.pt, args.eta], (args.n, 1))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     """Write n generated jets of one class from a trained run (JetNet-layout HDF5)."""
     from jetflows.classes import canonical_class
@@ -179,6 +201,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         jet_class,
         args.n,
         out,
+        kinematics=_requested_kinematics(args),
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
@@ -248,6 +271,18 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     )
     smp.add_argument("--out", type=Path, help="output HDF5 (default: <class>_generated.hdf5)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same jets)")
+    smp.add_argument(
+        "--pt",
+        type=float,
+        help="jet pt [GeV] every jet is generated for (a run trained with latent.kinematics or "
+        "particle.kinematics); default: each jet's (pt, eta) drawn from the training jets",
+    )
+    smp.add_argument("--eta", type=float, default=0.0, help="jet eta, with --pt")
+    smp.add_argument(
+        "--kinematics",
+        type=Path,
+        help="CSV file of --n rows 'pt,eta': one jet generated for each",
+    )
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")
     smp.add_argument("--overwrite", action="store_true", help="replace an existing output")

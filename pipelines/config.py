@@ -88,12 +88,15 @@ class LatentOptions:
         pt_threshold: pt_rel below which a decoded particle is dropped (threshold masking).
         project: the latent flow also samples each jet's (log mass, sum pt_rel) and the decoded
             jet is projected onto them (`flows.latent.generate`); needs masking "joint".
+        kinematics: the latent flow is conditioned on each jet's (log pt, eta), so generated
+            jets carry the kinematics they were sampled for (`jetflows sample --pt`).
     """
 
     encoding: str = "mean"
     masking: str = "multiplicity"
     pt_threshold: float = 1e-3
     project: bool = False
+    kinematics: bool = False
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -118,11 +121,14 @@ class ParticleOptions:
             particle's angles (`flows.particle`); False: every particle's own angles.
         project: generated jets are projected onto the mass and sum(pt_rel) the jet flow
             sampled (pts scaled, angles dilated about the axis; `flows.particle`).
+        kinematics: the jet flow is conditioned on each jet's (log pt, eta), so generated jets
+            carry the kinematics they were sampled for (`jetflows sample --pt`).
     """
 
     context: tuple[str, ...] = ("mass", "multiplicity")
     centroid: bool = False
     project: bool = False
+    kinematics: bool = False
     jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
 
     def __post_init__(self) -> None:

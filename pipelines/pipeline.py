@@ -46,6 +46,7 @@ from pipelines.io import atomic_path, write_json
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 from pipelines.report import summary_figure, training_curves
+from pipelines.sample import kinematics_context, kinematics_norm
 
 LOG = logging.getLogger("jetflows.pipeline")
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
@@ -241,7 +242,19 @@ def latent_data(
             z[-1] = latent.with_jet_observables(z[-1], x, m, generator=g)
         elif cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
             z[-1] = latent.with_multiplicity(z[-1], m, generator=g)
-    return (z[0], None, None), (z[1], None, None)
+    context = _kinematics(parts, device) if cfg.latent.kinematics else (None, None)
+    return (z[0], context[0], None), (z[1], context[1], None)
+
+
+def _kinematics(
+    parts: tuple[Jets, Jets], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flows' (log pt, eta) context of the (train, valid) jets, scaled by the train jets."""
+    scale = kinematics_norm(parts[0].jet_features)
+    return tuple(
+        kinematics_context(torch.from_numpy(j.jet_features[:, :2]).to(device).float(), scale)
+        for j in parts
+    )
 
 
 def particle_data(
@@ -261,7 +274,8 @@ def particle_data(
     (px, pc, pj), (vpx, vpc, vpj) = (
         particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
     )
-    return target, ((pj, None, None), (vpj, None, None)), ((px, pc, None), (vpx, vpc, None))
+    kin = _kinematics(parts) if cfg.particle.kinematics else (None, None)
+    return target, ((pj, kin[0], None), (vpj, kin[1], None)), ((px, pc, None), (vpx, vpc, None))
 
 
 def _convae_stage(
@@ -292,7 +306,15 @@ def _reconstruction_stage(
 
 def _common_extra(cfg: PipelineConfig, jet_class: str, train: Jets) -> dict[str, Any]:
     pool = train.jet_features[:KINEMATICS_POOL, :2].astype(float).tolist()  # (pt, eta)
-    return {"jet_class": jet_class, "num_particles": cfg.data.num_particles, "jet_kinematics": pool}
+    extra = {
+        "jet_class": jet_class,
+        "num_particles": cfg.data.num_particles,
+        "jet_kinematics": pool,
+    }
+    conditioned = cfg.latent.kinematics if cfg.target == "latent" else cfg.particle.kinematics
+    if conditioned:  # the sampler scales requested (pt, eta) as the training context was
+        extra["kinematics_norm"] = kinematics_norm(train.jet_features)
+    return extra
 
 
 def _latent_flow_stage(

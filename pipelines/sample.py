@@ -38,18 +38,36 @@ from jetflows.physics import jet_observables
 from pipelines.checkpoints import load_checkpoint
 from pipelines.io import atomic_path, check_disk_space, check_writable
 
-#: (n, torch.Generator) -> (particles (n, P, 3), mask (n, P))
-Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+#: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
+Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class JetGenerator:
-    """A trained generator of one class: ``sampler`` plus the jet (pt, eta) pool."""
+    """A trained generator of one class: ``sampler`` plus the jet (pt, eta) pool; a
+    ``conditional`` one generates each jet for the (pt, eta) it is given."""
 
     sampler: Sampler
     kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
     num_particles: int
     device: torch.device  # where the models and their random stream live
+    conditional: bool = False
+
+
+def kinematics_norm(jet_features: np.ndarray) -> list[list[float]]:
+    """Mean and std of the training jets' (log pt, eta): the flows' context scale.
+
+    jet_features: (N, 4) JetNet jet features (pt, eta, mass, n).
+    """
+    x = np.stack([np.log(jet_features[:, 0]), jet_features[:, 1]], 1).astype(np.float64)
+    return [x.mean(0).tolist(), np.maximum(x.std(0), 1e-6).tolist()]
+
+
+def kinematics_context(kinematics: torch.Tensor, norm: list[list[float]]) -> torch.Tensor:
+    """(n, 2) (pt [GeV], eta) -> the flows' standardized (log pt, eta) context (n, 2)."""
+    x = torch.stack([kinematics[:, 0].log(), kinematics[:, 1]], 1)
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in norm)
+    return (x - mean) / std
 
 
 def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
@@ -61,16 +79,35 @@ def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device
     probs = torch.tensor(state["extra"]["multiplicity_probs"], device=device)
     masking = latent.Masking(options["masking"], options["pt_threshold"], probs)
     project = bool(options.get("project", False))  # absent in checkpoints before the option
-    return lambda n, g: latent.generate(
-        flow, vae, n, masking=masking, normalization=norm, generator=g, project=project
-    )
+    scale = state["extra"].get("kinematics_norm")  # set when the flow is conditioned on them
+
+    def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
+        context = kinematics_context(kin, scale) if scale and kin is not None else None
+        return latent.generate(
+            flow,
+            vae,
+            n,
+            masking=masking,
+            normalization=norm,
+            generator=g,
+            project=project,
+            context=context,
+        )
+
+    return sample
 
 
 def _particle_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
     jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)).to(device)
     flow = flow_from_state(state).to(device)
     target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
-    return lambda n, g: particle.generate(flow, jet_flow, n, target, generator=g)
+    scale = state["extra"].get("kinematics_norm")
+
+    def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
+        context = kinematics_context(kin, scale) if scale and kin is not None else None
+        return particle.generate(flow, jet_flow, n, target, generator=g, jet_context=context)
+
+    return sample
 
 
 SAMPLERS: dict[str, Callable[[dict[str, Any], Path, torch.device], Sampler]] = {
@@ -108,7 +145,8 @@ def load_generator(run: str | Path, jet_class: str, *, device: str = "cpu") -> J
         raise ValueError(f"{path / 'flow.pt'}: not a pipeline flow (no known target recorded)")
     sampler = SAMPLERS[extra["target"]](state, path, device)
     kinematics = torch.tensor(extra["jet_kinematics"], dtype=torch.float32)
-    return JetGenerator(sampler, kinematics, int(extra["num_particles"]), device)
+    conditional = bool(extra.get("kinematics_norm"))
+    return JetGenerator(sampler, kinematics, int(extra["num_particles"]), device, conditional)
 
 
 def jet_features(
@@ -120,16 +158,53 @@ def jet_features(
     return torch.stack([pt, eta, rel_mass * pt, mask.sum(1).float()], 1)
 
 
+def check_kinematics(gen: JetGenerator, kinematics: Any, n: int) -> torch.Tensor:
+    """Requested (pt, eta) per jet as an (n, 2) float32 tensor, checked.
+
+    Raises:
+        ValueError: the generator is not conditioned on kinematics, a wrong shape or count,
+            a pt <= 0 or a non-finite value.
+    """
+    if not gen.conditional:
+        raise ValueError(
+            "this run's generator is not conditioned on jet kinematics: train it with "
+            "latent.kinematics: true (or particle.kinematics: true) to ask for a pt"
+        )
+    kin = torch.as_tensor(np.asarray(kinematics, dtype=np.float32))
+    if kin.shape != (n, 2):
+        raise ValueError(f"kinematics must be (n, 2) = ({n}, 2) (pt, eta), got {tuple(kin.shape)}")
+    if not torch.isfinite(kin).all() or (kin[:, 0] <= 0).any():
+        raise ValueError("kinematics must be finite with pt > 0")
+    return kin
+
+
 @torch.no_grad()
-def sample_jets(gen: JetGenerator, n: int, *, seed: int = 0, batch_size: int = 10_000) -> Any:
-    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy."""
+def sample_jets(
+    gen: JetGenerator,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 10_000,
+    kinematics: Any = None,
+) -> Any:
+    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy.
+
+    ``kinematics`` (n, 2) (pt [GeV], eta): generate each jet for these (a conditional
+    generator only); None: draw them from the training jets' pool (a conditional generator
+    then generates each jet for its draw).
+    """
+    given = None if kinematics is None else check_kinematics(gen, kinematics, n)
     g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        particles, mask = gen.sampler(b, g)
+        if given is not None:
+            kin = given[start : start + b]
+        else:
+            kin = gen.kinematics[torch.randint(len(gen.kinematics), (b,), generator=picks)]
+        context = kin.to(gen.device) if gen.conditional else None
+        particles, mask = gen.sampler(b, g, context)
         particles, mask = particles.float().cpu(), mask.cpu()
-        kin = gen.kinematics[torch.randint(len(gen.kinematics), (b,), generator=picks)]
         pf = torch.cat([particles * mask[..., None], mask[..., None].float()], -1)
         yield pf.numpy(), jet_features(particles, mask, kin).numpy()
 
@@ -145,10 +220,12 @@ def sample_to_file(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    kinematics: Any = None,
 ) -> Path:
     """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout).
 
     Reproducible: the same run, class, n, seed and batch size give the same file.
+    ``kinematics`` (n, 2) (pt [GeV], eta): each jet generated for these (`sample_jets`).
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
@@ -158,6 +235,8 @@ def sample_to_file(
     if any(out.resolve() == path.resolve() for path in inputs):
         raise ValueError(f"{out} is one of the run's models: write the jets somewhere else")
     gen = load_generator(run, jet_class, device=device)
+    if kinematics is not None:
+        kinematics = check_kinematics(gen, kinematics, n)
     P = gen.num_particles
     check_disk_space(out, n * (P * 4 + 4) * 4)  # float32 particle and jet features
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
@@ -175,7 +254,9 @@ def sample_to_file(
         )
         start = 0
         with tqdm(total=n, desc=f"sampling {jet_class}", unit="jet", disable=not progress) as bar:
-            for parts, jets in sample_jets(gen, n, seed=seed, batch_size=batch_size):
+            for parts, jets in sample_jets(
+                gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics
+            ):
                 pf[start : start + len(parts)], jf[start : start + len(parts)] = parts, jets
                 start += len(parts)
                 bar.update(len(parts))

@@ -332,3 +332,40 @@ def test_quickstart_full(tmp_path):
         == 0
     )
     assert read_jetnet_file(out).particles.shape == (10000, 30, 3)
+
+
+@pytest.mark.parametrize("target", ["latent", "particles"])
+def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
+    tmp_path, data_dir, capsys, target
+):
+    """latent.kinematics / particle.kinematics: the flow is conditioned on (log pt, eta);
+    `sample --pt` (or a CSV) gives every jet that pt, and the pt changes the jets."""
+    option = "latent.kinematics=true" if target == "latent" else "particle.kinematics=true"
+    cfg = _config(data_dir, f"target={target}", option, f"name=kin_{target}")
+    run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    outs = {}
+    for pt in (600.0, 1400.0):
+        outs[pt] = tmp_path / f"g_{int(pt)}.hdf5"
+        argv = ["sample", "--n", "64", "--class", "g", "--run", str(run), "--quiet"]
+        assert main([*argv, "--out", str(outs[pt]), "--pt", str(pt), "--eta", "0.5"]) == 0
+        jets = read_jetnet_file(outs[pt])
+        assert np.allclose(jets.jet_features[:, 0], pt) and np.allclose(
+            jets.jet_features[:, 1], 0.5
+        )
+    low, high = (read_jetnet_file(outs[pt]).particles for pt in (600.0, 1400.0))
+    assert not np.allclose(low, high)  # same seed, other condition: other jets
+    table = tmp_path / "kin.csv"
+    table.write_text("900,0.1\n1100,-0.2\n1000,0.0\n")
+    out = tmp_path / "g_table.hdf5"
+    argv = ["sample", "--n", "3", "--class", "g", "--run", str(run), "--quiet", "--out", str(out)]
+    assert main([*argv, "--kinematics", str(table)]) == 0
+    np.testing.assert_allclose(read_jetnet_file(out).jet_features[:, 0], [900, 1100, 1000])
+    other = ["sample", "--n", "4", "--class", "g", "--run", str(run), "--out", str(out) + "4"]
+    assert_one_line_error(capsys, [*other, "--kinematics", str(table)], "has 3 rows, --n is 4")
+
+
+def test_an_unconditioned_run_refuses_a_pt(tiny_run, tmp_path, capsys):
+    argv = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--quiet"]
+    out = tmp_path / "x.hdf5"
+    assert_one_line_error(capsys, [*argv, "--out", str(out), "--pt", "900"], "not conditioned")
+    assert not out.exists()

@@ -183,7 +183,7 @@ def test_killed_mid_training_resumes_from_the_last_epoch(tmp_path, data_dir, mon
     assert not (directory / "convae.last.pt").exists()
 
 
-def test_particle_flow_pipeline(tmp_path, data_dir):
+def test_particle_flow_pipeline(tmp_path, data_dir, capsys):
     cfg = _config(data_dir, "target=particles", "name=direct")
     run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     directory = run / "g"
@@ -210,6 +210,10 @@ def test_particle_flow_pipeline(tmp_path, data_dir):
         == 0
     )
     assert read_jetnet_file(out).particles.shape == (50, 30, 3)
+    # not conditioned on kinematics (particle.kinematics is off): a pt cannot be asked for
+    argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet", "--pt", "900"]
+    assert_one_line_error(capsys, [*argv, "--out", str(tmp_path / "x.hdf5")], "not conditioned")
+    assert not (tmp_path / "x.hdf5").exists()
 
 
 def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
@@ -362,10 +366,3 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
     np.testing.assert_allclose(read_jetnet_file(out).jet_features[:, 0], [900, 1100, 1000])
     other = ["sample", "--n", "4", "--class", "g", "--run", str(run), "--out", str(out) + "4"]
     assert_one_line_error(capsys, [*other, "--kinematics", str(table)], "has 3 rows, --n is 4")
-
-
-def test_an_unconditioned_run_refuses_a_pt(tiny_run, tmp_path, capsys):
-    argv = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--quiet"]
-    out = tmp_path / "x.hdf5"
-    assert_one_line_error(capsys, [*argv, "--out", str(out), "--pt", "900"], "not conditioned")
-    assert not out.exists()

@@ -8,7 +8,10 @@ line to stderr and exits with status 2. Heavy libraries are imported inside the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -450,15 +453,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what batch schedulers send), raised like Ctrl-C so every cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds it like Ctrl-C (temporary files removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run a sub-command; user errors -> one line on stderr and status 2."""
+    """Entry point: run a sub-command; user errors -> one line on stderr and status 2;
+    Ctrl-C -> 130 and SIGTERM -> 143 (128 + the signal), each one line, no partial output."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with _sigterm_as_interrupt():
+            func(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("jetflows: terminated (SIGTERM); no partial output was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("jetflows: interrupted; no partial output was written", file=sys.stderr)
         return 130

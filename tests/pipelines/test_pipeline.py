@@ -366,3 +366,32 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
     np.testing.assert_allclose(read_jetnet_file(out).jet_features[:, 0], [900, 1100, 1000])
     other = ["sample", "--n", "4", "--class", "g", "--run", str(run), "--out", str(out) + "4"]
     assert_one_line_error(capsys, [*other, "--kinematics", str(table)], "has 3 rows, --n is 4")
+
+
+def test_sigterm_to_sample_cleans_up_and_exits_143(tiny_run, tmp_path):
+    """What a batch scheduler sends: the temporary file goes, one line, status 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    out = tmp_path / "big.hdf5"
+    command = [sys.executable, "-m", "pipelines.cli", "sample", "--n", "2000000", "--class"]
+    command += ["t", "--run", str(tiny_run), "--out", str(out), "--batch-size", "1000"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, cwd=root, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".big.hdf5.tmp-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    lines = [line for line in err.splitlines() if "jetflows:" in line]
+    assert proc.returncode == 143 and lines == [
+        "jetflows: terminated (SIGTERM); no partial output was written"
+    ], err[-500:]
+    assert not out.exists() and not list(tmp_path.glob(".big.hdf5*"))

@@ -101,7 +101,6 @@ def _validate(path: Path, pf: np.ndarray, jf: np.ndarray) -> None:
     for name, arr in (("particle_features", pf), ("jet_features", jf)):
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"{path}: {name} has dtype {arr.dtype}, expected floating point")
-    for name, arr in (("particle_features", pf), ("jet_features", jf)):
         bad = int(np.size(arr) - np.isfinite(arr).sum())
         if bad:
             raise ValueError(f"{path}: {name} holds {bad} NaN/inf values")

@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (where a new file or directory would go)."""
+    return next((p for p in [path, *path.parents] if p.exists()), Path("."))
+
+
 def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
     """Fail early, before any work, if ``path`` cannot be written.
 
@@ -24,7 +29,7 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
         raise ValueError(f"{path} is a directory, not a file name")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists: pass --overwrite to replace it")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    parent = _nearest_existing(path.parent)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: {parent} is not a writable directory")
     return path
@@ -39,7 +44,7 @@ def check_output_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
-    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    existing = _nearest_existing(path)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {path}: {existing} is not a writable directory")
     return path
@@ -52,7 +57,7 @@ def check_disk_space(path: str | Path, needed: int, *, margin: float = 1.05) -> 
         ValueError: the free space where ``path`` goes is below ``margin`` x ``needed``.
     """
     path = Path(path)
-    existing = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    existing = _nearest_existing(path.parent)
     free = shutil.disk_usage(existing).free
     if needed * margin > free:
         raise ValueError(

@@ -29,18 +29,12 @@ from scipy.stats import wasserstein_distance
 from jetflows.physics import d2, jet_observables, nsubjettiness
 from pipelines.data import Jets
 
+#: Jet kinematics from the particles, in the frame of the file's jet (pt, eta).
+KINEMATICS: tuple[str, ...] = ("mass", "pt", "energy", "eta", "phi", "multiplicity")
 #: Substructure: N-subjettiness ratios (exclusive-kT axes, beta 1) and D2 (beta 1).
 SUBSTRUCTURE: tuple[str, ...] = ("tau21", "tau32", "d2")
 #: Jet observables compared by the observable EMDs, in report order.
-EMD_OBSERVABLES: tuple[str, ...] = (
-    "mass",
-    "pt",
-    "energy",
-    "eta",
-    "phi",
-    "multiplicity",
-    *SUBSTRUCTURE,
-)
+EMD_OBSERVABLES: tuple[str, ...] = (*KINEMATICS, *SUBSTRUCTURE)
 #: The research code's histogram ranges (GeV for mass, pt, energy); 100 bins each.
 LEGACY_RANGES: dict[str, tuple[float, float]] = {
     "mass": (0.0, 400.0),
@@ -55,6 +49,8 @@ SUBSTRUCTURE_RANGES: dict[str, tuple[float, float]] = {
     "tau32": (0.0, 1.2),
     "d2": (0.0, 12.0),
 }
+#: Every histogram range (divergences); the legacy sum uses `LEGACY_RANGES` only.
+HIST_RANGES = {**LEGACY_RANGES, **SUBSTRUCTURE_RANGES}
 LEGACY_BINS = 100
 HIST_EPS = 1e-12  # added to every bin by the research code; also our KL's treatment of empty bins
 #: jetnet's W1EFP set, as a selection of the 36 FPD/KPD EFPs (same graphs, same order).
@@ -64,21 +60,27 @@ W1EFP_SELECTION: tuple[tuple[str, int], ...] = (("n==", 4), ("d==", 4), ("p==", 
 def observables(jets: Jets) -> dict[str, np.ndarray]:
     """Jet observables from the particles, in each jet's frame (float64).
 
-    Kinematics in GeV: the frame is the file's jet_features (pt, eta); phi stays relative to the
-    jet. Substructure (`SUBSTRUCTURE`) is dimensionless: tau21 = tau2/tau1 and tau32 = tau3/tau2
-    (0 where the denominator is, i.e. a jet with too few particles), D2.
+    Kinematics in GeV (`kinematics`); substructure (`SUBSTRUCTURE`) is dimensionless: tau21 =
+    tau2/tau1 and tau32 = tau3/tau2 (0 where the denominator is, i.e. a jet with too few
+    particles), D2.
 
     Returns:
         {name: (N,)} for every name in `EMD_OBSERVABLES`.
     """
+    return kinematics(jets) | substructure(jets.particles, jets.mask)
+
+
+def kinematics(jets: Jets) -> dict[str, np.ndarray]:
+    """`KINEMATICS` of each jet (N,) from its particles, float64, in GeV: the frame is the
+    file's jet_features (pt, eta); phi stays relative to the jet. The same definition for
+    every file, real or generated."""
     obs = jet_observables(
         jets.particles.astype(np.float64),
         jets.mask,
         jet_pt=jets.jet_features[:, 0].astype(np.float64),
         jet_eta=jets.jet_features[:, 1].astype(np.float64),
     )
-    out = {name: np.asarray(obs[name], dtype=np.float64) for name in EMD_OBSERVABLES[:6]}
-    return out | substructure(jets.particles, jets.mask)
+    return {name: np.asarray(obs[name], dtype=np.float64) for name in KINEMATICS}
 
 
 def substructure(particles: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,7 +122,7 @@ def _histogram(values: np.ndarray, name: str, num_particles: int) -> np.ndarray:
     if name == "multiplicity":
         edges = np.arange(-0.5, num_particles + 1.5)
     else:
-        edges = np.linspace(*{**LEGACY_RANGES, **SUBSTRUCTURE_RANGES}[name], LEGACY_BINS + 1)
+        edges = np.linspace(*HIST_RANGES[name], LEGACY_BINS + 1)
     heights = np.histogram(values, bins=edges)[0].astype(np.float64)
     return heights / max(heights.sum(), 1.0)
 

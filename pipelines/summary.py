@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from jetflows.physics import jet_observables
 from pipelines.data import Jets
 from pipelines.io import atomic_path, write_json
 
@@ -27,18 +26,15 @@ def mass_peak(masses: np.ndarray, *, bandwidth: float = 0.05) -> float:
 
 def particle_level(jets: Jets) -> tuple[np.ndarray, np.ndarray]:
     """Mass [GeV] and multiplicity of each jet from its stored particles, in the frame of the
-    file's jet pt and eta: the same definition for every file, real or generated.
+    file's jet pt and eta (`pipelines.metrics.kinematics`): the same definition for every file.
 
     (A Pythia or JetNet file's jet_features hold the clustered jet: hadron masses and every
     constituent, not only the stored ones; a generated file's come from its particles.)
     """
-    obs = jet_observables(
-        jets.particles.astype(np.float64),
-        jets.mask,
-        jet_pt=jets.jet_features[:, 0].astype(np.float64),
-        jet_eta=jets.jet_features[:, 1].astype(np.float64),
-    )
-    return np.asarray(obs["mass"]), np.asarray(obs["multiplicity"], dtype=np.float64)
+    from pipelines.metrics import kinematics
+
+    obs = kinematics(jets)
+    return obs["mass"], obs["multiplicity"]
 
 
 def summarize(jets: Jets) -> dict[str, float]:

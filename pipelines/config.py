@@ -185,6 +185,11 @@ class PipelineConfig:
                 "jets: the evaluation needs >= 200 (raise n_jets or the test fraction)"
             )
 
+    @property
+    def kinematics(self) -> bool:
+        """Whether the target's generator is conditioned on each jet's (log pt, eta)."""
+        return self.latent.kinematics if self.target == "latent" else self.particle.kinematics
+
 
 # --------------------------------------------------------------------------------- building
 

@@ -242,11 +242,11 @@ def latent_data(
             z[-1] = latent.with_jet_observables(z[-1], x, m, generator=g)
         elif cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
             z[-1] = latent.with_multiplicity(z[-1], m, generator=g)
-    context = _kinematics(parts, device) if cfg.latent.kinematics else (None, None)
+    context = kinematics_contexts(parts, device) if cfg.latent.kinematics else (None, None)
     return (z[0], context[0], None), (z[1], context[1], None)
 
 
-def _kinematics(
+def kinematics_contexts(
     parts: tuple[Jets, Jets], device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The flows' (log pt, eta) context of the (train, valid) jets, scaled by the train jets."""
@@ -274,7 +274,7 @@ def particle_data(
     (px, pc, pj), (vpx, vpc, vpj) = (
         particle.encode(a, b, target, generator=g) for a, b in ((x, m), (vx, vm))
     )
-    kin = _kinematics(parts) if cfg.particle.kinematics else (None, None)
+    kin = kinematics_contexts(parts) if cfg.particle.kinematics else (None, None)
     return target, ((pj, kin[0], None), (vpj, kin[1], None)), ((px, pc, None), (vpx, vpc, None))
 
 
@@ -311,8 +311,7 @@ def _common_extra(cfg: PipelineConfig, jet_class: str, train: Jets) -> dict[str,
         "num_particles": cfg.data.num_particles,
         "jet_kinematics": pool,
     }
-    conditioned = cfg.latent.kinematics if cfg.target == "latent" else cfg.particle.kinematics
-    if conditioned:  # the sampler scales requested (pt, eta) as the training context was
+    if cfg.kinematics:  # the sampler scales requested (pt, eta) as the training context was
         extra["kinematics_norm"] = kinematics_norm(train.jet_features)
     return extra
 

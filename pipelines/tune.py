@@ -45,13 +45,14 @@ from pipelines.pipeline import (
     OnEpoch,
     class_jets,
     convae_of,
+    kinematics_contexts,
     latent_data,
     particle_data,
     split_jets,
     train_convae,
     train_flow,
 )
-from pipelines.sample import jet_features, kinematics_context, kinematics_norm
+from pipelines.sample import jet_features
 
 _REST = ("pt", "energy", "eta", "phi", "multiplicity")
 #: name -> the observables whose scaled EMDs add up to each objective value
@@ -265,15 +266,9 @@ def _generate_latent(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEp
         normalization=norm,
         generator=g,
         project=cfg.latent.project,
-        context=_valid_context(parts, device) if cfg.latent.kinematics else None,
+        # conditioned trials generate for the validation jets' own kinematics
+        context=kinematics_contexts(parts, device)[1] if cfg.latent.kinematics else None,
     )
-
-
-def _valid_context(parts: tuple[Jets, Jets], device: torch.device) -> torch.Tensor:
-    """A conditional flow's context for the validation jets' own (pt, eta): the trial's jets
-    are generated for the kinematics they are compared with."""
-    kin = torch.from_numpy(parts[1].jet_features[:, :2]).float().to(device)
-    return kinematics_context(kin, kinematics_norm(parts[0].jet_features))
 
 
 def _generate_particles(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
@@ -289,7 +284,7 @@ def _generate_particles(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: O
         len(parts[1]),
         target,
         generator=g,
-        jet_context=_valid_context(parts, device) if cfg.particle.kinematics else None,
+        jet_context=kinematics_contexts(parts, device)[1] if cfg.particle.kinematics else None,
     )
 
 
@@ -301,9 +296,8 @@ def score(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> di
     particles, mask = GENERATORS[cfg.target](cfg, (train, valid), report)
     particles, mask = particles.cpu(), mask.cpu()
     rng = np.random.default_rng(cfg.data.seed)
-    conditioned = cfg.latent.kinematics if cfg.target == "latent" else cfg.particle.kinematics
-    pick = np.arange(len(mask)) if conditioned else rng.integers(len(train), size=len(mask))
-    kinematics = torch.from_numpy((valid if conditioned else train).jet_features[pick, :2])
+    pick = np.arange(len(mask)) if cfg.kinematics else rng.integers(len(train), size=len(mask))
+    kinematics = torch.from_numpy((valid if cfg.kinematics else train).jet_features[pick, :2])
     gen = Jets(
         particles.numpy(),
         mask.numpy(),

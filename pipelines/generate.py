@@ -361,7 +361,8 @@ def generate_chunk(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
             raise RuntimeError(f"{cfg.jet_class}: almost no events give an accepted jet")
         if not pythia.next():
             continue
-        inputs = [fastjet.PseudoJet(*map(float, row)) for row in detect(_final_state(pythia))]
+        # tolist(): Python floats in one call, not a float() per value of each numpy row
+        inputs = [fastjet.PseudoJet(*row) for row in detect(_final_state(pythia)).tolist()]
         sequence = fastjet.ClusterSequence(inputs, jet_def)
         jet = _select_jet(
             fastjet.sorted_by_pt(sequence.inclusive_jets(0.5 * cfg.jet_pt_min)),

@@ -18,6 +18,7 @@ import torch
 
 from convae import losses as L
 from convae.model import ConVAE, ConVAEConfig
+from jetflows.checks import require
 from jetflows.normalize import Normalization
 from jetflows.training import (  # noqa: F401  (re-exported: the ConVAE's training API)
     OPTIMIZERS,
@@ -80,6 +81,7 @@ class LossConfig:
             raise ValueError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
             )
+        require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2"))
 
 
 @dataclass

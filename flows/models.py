@@ -26,6 +26,8 @@ from torch import nn
 from zuko.flows import GeneralCouplingTransform, MaskedAutoregressiveTransform
 from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform, PermutationTransform
 
+from jetflows.checks import require
+
 PERMUTATIONS = ("alternate", "random", "none")
 NORMS = ("none", "actnorm", "batchnorm")
 
@@ -76,8 +78,8 @@ class FlowConfig:
         counts = (self.transforms, self.hidden_features, self.hidden_layers, self.bins)
         if min(counts) < 1 or self.num_classes < 0 or self.class_embedding < 1:
             raise ValueError("transforms, hidden sizes, bins and class_embedding must be >= 1")
-        if self.tail_bound <= 0:
-            raise ValueError("tail_bound must be > 0")
+        require(self, ("tail_bound",), strict=True)
+        require(self, ("seed",))
 
 
 class Backend(Protocol):

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jetflows import __version__
+from jetflows.checks import require
 from jetflows.distributed import all_sum, is_main, rank_world
 
 PRECISIONS = ("fp32", "bf16")
@@ -78,8 +79,9 @@ class TrainConfig:
             )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}: use one of {sorted(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        require(self, ("epochs", "batch_size"), low=1)
+        require(self, ("lr", "clip_norm"), strict=True)
+        require(self, ("weight_decay", "patience", "seed"))
 
 
 SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], Any]] = {

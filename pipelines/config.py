@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -26,8 +27,10 @@ from convae.train import LossConfig
 from flows.latent import ENCODINGS, JOINT, MASKINGS
 from flows.models import FlowConfig
 from flows.particle import check_context
+from jetflows.checks import require
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
+from jetflows.normalize import STATISTICS
 from jetflows.training import TrainConfig
 from pipelines.evaluate import EvalConfig
 
@@ -35,6 +38,7 @@ SOURCES = ("auto", "jetnet", "pythia")
 
 
 TARGETS = ("latent", "particles")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -75,6 +79,8 @@ class DataConfig:
             raise ValueError(f"data.split must be 3 positive fractions summing to 1: {self.split}")
         if self.n_jets < 10 or self.jobs < 1:
             raise ValueError("data.n_jets must be >= 10 and data.jobs >= 1")
+        require(self, ("num_particles",), low=1)
+        require(self, ("seed",))
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class LatentOptions:
             raise ValueError(
                 f"unknown latent.masking {self.masking!r}: use one of {sorted(MASKINGS)}"
             )
+        require(self, ("pt_threshold",))
         if self.project and self.masking not in JOINT:
             raise ValueError("latent.project needs latent.masking: joint (n is sampled with z)")
 
@@ -176,6 +183,15 @@ class PipelineConfig:
             raise ValueError(f"unknown target {self.target!r}: use one of {TARGETS}")
         if not self.classes:
             raise ValueError("classes must name at least one jet class")
+        if self.normalization not in STATISTICS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
+            )
+        if not _NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ValueError(
+                f"name {self.name!r} must be a plain directory name (letters, digits, . _ -)"
+            )
+        self._check_models()
         object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))
         if self.n_generate < 100:
             raise ValueError("n_generate must be >= 100 (the evaluation's minimum sample)")
@@ -183,6 +199,27 @@ class PipelineConfig:
             raise ValueError(
                 f"data.n_jets x data.split[2] = {self.data.n_jets * self.data.split[2]:.0f} test "
                 "jets: the evaluation needs >= 200 (raise n_jets or the test fraction)"
+            )
+
+    def _check_models(self) -> None:
+        # one model per class: a class-conditional flow (num_classes > 0) is a library feature
+        # the pipeline never feeds labels to
+        for key, flow in (("flow", self.flow), ("particle.jet_flow", self.particle.jet_flow)):
+            if flow.num_classes:
+                raise ValueError(
+                    f"{key}.num_classes must be 0: the pipeline trains one model per class"
+                )
+        if self.target != "latent":
+            return
+        if self.convae.num_particles != self.data.num_particles:
+            raise ValueError(
+                f"convae.num_particles ({self.convae.num_particles}) must equal "
+                f"data.num_particles ({self.data.num_particles})"
+            )
+        if self.convae.num_features != 3:
+            raise ValueError(
+                f"convae.num_features must be 3 (eta_rel, phi_rel, pt_rel), "
+                f"got {self.convae.num_features}"
             )
 
     @property
@@ -222,10 +259,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string, not a float
+        value = float(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # no config value means NaN or infinity
+            raise ValueError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jetflows import __version__
+from jetflows.checks import require
 from jetflows.classes import JET_TYPES, canonical_class
 from jetflows.spread import spread_ratio
 from pipelines import metrics as m
@@ -50,6 +51,10 @@ class EvalConfig:
     cov_mmd: bool = True
     fpnd_batch: int = 1000
     efp_batch: int = 1000  # 1000 ran ~1.7x faster than 5000 here (cache-sized batches)
+
+    def __post_init__(self) -> None:
+        require(self, ("n_jets", "num_batches", "fpnd_batch", "efp_batch"), low=1)
+        require(self, ("seed",))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,25 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: not a readable HDF5 file (truncated or corrupt): {err}") from err
 
 
+def jetnet_file_size(path: str | Path) -> int:
+    """The number of jets in a JetNet-layout file, from its header alone (no data read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not HDF5 or no particle_features dataset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "particle_features" not in f:
+                raise ValueError(f"{path}: not a JetNet file, no particle_features dataset")
+            return int(f["particle_features"].shape[0])
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file (truncated or corrupt): {err}") from err
+
+
 def _validate(path: Path, pf: np.ndarray, jf: np.ndarray) -> None:
     if pf.ndim != 3 or pf.shape[-1] != 4:
         raise ValueError(f"{path}: particle_features has shape {pf.shape}, expected (N, P, 4)")

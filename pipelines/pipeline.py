@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,13 @@ from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
-from pipelines.data import Jets, locate_jetnet_file, read_jetnet_file, write_jetnet_file
+from pipelines.data import (
+    Jets,
+    jetnet_file_size,
+    locate_jetnet_file,
+    read_jetnet_file,
+    write_jetnet_file,
+)
 from pipelines.io import atomic_path, write_json
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
@@ -81,18 +88,40 @@ class Stages:
 # --------------------------------------------------------------------------------------- data
 
 
+def jetnet_source(cfg: PipelineConfig, jet_class: str) -> Path | None:
+    """The JetNet file the class's jets come from (None: Pythia8), checked to hold n_jets jets
+    from its header alone, so a short file fails before anything is trained.
+
+    Raises:
+        FileNotFoundError: source "jetnet" and no file.
+        ValueError: the file holds fewer than data.n_jets jets, or is not a JetNet file.
+    """
+    d = cfg.data
+    if d.source == "pythia":
+        return None
+    try:
+        path = locate_jetnet_file(jet_class, d.data_dir, d.num_particles)
+    except FileNotFoundError:
+        if d.source == "jetnet":
+            raise
+        return None
+    size = jetnet_file_size(path)
+    if size < d.n_jets:
+        raise ValueError(
+            f"{path} holds {size} jets but data.n_jets asks for {d.n_jets}: lower data.n_jets "
+            "or use a larger file"
+        )
+    return path
+
+
 def class_jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: bool) -> Jets:
     """n_jets jets of the class: the JetNet file if present (auto/jetnet), else Pythia8."""
     d = cfg.data
-    if d.source != "pythia":
-        try:
-            path = locate_jetnet_file(jet_class, d.data_dir, d.num_particles)
-            jets = read_jetnet_file(path, d.num_particles)
-            order = np.random.default_rng(d.seed).permutation(len(jets))[: d.n_jets]
-            return jets.take(np.sort(order))
-        except FileNotFoundError:
-            if d.source == "jetnet":
-                raise
+    path = jetnet_source(cfg, jet_class)
+    if path is not None:
+        jets = read_jetnet_file(path, d.num_particles)
+        order = np.random.default_rng(d.seed).permutation(len(jets))[: d.n_jets]
+        return jets.take(np.sort(order))
     from pipelines.generate import GeneratorConfig, generate_file
 
     path, _ = generate_file(
@@ -515,6 +544,17 @@ def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _remove_empty(run: Path, created: bool) -> None:
+    """After a failed run: remove class folders left empty and, when this call created the run
+    folder and nothing but its config and log is in it, the run folder. Anything trained stays
+    (a rerun resumes from it)."""
+    for folder in run.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if created and {p.name for p in run.iterdir()} <= {"config.yaml", "pipeline.log"}:
+        shutil.rmtree(run)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     *,
@@ -524,7 +564,10 @@ def run_pipeline(
 ) -> Path:
     """Run every class of ``cfg`` (or ``classes``) into ``root/<name>``; returns that path."""
     classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
+    for jet_class in classes:  # a missing or short JetNet file fails before anything is written
+        jetnet_source(cfg, jet_class)
     run = Path(root) / cfg.name
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     main = is_main()
     if main:
@@ -534,6 +577,7 @@ def run_pipeline(
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
+    failed = True
     try:
         results = {}
         for i, jet_class in enumerate(classes):
@@ -541,9 +585,12 @@ def run_pipeline(
                 print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
             LOG.info("%s: class %s (%d process(es))", cfg.name, jet_class, rank_world()[1])
             results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
+        failed = False
     finally:
         LOG.removeHandler(handler)
         handler.close()
+        if failed and main:  # Ctrl-C included: no empty folders to mistake for a run
+            _remove_empty(run, created)
     if not main:
         return run
     write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})

@@ -307,6 +307,53 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match
     assert not any(tmp_path.iterdir())
 
 
+@pytest.fixture(scope="module")
+def short_dir(tmp_path_factory):
+    """A JetNet-layout g.hdf5 of 50 jets: too few for any pipeline."""
+    root = tmp_path_factory.mktemp("short")
+    write_jetnet_file(root / "g.hdf5", random_jets(50, seed=5))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("sets", "match"),
+    [
+        (["data.source=jetnet"], "holds 50 jets but data.n_jets asks for 400"),
+        (["data.source=jetnet", "classes=[t]"], "t.hdf5: no such file"),
+        (["convae_train.lr=.nan"], "convae_train.lr: expected a finite number"),
+        (["flow.num_classes=5"], "flow.num_classes must be 0"),
+    ],
+)
+def test_data_and_config_fail_before_anything_is_written(tmp_path, capsys, short_dir, sets, match):
+    # TINY's n_jets is 400: the 50-jet file must fail at once, not after training
+    sets = [*TINY, f"data.data_dir={short_dir}", *sets]
+    argv = ["pipeline", "--runs", str(tmp_path), *(a for s in sets for a in ("--set", s))]
+    assert_one_line_error(capsys, argv, match)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failed_run_leaves_no_empty_folders(tmp_path, capsys, data_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("the generator broke")
+
+    monkeypatch.setattr("pipelines.pipeline.class_jets", broken)
+    sets = [*TINY, f"data.data_dir={data_dir}"]
+    argv = ["pipeline", "--runs", str(tmp_path), *(a for s in sets for a in ("--set", s))]
+    assert_one_line_error(capsys, argv, "the generator broke")
+    assert not any(tmp_path.iterdir())  # no run folder, no config.yaml, no empty class folder
+    # a run that already holds work keeps it; only the empty class folder goes
+    (tmp_path / "tiny" / "g").mkdir(parents=True)
+    (tmp_path / "tiny" / "g" / "convae.pt").write_bytes(b"trained")
+    argv += ["--classes", "g,t"]
+    monkeypatch.setattr("pipelines.pipeline.class_jets", broken)
+    assert_one_line_error(capsys, argv, "the generator broke")
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [
+        "config.yaml",
+        "g",
+        "pipeline.log",
+    ]
+
+
 @pytest.mark.slow
 def test_quickstart_full(tmp_path):
     """The README's main job at full size (about 8-9 minutes on 2 cores without a cache)."""

@@ -130,18 +130,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
     from jetflows.classes import canonical_class
     from pipelines.evaluate import EvalConfig, evaluate_files
-    from pipelines.io import check_output_dir
+    from pipelines.io import atomic_dir, check_output_dir
     from pipelines.report import fmt
 
     # every argument checked before the EFPs (seconds) are computed
     if args.jet_class:
         canonical_class(args.jet_class)
-    check_output_dir(args.out)
+    check_output_dir(args.out, overwrite=args.overwrite)
 
     cfg = EvalConfig(
         n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd
     )
-    results = evaluate_files(args.real, args.gen, args.out, jet_class=args.jet_class, cfg=cfg)
+    with atomic_dir(args.out) as tmp:  # the old report stays whole until the new one is
+        results = evaluate_files(args.real, args.gen, tmp, jet_class=args.jet_class, cfg=cfg)
     rows = results["metrics"]
     for name in ("emd_sum", "w1m", "w1p", "w1efp", "fpd", "kpd", "fpnd"):
         if name in rows:
@@ -307,6 +308,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="jet class (default: from the real file's JetNet name); FPND: g, q, t",
     )
     ev.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output directory")
+    ev.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     ev.add_argument(
         "--n",
         type=_positive_int,

@@ -35,15 +35,18 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path) -> Path:
+def check_output_dir(path: str | Path, *, overwrite: bool = True) -> Path:
     """Fail early, before any work, if ``path`` cannot become an output directory.
 
     Raises:
-        ValueError: it is an existing file, or no directory above it is writable.
+        ValueError: it is an existing file, a non-empty directory and ``overwrite`` is False,
+            or no directory above it is writable.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{path} already holds results: pass --overwrite to replace them")
     existing = _nearest_existing(path)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {path}: {existing} is not a writable directory")
@@ -76,13 +79,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries of ``path`` left by writers that were killed (SIGKILL skips every
-    cleanup): their pid, in the name, is no longer running."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+    """Delete temporaries of ``path`` (files or folders) left by writers that were killed
+    (SIGKILL skips every cleanup): their pid, in the name, is no longer running."""
+    for tmp in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
 
 
 @contextmanager
@@ -115,6 +125,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block succeeds, it takes the place of
+    ``path`` (any old folder there is removed after), so readers never see old and new files
+    mixed. A failure (Ctrl-C included) removes the temporary folder and leaves ``path`` as it
+    was; a SIGKILL leaves it too, and the next writer removes the killed one's temporaries.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "report"
+        >>> with atomic_dir(target) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("new")
+        >>> sorted(p.name for p in target.iterdir())
+        ['a.txt']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        # two renames (a folder cannot replace a non-empty one in one): the window between them
+        # is microseconds, against minutes of writing into the folder itself
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ValueError(f"cannot write {path}: no space left on device") from err
+        raise
+    finally:
+        _remove(tmp)
+        _remove(old)
 
 
 def strict_json(value: Any) -> Any:

@@ -255,3 +255,42 @@ def test_evaluate_checks_class_and_out_before_any_work(tmp_path, capsys, monkeyp
     _error(capsys, f"{base} --out {tmp_path / 'o'} --class higgs", match="unknown jet class")
     _error(capsys, f"{base} --out {blocker}", match="is a file, not a directory")
     _error(capsys, f"{base} --out {blocker}/sub", match="not a writable directory")
+
+
+def test_evaluate_replaces_its_folder_whole_and_only_when_asked(tmp_path, capsys, monkeypatch):
+    from pipelines import evaluate
+
+    real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
+    out = tmp_path / "o"
+    calls = []
+
+    def fake(real_path, gen_path, out_dir, **kwargs):  # the metrics themselves: test_evaluate
+        (out_dir / "plots").mkdir(parents=True)
+        (out_dir / "plots" / "new.png").write_text("new")
+        if calls:  # the second run is killed half-way
+            raise KeyboardInterrupt
+        calls.append(out_dir)
+        (out_dir / "metrics.json").write_text("{}")
+        return {"metrics": {}}
+
+    monkeypatch.setattr(evaluate, "evaluate_files", fake)
+    out.mkdir()
+    (out / "report.md").write_text("old")
+    base = f"evaluate --real {real} --gen {real} --out {out}"
+    _error(capsys, base, match="already holds results: pass --overwrite")
+    assert (out / "report.md").read_text() == "old"
+    # a killed writer's temporary folder (its pid is not running) is removed by the next one
+    stale = tmp_path / ".o.tmp-999999999"
+    stale.mkdir()
+    assert main([*base.split(), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.rglob("*")) == ["metrics.json", "new.png", "plots"]
+    assert calls[0] != out and not stale.exists()  # written beside, then moved into place
+    (out / "report.md").write_text("complete")
+    assert main([*base.split(), "--overwrite"]) == 130  # interrupted: the old folder, whole
+    assert sorted(p.name for p in out.rglob("*")) == [
+        "metrics.json",
+        "new.png",
+        "plots",
+        "report.md",
+    ]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

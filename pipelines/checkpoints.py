@@ -1,8 +1,13 @@
-"""Checkpoint files: self-describing states (see convae.train) written atomically."""
+"""Checkpoint files: self-describing states (see convae.train) written atomically, with a
+provenance record (the class a model belongs to and the content hash of every checkpoint it
+was fitted on), so a model copied from another class or beside another ConVAE is refused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,3 +45,60 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     if found != kind:
         raise ValueError(f"{path}: a checkpoint of {found!r}, expected {kind!r}")
     return state
+
+
+#: what, besides the weights, makes a model what it is (the keys absent in a kind are skipped)
+_IDENTITY = ("kind", "model_config", "flow_config", "features", "context", "normalization")
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """A content hash of a checkpoint's model: its best weights, architecture and input scaling
+    (not its history or optimizer), so it survives re-saving and names the model itself."""
+    h = hashlib.sha256(
+        json.dumps({k: state.get(k) for k in _IDENTITY}, sort_keys=True, default=str).encode()
+    )
+    for name, tensor in sorted(state["best_state_dict"].items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def provenance(jet_class: str, **fitted_on: dict[str, Any]) -> dict[str, Any]:
+    """The record a pipeline checkpoint carries: its class and, per input checkpoint (file name
+    -> that checkpoint's state), the input's fingerprint."""
+    return {
+        "jet_class": jet_class,
+        "fitted_on": {name: fingerprint(state) for name, state in fitted_on.items()},
+    }
+
+
+def check_provenance(
+    state: dict[str, Any], path: str | Path, jet_class: str, **fitted_on: dict[str, Any]
+) -> None:
+    """Refuse a checkpoint of another class, or one fitted on other inputs than ``fitted_on``
+    (file name -> the state found beside it). Checkpoints written before provenance was
+    recorded cannot be checked: a warning says so.
+
+    Raises:
+        ValueError: the recorded class or an input's fingerprint differs.
+    """
+    record = state.get("provenance")
+    if record is None:
+        warnings.warn(
+            f"{path}: written before checkpoints recorded their class and inputs, so neither "
+            "can be checked; rerun the pipeline to refit it",
+            stacklevel=2,
+        )
+        return
+    if record["jet_class"] != jet_class:
+        raise ValueError(
+            f"{path} is a model of class {record['jet_class']!r}, not {jet_class!r} "
+            "(copied from another class's folder?)"
+        )
+    for name, other in fitted_on.items():
+        recorded, found = record["fitted_on"].get(name), fingerprint(other)
+        if recorded != found:
+            raise ValueError(
+                f"{path} was fitted on another {name} than the one beside it (fingerprint "
+                f"{recorded}, found {found}): copy a run's models together, or retrain"
+            )

@@ -40,7 +40,7 @@ from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
-from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_dict, to_yaml
 from pipelines.data import (
     Jets,
@@ -160,10 +160,12 @@ def _trained(
     key: str,
     stages: Stages,
     train: Callable[..., dict[str, Any]],
+    record: dict[str, Any],
 ) -> dict[str, Any]:
     """The state of a training stage: from ``path`` when complete, else trained by
-    ``train(resume=, on_epoch=)`` (resumed from ``<path>.last.pt`` when it matches) and saved,
-    the partial checkpoint then removed."""
+    ``train(resume=, on_epoch=)`` (resumed from ``<path>.last.pt`` when it matches) and saved
+    with its provenance ``record`` (`pipelines.checkpoints.provenance`), the partial checkpoint
+    then removed."""
     if stages.complete(path.stem, key, path):
         state = load_checkpoint(path, kind)
         stages.histories[path.stem] = state["history"]
@@ -177,9 +179,9 @@ def _trained(
             LOG.info("%s: resuming %s after epoch %d", path.parent.name, path.stem, state["epoch"])
 
     def on_epoch(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
-        save_checkpoint(last, {**state, "stage_key": key})
+        save_checkpoint(last, {**state, "stage_key": key, "provenance": record})
 
-    state = {**train(resume=resume, on_epoch=on_epoch), "stage_key": key}
+    state = {**train(resume=resume, on_epoch=on_epoch), "stage_key": key, "provenance": record}
     if is_main():
         save_checkpoint(path, state)
     stages.mark(path.stem, key)
@@ -309,15 +311,15 @@ def particle_data(
 
 def _convae_stage(
     cfg: PipelineConfig,
+    jet_class: str,
     parts: tuple[Jets, Jets],
     key: str,
     stages: Stages,
     directory: Path,
     progress: bool,
-) -> tuple[ConVAE, Normalization]:
+) -> dict[str, Any]:
     train = functools.partial(train_convae, cfg, parts, progress=progress)
-    state = _trained(directory / "convae.pt", CONVAE_KIND, key, stages, train)
-    return convae_of(state, resolve_device(cfg.device))
+    return _trained(directory / "convae.pt", CONVAE_KIND, key, stages, train, provenance(jet_class))
 
 
 def _reconstruction_stage(
@@ -353,9 +355,10 @@ def _latent_flow_stage(
     stages: Stages,
     directory: Path,
     progress: bool,
-    vae: ConVAE,
-    norm: Normalization,
-) -> None:
+    vae_state: dict[str, Any],
+) -> tuple[ConVAE, Normalization]:
+    """Fit the latent flow on the ConVAE of ``vae_state``; that ConVAE and its normalization."""
+    vae, norm = convae_of(vae_state, resolve_device(cfg.device))
     extra = {
         **_common_extra(cfg, jet_class, parts[0]),
         "target": "latent",
@@ -371,7 +374,9 @@ def _latent_flow_stage(
         extra=extra,
         progress=progress,
     )
-    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
+    record = provenance(jet_class, **{"convae.pt": vae_state})
+    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train, record)
+    return vae, norm
 
 
 def _particle_flow_stage(
@@ -393,11 +398,14 @@ def _particle_flow_stage(
     jet_train = functools.partial(
         train_flow, cfg.particle.jet_flow, cfg.flow_train, jet_data, **common
     )
-    _trained(directory / "jet_flow.pt", FLOW_KIND, key, stages, jet_train)
+    jet_state = _trained(
+        directory / "jet_flow.pt", FLOW_KIND, key, stages, jet_train, provenance(jet_class)
+    )
     train = functools.partial(
         train_flow, cfg.flow, cfg.flow_train, particle_data_, extra=extra, **common
     )
-    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train)
+    record = provenance(jet_class, **{"jet_flow.pt": jet_state})
+    _trained(directory / "flow.pt", FLOW_KIND, key, stages, train, record)
 
 
 # ------------------------------------------------------------------------------- per class
@@ -420,10 +428,12 @@ def run_class(
         keys["convae"] = digest(
             keys["data"], cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train
         )
-        vae, norm = _convae_stage(cfg, (train, valid), keys["convae"], stages, directory, progress)
+        vae_state = _convae_stage(
+            cfg, jet_class, (train, valid), keys["convae"], stages, directory, progress
+        )
         keys["flow"] = digest(keys["convae"], cfg.flow, cfg.flow_train, cfg.latent)
-        _latent_flow_stage(
-            cfg, jet_class, (train, valid), keys["flow"], stages, directory, progress, vae, norm
+        vae, norm = _latent_flow_stage(
+            cfg, jet_class, (train, valid), keys["flow"], stages, directory, progress, vae_state
         )
     else:
         keys["flow"] = digest(keys["data"], cfg.flow, cfg.flow_train, cfg.particle)

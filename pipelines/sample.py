@@ -35,7 +35,7 @@ from jetflows.classes import canonical_class
 from jetflows.distributed import resolve_device
 from jetflows.normalize import Normalization
 from jetflows.physics import jet_observables
-from pipelines.checkpoints import load_checkpoint
+from pipelines.checkpoints import check_provenance, load_checkpoint
 from pipelines.io import atomic_path, check_disk_space, check_writable
 
 #: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
@@ -72,6 +72,8 @@ def kinematics_context(kinematics: torch.Tensor, norm: list[list[float]]) -> tor
 
 def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
     vae_state = load_checkpoint(class_dir / "convae.pt", CONVAE_KIND)
+    check_provenance(vae_state, class_dir / "convae.pt", class_dir.name)
+    check_provenance(state, class_dir / "flow.pt", class_dir.name, **{"convae.pt": vae_state})
     vae = model_from_state(vae_state).to(device).eval()
     norm = Normalization.from_dict(vae_state["normalization"])
     flow = flow_from_state(state).to(device)
@@ -98,7 +100,10 @@ def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device
 
 
 def _particle_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
-    jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)).to(device)
+    jet_state = load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)
+    check_provenance(jet_state, class_dir / "jet_flow.pt", class_dir.name)
+    check_provenance(state, class_dir / "flow.pt", class_dir.name, **{"jet_flow.pt": jet_state})
+    jet_flow = flow_from_state(jet_state).to(device)
     flow = flow_from_state(state).to(device)
     target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
     scale = state["extra"].get("kinematics_norm")

@@ -2,10 +2,12 @@
 the direct particle-flow pipeline, and `jetflows sample`."""
 
 import json
+import shutil
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from pipelines.cli import main
 from pipelines.config import load_config
@@ -214,6 +216,35 @@ def test_particle_flow_pipeline(tmp_path, data_dir, capsys):
     argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet", "--pt", "900"]
     assert_one_line_error(capsys, [*argv, "--out", str(tmp_path / "x.hdf5")], "not conditioned")
     assert not (tmp_path / "x.hdf5").exists()
+    _assert_models_belong_together(run, "jet_flow.pt", tmp_path, capsys)
+
+
+def _retrained(path):
+    """Stand-in for a retrained model: the same checkpoint with other weights."""
+    state = torch.load(path, weights_only=False)
+    name = next(iter(state["best_state_dict"]))
+    state["best_state_dict"][name] = state["best_state_dict"][name] + 0.01
+    torch.save(state, path)
+
+
+def _assert_models_belong_together(run, first_stage, tmp_path, capsys):
+    """A model copied in from another class, or beside another first stage (ConVAE or jet
+    flow) than it was fitted on, is refused by `jetflows sample` (issue 14 #1)."""
+    copy = tmp_path / "copied"
+    shutil.copytree(run / "g", copy / "t")  # g's models in t's folder
+    argv = ["sample", "--n", "5", "--run", str(copy), "--quiet", "--out", str(tmp_path / "x.h5")]
+    assert_one_line_error(capsys, [*argv, "--class", "t"], "is a model of class 'g', not 't'")
+    shutil.copytree(run / "g", copy / "g")
+    _retrained(copy / "g" / first_stage)
+    assert_one_line_error(capsys, [*argv, "--class", "g"], f"fitted on another {first_stage}")
+    assert not (tmp_path / "x.h5").exists()
+    assert (
+        main([*argv[:-2], "--class", "g", "--run", str(run), "--out", str(tmp_path / "y.h5")]) == 0
+    )
+
+
+def test_a_convae_from_elsewhere_is_refused(tiny_run, tmp_path, capsys):
+    _assert_models_belong_together(tiny_run, "convae.pt", tmp_path, capsys)
 
 
 def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):

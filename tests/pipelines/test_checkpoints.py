@@ -1,0 +1,38 @@
+"""Checkpoint provenance: fingerprints name the model itself; old checkpoints warn."""
+
+import pytest
+import torch
+
+from pipelines.checkpoints import (
+    check_provenance,
+    fingerprint,
+    load_checkpoint,
+    provenance,
+    save_checkpoint,
+)
+
+
+def _state(seed):
+    torch.manual_seed(seed)
+    weights = {"layer.weight": torch.randn(4, 3), "layer.bias": torch.randn(4)}
+    return {"kind": "jetflows.flow", "flow_config": {"transforms": 2}, "best_state_dict": weights}
+
+
+def test_a_fingerprint_survives_saving_and_names_the_weights(tmp_path):
+    a, b = _state(0), _state(1)
+    path = save_checkpoint(tmp_path / "a.pt", {**a, "history": [{"loss": 1.0}]})
+    assert fingerprint(load_checkpoint(path, "jetflows.flow")) == fingerprint(a)
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) != fingerprint({**a, "flow_config": {"transforms": 3}})
+
+
+def test_provenance_is_checked_and_its_absence_said():
+    first, other = _state(0), _state(1)
+    model = {**_state(2), "provenance": provenance("t", **{"convae.pt": first})}
+    check_provenance(model, "flow.pt", "t", **{"convae.pt": first})
+    with pytest.raises(ValueError, match=r"flow\.pt is a model of class 't', not 'g'"):
+        check_provenance(model, "flow.pt", "g", **{"convae.pt": first})
+    with pytest.raises(ValueError, match=r"fitted on another convae\.pt"):
+        check_provenance(model, "flow.pt", "t", **{"convae.pt": other})
+    with pytest.warns(UserWarning, match="so neither can be checked"):
+        check_provenance(_state(3), "old.pt", "t", **{"convae.pt": first})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import time
 import warnings
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from tqdm import tqdm
 
 from convae.model import ConVAE
 from flows import latent, particle
@@ -224,6 +226,54 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
     raise AssertionError("unreachable")
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler whose random stream is seeded by (seed, trial number): trial numbers are
+    unique across the workers of a study, so parallel workers explore different points, while
+    a single worker repeats its study exactly. Optuna's own seeding gives every worker started
+    with one seed the same stream, so two workers ran identical trials.
+
+    It builds ``make(seed)`` afresh before each trial (TPE keeps no state between trials but
+    its random stream; the history it learns from is read from the study).
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self.make, self.seed = make, seed
+        self.inner = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        entropy = np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]
+        self.inner = self.make(int(entropy))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, Any]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Any,
+    ) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+
 # ------------------------------------------------------------------------------------ a trial
 
 
@@ -308,13 +358,36 @@ def score(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> di
     return {k: float(v) for k, v in emds.items()}
 
 
-class Objective:
-    """The Optuna objective: one trial = one config from the space, trained and scored."""
+#: trials that count towards --trials: finished, or taken by a worker (running or re-queued)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = optuna.trial.TrialState.RUNNING
+TAKEN = (*FINISHED, RUNNING, optuna.trial.TrialState.WAITING)
 
-    def __init__(self, cfg: TuneConfig, base: dict[str, Any], data: tuple[Jets, Jets]) -> None:
-        self.cfg, self.base, self.data = cfg, base, data
+
+class Surplus(Exception):
+    """A trial started after the study's ``--trials`` were all taken by other workers."""
+
+
+class Objective:
+    """The Optuna objective: one trial = one config from the space, trained and scored.
+
+    A trial whose lower-numbered trials (trial numbers are handed out in order by the
+    storage) already take up ``limit`` is a surplus one: it is marked and ends at once, so
+    workers racing for the last trial never run more than ``--trials``.
+    """
+
+    def __init__(
+        self, cfg: TuneConfig, base: dict[str, Any], data: tuple[Jets, Jets], limit: int
+    ) -> None:
+        self.cfg, self.base, self.data, self.limit = cfg, base, data, limit
+        self.surplus = False  # the last trial was a surplus one (its failure is not news)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        taken = trial.study.get_trials(deepcopy=False, states=TAKEN)
+        self.surplus = sum(t.number < trial.number for t in taken) >= self.limit
+        if self.surplus:
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"trial {trial.number}: the study's {self.limit} trials are taken")
         trial.set_user_attr("worker", os.getpid())
         values = {key: p.suggest(trial, key) for key, p in self.cfg.space.items()}
         pipeline = pipeline_config(self.base, values)
@@ -348,6 +421,12 @@ def tune(
 ) -> Path:
     """Run (or join) a study until it holds ``trials`` finished trials; write its results.
 
+    ``trials`` is the study's total, over every worker and every call: a worker starts a trial
+    only while fewer than ``trials`` are finished (complete or pruned) or running, so the study
+    ends with exactly ``trials`` finished ones (fewer only where a trial failed after the
+    others stopped; a failed trial is replaced while workers run, and a later call tops the
+    study up). A worker runs at most ``trials`` trials itself.
+
     ``storage``: an SQLAlchemy URL; ``storage_env``: the variable holding one (overrides the
     config's). Returns the study's directory ``root/<study>`` with results.json, results.md
     and best.yaml (single objective) or pareto/<trial>.yaml (multi-objective).
@@ -367,23 +446,43 @@ def tune(
         storage=rdb,
         load_if_exists=True,
         directions=cfg.directions,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        sampler=TrialSeededSampler(lambda seed: optuna.samplers.TPESampler(seed=seed), cfg.seed),
         pruner=PRUNERS[cfg.pruner](),
     )
     pipeline = pipeline_config(base, {})
     train, valid, _ = split_jets(
         class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
     )
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    study.optimize(
-        Objective(cfg, base, (train, valid)),
-        n_trials=trials,
-        callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-        catch=(FloatingPointError,),
-        show_progress_bar=progress,
-    )
+    objective = Objective(cfg, base, (train, valid), trials)
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    quiet = functools.partial(_not_surplus, objective)  # optuna would warn of a failed trial
+    optuna_log.addFilter(quiet)
+    try:
+        _run_worker(study, objective, trials, progress)
+    finally:
+        optuna_log.removeFilter(quiet)
     write_results(study, cfg, base, out)
     return out
+
+
+def _run_worker(study: optuna.Study, objective: Objective, trials: int, progress: bool) -> None:
+    """Run trials until ``trials`` are finished or running in the study (at most ``trials``)."""
+    with tqdm(total=trials, desc=study.study_name, unit="trial", disable=not progress) as bar:
+        for _ in range(trials):
+            with warnings.catch_warnings():  # "experimental" since optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # a dead worker's trial is failed (and re-queued) before it could count
+                optuna.storages.fail_stale_trials(study)
+            counted = study.get_trials(deepcopy=False, states=(*FINISHED, RUNNING))
+            bar.n = sum(t.state in FINISHED for t in counted)
+            bar.refresh()
+            if len(counted) >= trials:
+                break
+            study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
+
+
+def _not_surplus(objective: Objective, record: logging.LogRecord) -> bool:
+    return not objective.surplus
 
 
 def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], out: Path) -> None:
@@ -397,8 +496,9 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
             "retried_from": t.system_attrs.get("failed_trial"),
         }
         for t in study.get_trials(deepcopy=False)
+        if not t.user_attrs.get("surplus")  # never ran: see Objective
     ]
-    best = study.best_trials if rows and any(r["state"] == "COMPLETE" for r in rows) else []
+    best = study.best_trials if any(r["state"] == "COMPLETE" for r in rows) else []
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(
             json.dumps(

@@ -79,10 +79,14 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
         assert w.wait(timeout=600) == 0, w.stderr.read()
     trials = _study(root).get_trials()
     finished = [t for t in trials if t.state in FINISHED]
-    assert len(finished) >= 4  # the study's total, not 4 per worker
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
+    assert len(finished) == 4  # the study's total, exactly: not 4 per worker, not 5
+    ran = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert len({t.user_attrs["worker"] for t in ran}) == 2  # both processes took trials
+    # each worker explores its own points (one seed gave both workers the same stream)
+    params = [tuple(sorted(t.params.items())) for t in ran]
+    assert len(set(params)) == len(params), params
     results = json.loads((root / "tiny" / "results.json").read_text())
-    assert {r["number"] for r in results["trials"]} == {t.number for t in trials}
+    assert {r["number"] for r in results["trials"]} == {t.number for t in ran}
     # each worker writes the results as it saw the study when it stopped (the other may still
     # have finished a trial after that): best.yaml names a complete trial and holds its params
     best = load_config(root / "tiny" / "best.yaml")
@@ -90,6 +94,20 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
     named = trials[int(best.name.removeprefix("tiny_trial"))]
     assert named.state == optuna.trial.TrialState.COMPLETE
     assert best.convae_train.lr == named.params["convae_train.lr"]
+
+
+def test_one_worker_repeats_its_study_and_trials_is_the_study_total(tmp_path, data_dir):
+    config = _write(tmp_path, data_dir)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        tune(config, trials=3, root=root, progress=False)
+    a, b = (_study(tmp_path / r).get_trials() for r in "ab")
+    assert [t.params for t in a] == [t.params for t in b]  # one worker: reproducible
+    assert len({tuple(sorted(t.params.items())) for t in a}) == 3
+    tune(config, trials=2, root=tmp_path / "a", progress=False)  # 3 done: nothing to run
+    tune(config, trials=3, root=tmp_path / "a", progress=False)
+    assert len(_study(tmp_path / "a").get_trials()) == 3
+    tune(config, trials=4, root=tmp_path / "a", progress=False)  # one more, to 4
+    assert len(_study(tmp_path / "a").get_trials(states=FINISHED)) == 4
 
 
 def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
@@ -182,3 +200,25 @@ def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, cha
     args = ["tune", "--config", str(config), "--trials", "1", "--root", str(tmp_path / "t")]
     err = assert_one_line_error(capsys, [*args, *argv, "--quiet"], match)
     assert "hunter2" not in err
+
+
+def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir):
+    from pipelines.tune import Objective, load_tune_config, write_results
+
+    cfg, base = load_tune_config(_write(tmp_path, data_dir))
+    study = optuna.create_study()
+    for value in (1.0, 2.0):  # two workers' trials already hold the study's total of 2
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"convae_train.lr": 1e-3},
+                distributions={"convae_train.lr": optuna.distributions.FloatDistribution(1e-4, 1)},
+                value=value,
+            )
+        )
+    objective = Objective(cfg, base, data=None, limit=2)  # would fail if it trained
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    late = study.get_trials()[-1]
+    assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs["surplus"]
+    write_results(study, cfg, base, tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["number"] for r in results["trials"]] == [0, 1]

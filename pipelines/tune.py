@@ -422,10 +422,10 @@ def tune(
     """Run (or join) a study until it holds ``trials`` finished trials; write its results.
 
     ``trials`` is the study's total, over every worker and every call: a worker starts a trial
-    only while fewer than ``trials`` are finished (complete or pruned) or running, so the study
-    ends with exactly ``trials`` finished ones (fewer only where a trial failed after the
-    others stopped; a failed trial is replaced while workers run, and a later call tops the
-    study up). A worker runs at most ``trials`` trials itself.
+    only while fewer than ``trials`` are finished (complete or pruned) or running, then waits
+    for the others' running trials, so it returns when the study holds exactly ``trials``
+    finished ones. A trial that fails (NaN) does not count and is replaced; a worker runs at
+    most ``trials`` trials itself (so a study whose every trial fails still ends).
 
     ``storage``: an SQLAlchemy URL; ``storage_env``: the variable holding one (overrides the
     config's). Returns the study's directory ``root/<study>`` with results.json, results.md
@@ -458,17 +458,23 @@ def tune(
     quiet = functools.partial(_not_surplus, objective)  # optuna would warn of a failed trial
     optuna_log.addFilter(quiet)
     try:
-        _run_worker(study, objective, trials, progress)
+        _run_worker(study, objective, trials, cfg.heartbeat, progress)
     finally:
         optuna_log.removeFilter(quiet)
     write_results(study, cfg, base, out)
     return out
 
 
-def _run_worker(study: optuna.Study, objective: Objective, trials: int, progress: bool) -> None:
-    """Run trials until ``trials`` are finished or running in the study (at most ``trials``)."""
+def _run_worker(
+    study: optuna.Study, objective: Objective, trials: int, wait: float, progress: bool
+) -> None:
+    """Run trials until the study holds ``trials`` finished ones (at most ``trials`` here).
+    While the rest are running in other workers, wait (polling every ``wait`` s) for them to
+    finish or, if their worker died, to go stale and be re-queued: when a worker returns, the
+    study is complete and the results it writes are the whole study's."""
+    attempts = 0
     with tqdm(total=trials, desc=study.study_name, unit="trial", disable=not progress) as bar:
-        for _ in range(trials):
+        while attempts < trials:
             with warnings.catch_warnings():  # "experimental" since optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # a dead worker's trial is failed (and re-queued) before it could count
@@ -476,8 +482,12 @@ def _run_worker(study: optuna.Study, objective: Objective, trials: int, progress
             counted = study.get_trials(deepcopy=False, states=(*FINISHED, RUNNING))
             bar.n = sum(t.state in FINISHED for t in counted)
             bar.refresh()
-            if len(counted) >= trials:
-                break
+            if bar.n >= trials:
+                return
+            if len(counted) >= trials:  # the last ones are running elsewhere
+                time.sleep(wait)
+                continue
+            attempts += 1
             study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
 
 

@@ -87,8 +87,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
     assert len(set(params)) == len(params), params
     results = json.loads((root / "tiny" / "results.json").read_text())
     assert {r["number"] for r in results["trials"]} == {t.number for t in ran}
-    # each worker writes the results as it saw the study when it stopped (the other may still
-    # have finished a trial after that): best.yaml names a complete trial and holds its params
+    # a worker returns when the study is complete: the results are the whole study's, and
+    # best.yaml names a complete trial and holds its params
     best = load_config(root / "tiny" / "best.yaml")
     assert best.name.startswith("tiny_trial")  # its own run, not the base's
     named = trials[int(best.name.removeprefix("tiny_trial"))]

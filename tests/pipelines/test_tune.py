@@ -3,9 +3,14 @@ pruning, multi-objective Pareto fronts, and bad input."""
 
 import json
 import os
+import pwd
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import yaml
 
 from pipelines.config import load_config
 from pipelines.data import write_jetnet_file
-from pipelines.tune import tune
+from pipelines.tune import load_tune_config, open_storage, tune
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[2]
@@ -50,8 +55,8 @@ def _write(tmp_path, data_dir, **changes):
     return path
 
 
-def _worker(config, root, trials):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _worker(config, root, trials, **env_vars):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env_vars}
     argv = [
         sys.executable,
         "-m",
@@ -65,11 +70,30 @@ def _worker(config, root, trials):
         str(root),
         "--quiet",
     ]
-    return subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
-def _study(root, name="tiny"):
+def _study(root, name="tiny", must_exist=False):
+    if must_exist and not (root / f"{name}.db").exists():  # never race the worker to create it
+        raise KeyError(name)
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/{name}.db")
+
+
+def _wait_for_a_running_trial(load_study, timeout=120):
+    """The first RUNNING trial once it has its parameters (a trial is RUNNING before its
+    suggest calls); ``load_study()`` may raise KeyError while the study does not exist yet."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            running = load_study().get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            continue
+        if running and running[0].params:
+            return running[0]
+    pytest.fail("the worker never started a trial")
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
@@ -117,17 +141,7 @@ def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
     )
     root = tmp_path / "tune"
     victim = _worker(config, root, 1)
-    deadline = time.time() + 120
-    running = []
-    # wait until the trial has its parameters: a trial is RUNNING before its suggest calls
-    while not (running and running[0].params) and time.time() < deadline:
-        time.sleep(0.2)
-        if (root / "tiny.db").exists():
-            try:
-                running = _study(root).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            except KeyError:  # the study is not created yet
-                pass
-    assert running and running[0].params, "the worker never started a trial"
+    running = [_wait_for_a_running_trial(lambda: _study(root, must_exist=True))]
     time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -222,3 +236,96 @@ def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir)
     write_results(study, cfg, base, tmp_path / "out")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["number"] for r in results["trials"]] == [0, 1]
+
+
+def _postgres_binaries():
+    found = shutil.which("initdb")
+    candidates = [Path(found).parent] if found else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    return next((d for d in candidates if (d / "initdb").is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package; .ci/run installs
+    it), with a password login; yields (SQLAlchemy URL, password) and stops it after."""
+    pytest.importorskip("psycopg2", reason="psycopg2 missing (pip install psycopg2-binary)")
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    # not under pytest's tmp_path: its parents are private to this user, and as root the
+    # server must run as another user (postgres refuses to run as root)
+    root = Path(tempfile.mkdtemp(prefix="jetflows-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    password = secrets.token_hex(12)
+    (root / "pw").write_text(password)
+    if as_user:
+        shutil.chown(root / "pw", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, pg_ctl = root / "data", str(binaries / "pg_ctl")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    commands = [
+        [str(binaries / "initdb"), "-D", str(data), "-U", "jetflows", f"--pwfile={root / 'pw'}"],
+        [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o", options, "start"],
+    ]
+    for command in commands:
+        done = subprocess.run([*as_user, *command], capture_output=True, text=True)
+        if done.returncode:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip(f"cannot start PostgreSQL here: {(done.stderr or done.stdout).strip()}")
+    # initdb's default authentication for TCP is trust: demand the password, as a real server
+    with open(data / "pg_hba.conf", "w") as hba:
+        hba.write("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "reload"], check=True, capture_output=True)
+    yield f"postgresql+psycopg2://jetflows:{password}@127.0.0.1:{port}/postgres", password
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_study_lose_no_trial_to_a_kill(tmp_path, data_dir, postgres):
+    url, password = postgres
+    storage = {"JETFLOWS_TEST_PG": url}
+    (tmp_path / "slow").mkdir(), (tmp_path / "quick").mkdir()
+    # the victim's trials would run for hours: it is surely mid-trial when killed
+    slow = _write(
+        tmp_path / "slow",
+        data_dir,
+        storage_env="JETFLOWS_TEST_PG",
+        more=["convae_train.epochs=1000000", "convae_train.patience=0"],
+    )
+    quick = _write(tmp_path / "quick", data_dir, storage_env="JETFLOWS_TEST_PG")
+    with pytest.raises(ValueError, match="cannot open the storage"):  # the password is needed
+        open_storage(url.replace(password, "wrong"), load_tune_config(quick)[0], tmp_path)
+    root = tmp_path / "tune"
+    victim = _worker(slow, root, 3, **storage)
+    killed = _wait_for_a_running_trial(lambda: optuna.load_study(study_name="tiny", storage=url))
+    survivor = _worker(quick, root, 3, **storage)
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    printed = [*victim.communicate(timeout=60), *survivor.communicate(timeout=600)]
+    assert survivor.returncode == 0, printed[3]
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert len([t for t in trials if t.state in FINISHED]) == 3  # --trials, exactly
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state in FINISHED
+    assert retried[0].params == killed.params
+    # every trial is accounted for: finished, the killed one (retried), or a surplus one
+    for t in trials:
+        assert t.state in FINISHED or t.number == killed.number or t.user_attrs.get("surplus"), t
+    results = json.loads((root / "tiny" / "results.json").read_text())
+    assert {r["number"] for r in results["trials"]} >= {
+        t.number for t in trials if t.state in FINISHED
+    }
+    # the password is in no output and no file
+    assert all(password not in text for text in printed)
+    assert all(password.encode() not in p.read_bytes() for p in root.rglob("*") if p.is_file())

@@ -99,7 +99,7 @@ class FitResult:
 
     history: list[dict[str, float]]
     state: dict[str, Any]
-    stopped_early: bool
+    stopped_early: bool  # patience ran out before ``epochs``; False when every epoch ran
 
 
 def _batches(n: int, size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -248,7 +248,8 @@ def fit_loop(
         if run.should_stop():
             break
     model.load_state_dict(run.best_weights)
-    return FitResult(run.history, run.state(), run.should_stop())
+    # early: patience ran out before the epoch budget did
+    return FitResult(run.history, run.state(), run.epoch < config.epochs)
 
 
 class _Run:

@@ -96,6 +96,26 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 @contextmanager
+def _beside(path: Path, *kinds: str) -> Iterator[list[Path]]:
+    """Temporary names ``.NAME.<kind>-PID`` beside ``path``, removed at the end whatever
+    happens (a killed writer's are removed here first); a full disk becomes a ValueError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    temporaries = [path.with_name(f".{path.name}.{kind}-{os.getpid()}") for kind in kinds]
+    for tmp in temporaries:
+        _remove(tmp)
+    try:
+        yield temporaries
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ValueError(f"cannot write {path}: no space left on device") from err
+        raise
+    finally:
+        for tmp in temporaries:
+            _remove(tmp)
+
+
+@contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary name beside ``path``; rename it onto ``path`` when the block succeeds.
 
@@ -111,20 +131,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with _beside(path, "tmp") as (tmp,):
         yield tmp
         with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise ValueError(f"cannot write {path}: no space left on device") from err
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -143,26 +154,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         ['a.txt']
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    _remove(tmp)
-    tmp.mkdir()
-    try:
+    with _beside(path, "tmp", "old") as (tmp, old):
+        tmp.mkdir()
         yield tmp
         # two renames (a folder cannot replace a non-empty one in one): the window between them
         # is microseconds, against minutes of writing into the folder itself
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise ValueError(f"cannot write {path}: no space left on device") from err
-        raise
-    finally:
-        _remove(tmp)
-        _remove(old)
 
 
 def strict_json(value: Any) -> Any:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -103,6 +105,9 @@ def test_early_stopping(data):
     cfg = TrainConfig(epochs=50, batch_size=64, lr=1e-12, patience=2, seed=0)
     result = fit(ConVAE(SMALL), train, valid, config=cfg, progress=False)
     assert result.stopped_early and len(result.history) < 50
+    # every epoch ran: not early, even though the loop also stops there
+    full = fit(ConVAE(SMALL), train, valid, config=replace(cfg, epochs=2), progress=False)
+    assert len(full.history) == 2 and not full.stopped_early
 
 
 def test_nan_input_and_nan_training(data):

@@ -18,7 +18,7 @@ import torch
 
 from convae.losses import chamfer
 from convae.model import ConVAE
-from convae.train import OPTIMIZERS, LossConfig, Objective
+from convae.train import OPTIMIZERS, ConVAELoss, LossConfig
 
 CEILING = 3000.0  # jets/s, from the issue: ~100 MFLOP/jet/step at ~310 GFLOP/s
 
@@ -28,7 +28,7 @@ def throughput(batch: int, steps: int, precision: str) -> float:
     torch.manual_seed(0)
     model = ConVAE()
     opt = OPTIMIZERS["adam"](model.parameters(), lr=1e-4)  # what fit uses (fused Adam)
-    objective = Objective(LossConfig(), gamma_2=10.0, normalization=None, precision=precision)
+    objective = ConVAELoss(LossConfig(), gamma_2=10.0, normalization=None, precision=precision)
     x = torch.rand(batch, 30, 3)
     mask = torch.rand(batch, 30) < 0.9
     for step in range(steps + 3):  # 3 warm-up steps

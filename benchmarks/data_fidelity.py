@@ -27,8 +27,8 @@ from common import machine_line
 
 from pipelines.data import Jets
 from pipelines.fpnd import FPND_CLASSES, fpnd
-from pipelines.generate import RECIPES, GeneratorConfig, generate_jets
 from pipelines.io import write_json
+from pipelines.pythia import RECIPES, PythiaConfig, generate_jets
 from pipelines.summary import mass_peak
 
 FEATURES = ("eta_rel", "phi_rel", "pt_rel")
@@ -52,7 +52,7 @@ def feature_extremes(jets: Jets) -> dict[str, dict[str, float]]:
 
 def class_row(cls: str, recipe: str, args: argparse.Namespace) -> dict:
     """Every figure of one class and recipe (generating what the cache lacks)."""
-    cfg = GeneratorConfig(cls, seed=args.seed, recipe=recipe)
+    cfg = PythiaConfig(cls, seed=args.seed, recipe=recipe)
     n = args.n if cls in FPND_CLASSES else args.small
     start = time.perf_counter()
     jets = generate_jets(cfg, n, num_particles=30, jobs=args.jobs, progress=True)

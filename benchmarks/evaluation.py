@@ -26,7 +26,7 @@ from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.evaluate import EvalConfig, draw_samples, evaluate_files
 from pipelines.fpnd import fpnd
-from pipelines.generate import GeneratorConfig, generate_jets
+from pipelines.pythia import PythiaConfig, generate_jets
 
 
 def tiled(base: Jets, n: int, seed: int) -> Jets:
@@ -59,7 +59,7 @@ def main() -> None:
     if args.real and args.gen:
         real, gen = read_jetnet_file(args.real, 30), read_jetnet_file(args.gen, 30)
     else:
-        base = generate_jets(GeneratorConfig("t"), 2000, jobs=2, progress=False)
+        base = generate_jets(PythiaConfig("t"), 2000, jobs=2, progress=False)
         real, gen = tiled(base, 2 * args.n, 1), tiled(base, args.n, 2)
     samples = draw_samples(real, gen, args.n, 42)
     ref, g = samples.reference, samples.gen

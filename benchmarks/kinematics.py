@@ -24,13 +24,13 @@ from common import machine_line
 from pipelines.config import load_config
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.pipeline import run_pipeline
-from pipelines.sample import load_generator, sample_jets
+from pipelines.sample import load_sampler, sample_jets
 from pipelines.summary import particle_level
 
 
 def generated(run: Path, cls: str, n: int, kinematics: np.ndarray | None = None) -> Jets:
     """n jets from the run's generator, as `jetflows sample` writes them."""
-    gen = load_generator(run, cls)
+    gen = load_sampler(run, cls)
     batches = list(sample_jets(gen, n, kinematics=kinematics))
     pf, jf = (np.concatenate([b[i] for b in batches]) for i in (0, 1))
     mask = pf[..., 3] > 0

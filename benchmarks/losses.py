@@ -16,7 +16,7 @@ import time
 import torch
 
 from convae import losses as L
-from pipelines.generate import GeneratorConfig, generate_jets
+from pipelines.pythia import PythiaConfig, generate_jets
 
 
 def timed(func, x, y, mask, repeats: int) -> float:
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--qpth-jets", type=int, default=1)  # 2 jets ran > 14 min here
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    jets = generate_jets(GeneratorConfig("t"), 100, jobs=2, progress=False)
+    jets = generate_jets(PythiaConfig("t"), 100, jobs=2, progress=False)
     x, mask = torch.tensor(jets.particles), torch.tensor(jets.mask)
     y = (x + 0.01 * torch.randn_like(x)).clamp_min(0) * mask[..., None]
     print(f"torch threads: {torch.get_num_threads()}, batch 100 jets x 30 particles")

@@ -41,7 +41,7 @@ from pipelines.data import Jets, write_jetnet_file
 from pipelines.evaluate import evaluate_files
 from pipelines.io import atomic_path, write_json
 from pipelines.pipeline import run_pipeline
-from pipelines.sample import JetGenerator, sample_jets
+from pipelines.sample import SamplerRecord, TrainedSampler, sample_jets
 
 CONFIGS = ("configs/standard.yaml", "configs/standard_particles.yaml")
 METRICS = ("w1m", "w1p", "w1efp", "fpd", "kpd", "cov", "mmd", "emd_sum", "fpnd")
@@ -54,12 +54,12 @@ def unprojected(class_dir: Path, jet_class: str, n: int, seed: int, cfg: Any) ->
     state = load_checkpoint(class_dir / "flow.pt", FLOW_KIND)
     flow = flow_from_state(state)
     jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND))
-    target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
-    kinematics = torch.tensor(state["extra"]["jet_kinematics"], dtype=torch.float32)
-    gen = JetGenerator(
-        lambda b, g: particle.generate(flow, jet_flow, b, target, generator=g, project=False),
-        kinematics,
-        target.num_particles,
+    record = SamplerRecord.from_dict(state["extra"])
+    target = particle.ParticleTarget.from_dict(record.particle_target)
+    gen = TrainedSampler(
+        record,
+        lambda b, g, kin: particle.generate(flow, jet_flow, b, target, generator=g, project=False),
+        torch.tensor(record.jet_kinematics, dtype=torch.float32),
         torch.device("cpu"),
     )
     pf, jf = next(sample_jets(gen, n, seed=seed, batch_size=n))

@@ -85,7 +85,7 @@ class LossConfig:
 
 
 @dataclass
-class Objective:
+class ConVAELoss:
     """Everything the loss needs besides the batch: its config, gamma_2, the normalization."""
 
     cfg: LossConfig
@@ -201,7 +201,7 @@ def fit(
     }
     return fit_loop(
         model,
-        Objective(loss, gamma_2, normalization, config.precision),
+        ConVAELoss(loss, gamma_2, normalization, config.precision),
         train,
         valid,
         config=config,

@@ -83,7 +83,10 @@ class FlowConfig:
 
 
 class Backend(Protocol):
-    """What `Flow` needs from a library flow: x -> z with log|det|, and z -> x."""
+    """What `Flow` needs from a library flow: its log-density, x -> z with log|det|, and
+    z -> x."""
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor: ...
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, Any]: ...
 
@@ -157,6 +160,9 @@ class _Zuko(nn.Module):
             zuko.distributions.DiagNormal, torch.zeros(features), torch.ones(features), buffer=True
         )
         self.flow = zuko.flows.Flow(parts, base)
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return self.flow(c).log_prob(x)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         return self.flow.transform(c).call_and_ladj(x)
@@ -241,6 +247,9 @@ class _Nflows(nn.Module):
         self.flow = nflows.flows.Flow(
             nft.CompositeTransform(parts), nflows.distributions.StandardNormal([features])
         )
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return self.flow.log_prob(x, context=c)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         return self.flow._transform(x, context=c)
@@ -349,10 +358,11 @@ class Flow(nn.Module):
         context: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """log p(x | context, labels): (N,) for x: (N, D)."""
-        z, ladj = self(x, context, labels)
-        normal = torch.distributions.Normal(z.new_zeros(()), z.new_ones(()))
-        return normal.log_prob(z).sum(-1) + ladj
+        """log p(x | context, labels): (N,) for x: (N, D), by the library flow (its base
+        density and its transforms), plus the standardization's Jacobian."""
+        self._check_x(x)
+        c = self._condition(len(x), context, labels)
+        return self.backend.log_prob((x - self.loc) / self.scale, c) - self.scale.log().sum()
 
     @torch.no_grad()
     def sample(
@@ -370,6 +380,10 @@ class Flow(nn.Module):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        # By hand, not the libraries' sample(): zuko and nflows draw the base noise from
+        # torch's global random stream, with no generator argument. Drawing z from the same
+        # standard-normal base with ``generator`` and inverting keeps a seed's sample fixed,
+        # whatever else used the global stream.
         device = self.loc.device
         z = torch.randn(n, self.features, generator=generator, device=device)
         training = self.training

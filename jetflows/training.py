@@ -52,10 +52,11 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation loss (0: never).
         clip_norm: clip the gradient norm to this value (None: no clipping).
         seed: seeds shuffling, the reparameterisation noise and initialisation.
-        precision: "fp32", or "bf16" for mixed precision (bfloat16 autocast of the network;
-            on this AVX512-BF16 CPU 1.7x the ConVAE's training throughput at batch 1024).
+        precision: "fp32", or "bf16" for mixed precision (bfloat16 autocast of the network):
+            faster on CPUs with native bf16 instructions (AVX512-BF16, AMX), slower on others;
+            measure with benchmarks/convae_throughput.py.
         compile: a torch.compile backend for the loss ("inductor" on a GPU; None: eager).
-            Compiling for the CPU took 27 s for the tiny test ConVAE here: meant for GPUs.
+            Compiling takes tens of seconds per model: meant for long GPU runs.
     """
 
     epochs: int = 300

@@ -38,9 +38,9 @@ def _positive_int(text: str) -> int:
 def cmd_data_generate(args: argparse.Namespace) -> None:
     """Generate jets of one class with Pythia8 + FastJet into a JetNet-layout file."""
     from pipelines.data import check_num_particles, jetnet_filename
-    from pipelines.generate import GeneratorConfig, generate_file
+    from pipelines.pythia import PythiaConfig, generate_file
 
-    cfg = GeneratorConfig(
+    cfg = PythiaConfig(
         args.jet_class,
         seed=args.seed,
         mpi=not args.no_mpi,
@@ -83,7 +83,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 def cmd_data_merge(args: argparse.Namespace) -> None:
     """Join the shard files of one `data generate --shard i/N` request into one JetNet file."""
-    from pipelines.generate import merge_shards
+    from pipelines.pythia import merge_shards
 
     path = merge_shards(args.files, args.out, overwrite=args.overwrite)
     print(f"wrote {path} ({len(args.files)} shards)")
@@ -92,11 +92,11 @@ def cmd_data_merge(args: argparse.Namespace) -> None:
 def cmd_data_summary(args: argparse.Namespace) -> None:
     """Print and plot a summary (mass peak, multiplicity, ...) of JetNet-layout files."""
     from pipelines.data import read_jetnet_file
-    from pipelines.summary import markdown_table, write_summary
+    from pipelines.summary import summary_table, write_summary
 
     datasets = {Path(f).name: read_jetnet_file(f) for f in args.files}
     rows = write_summary(datasets, args.out)
-    print(markdown_table(rows), end="")
+    print(summary_table(rows), end="")
     print(f"summary, mass.png and multiplicity.png in {args.out}")
 
 

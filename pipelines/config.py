@@ -10,7 +10,6 @@ ran and `jetflows pipeline --config runs/<name>/config.yaml` repeats it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -33,6 +32,7 @@ from jetflows.distributed import DEVICES
 from jetflows.normalize import STATISTICS
 from jetflows.training import TrainConfig
 from pipelines.evaluate import EvalConfig
+from pipelines.io import stable_hash
 
 SOURCES = ("auto", "jetnet", "pythia")
 
@@ -55,7 +55,7 @@ class DataConfig:
         split: train, validation, test fractions; the test part is the evaluation's real set.
         seed: Pythia seed and split seed.
         jobs: Pythia processes.
-        recipe: Pythia jets: a key of `pipelines.generate.RECIPES` (jetnet: phi_rel as
+        recipe: Pythia jets: a key of `pipelines.pythia.RECIPES` (jetnet: phi_rel as
             delta phi / pi like JetNet's files; particle: radians).
     """
 
@@ -69,7 +69,7 @@ class DataConfig:
     recipe: str = "jetnet"
 
     def __post_init__(self) -> None:
-        from pipelines.generate import RECIPES  # numpy + h5py only
+        from pipelines.pythia import RECIPES  # numpy + h5py only
 
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown data.recipe {self.recipe!r}: use one of {sorted(RECIPES)}")
@@ -369,4 +369,4 @@ def to_yaml(config: Any) -> str:
 def digest(*parts: Any) -> str:
     """A short stable hash of config parts (dataclasses or plain data): a stage's identity."""
     plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(plain)

@@ -153,6 +153,16 @@ def read_jetnet_file(path: str | Path, num_particles: int | None = None) -> Jets
     return Jets(pf[..., :3] * pf[..., 3:], pf[..., 3] > 0, jf, np.full(len(pf), label))
 
 
+def stored(jets: Jets, path: str | Path) -> Jets:
+    """``jets`` exactly as `read_jetnet_file` reads them back after `write_jetnet_file` to
+    ``path``: float32, particles zeroed where masked, labels from the file name. Lets a stage
+    pass on what it wrote without reading it back."""
+    mask = jets.mask.astype(bool)
+    particles = (jets.particles * mask[..., None]).astype(np.float32)
+    label = _label_from_name(Path(path))
+    return Jets(particles, mask, jets.jet_features.astype(np.float32), np.full(len(jets), label))
+
+
 def _label_from_name(path: Path) -> int:
     """Class index from a JetNet file name ("t150.hdf5" -> 2); -1 for other names."""
     stem = path.stem.removesuffix("150")

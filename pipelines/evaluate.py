@@ -288,28 +288,26 @@ def _file_class(real: Jets, gen_path: str | Path) -> str | None:
     return gen_class or real_class
 
 
-def evaluate_files(
-    real_path: str | Path,
-    gen_path: str | Path,
+def evaluate_to_dir(
+    real: Jets,
+    gen: Jets,
     out_dir: str | Path,
     *,
     jet_class: str | None = None,
     cfg: EvalConfig | None = None,
     progress: bool = True,
+    inputs: dict[str, str | Path] | None = None,
     extra: dict[str, Any] | None = None,
     extra_report: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Read two JetNet-layout files, evaluate, write metrics.json, report.md and plots/*.png.
+    """`evaluate`, then write metrics.json, report.md and plots/*.png into ``out_dir``.
 
-    Without ``jet_class``, the class is the generated file's ``jet_class`` attribute (what
-    `jetflows sample` writes), else the real file's JetNet name (t.hdf5 -> t).
-    ``extra`` is merged into metrics.json and ``extra_report`` (Markdown lines) appended to
-    report.md, e.g. the pipeline's ConVAE reconstruction figures.
+    ``inputs`` (e.g. the files the jets came from) and ``extra`` are recorded in metrics.json
+    and ``extra_report`` (Markdown lines) appended to report.md, e.g. the pipeline's ConVAE
+    reconstruction figures.
     """
     from pipelines.report import write_plots, write_report
 
-    real, gen = read_jetnet_file(real_path), read_jetnet_file(gen_path)
-    jet_class = jet_class or _file_class(real, gen_path)
     cfg = cfg or EvalConfig()
     samples = draw_samples(real, gen, cfg.n_jets, cfg.seed)
     if len(samples.gen) < cfg.n_jets and progress:
@@ -324,10 +322,37 @@ def evaluate_files(
     results = evaluate_samples(
         samples, efps, jet_class=jet_class, cfg=cfg, progress=progress, obs=obs
     )
-    results["inputs"] = {"real": str(real_path), "gen": str(gen_path)}
+    if inputs:
+        results["inputs"] = {k: str(v) for k, v in inputs.items()}
     results.update(extra or {})
     out_dir = Path(out_dir)
     plots = write_plots(samples, efps[0], efps[2], out_dir / "plots", obs=(obs[0], obs[2]))
     write_report(results, plots, out_dir / "report.md", extra=extra_report)
     write_json(out_dir / "metrics.json", results)
     return results
+
+
+def evaluate_files(
+    real_path: str | Path,
+    gen_path: str | Path,
+    out_dir: str | Path,
+    *,
+    jet_class: str | None = None,
+    cfg: EvalConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read two JetNet-layout files and `evaluate_to_dir` them.
+
+    Without ``jet_class``, the class is the generated file's ``jet_class`` attribute (what
+    `jetflows sample` writes), else the real file's JetNet name (t.hdf5 -> t).
+    """
+    real, gen = read_jetnet_file(real_path), read_jetnet_file(gen_path)
+    return evaluate_to_dir(
+        real,
+        gen,
+        out_dir,
+        jet_class=jet_class or _file_class(real, gen_path),
+        cfg=cfg,
+        progress=progress,
+        inputs={"real": real_path, "gen": gen_path},
+    )

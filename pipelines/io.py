@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
+
+
+def stable_hash(data: Any) -> str:
+    """A short hash of plain data (JSON-able), the same in any process and on any machine:
+    the identity of a pipeline stage's config, of a Pythia chunk cache.
+
+    Example:
+        >>> stable_hash({"b": 1, "a": [2, 3]}) == stable_hash({"a": [2, 3], "b": 1})
+        True
+    """
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a Markdown table (cells as given, formatted by the caller).
+
+    Example:
+        >>> markdown_table(["class", "W1M"], [["t", "0.95"]])
+        ['| class | W1M |', '|---|---|', '| t | 0.95 |']
+    """
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
 def strict_json(value: Any) -> Any:

@@ -332,7 +332,7 @@ def efps(
 ) -> np.ndarray:
     """The 36 EFPs (degree <= 4) of jetnet's FPD/KPD, for every jet, batched in torch.
 
-    energyflow evaluates each EFP's einsum jet by jet (~1 ms/jet here); this evaluates the same
+    energyflow evaluates each EFP's einsum jet by jet; this evaluates the same
     einsums (energyflow's graphs, contraction strings and hadronic measure: z_i = pt_i,
     theta_ij = sqrt(d_eta^2 + d_phi^2) with phi periodic) over a batch axis, several times faster.
     Tests check equality with `jetnet.utils.efps` to float64 precision.

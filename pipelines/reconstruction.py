@@ -19,6 +19,7 @@ from convae.diagnostics import jet_quantities, reconstruct, reconstruction_diagn
 from convae.model import ConVAE
 from jetflows.normalize import Normalization
 from pipelines.data import Jets
+from pipelines.io import markdown_table
 from pipelines.report import pyplot, save_figure
 
 SHOWN_JETS = 6
@@ -117,17 +118,26 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "keeps as many of its hardest particles as its input has. A collapsed ConVAE (every jet "
         "decoded to one jet) shows an EMD ratio near 1, correlations near 0 and spreads near 0.",
         "",
-        "| figure | value | target |",
-        "|---|---|---|",
-        f"| median EMD(input, reconstruction) | {result['emd_reconstruction']:.4g} | |",
-        f"| median EMD(input, another real jet) | {result['emd_other']:.4g} | |",
-        f"| EMD ratio | {result['emd_ratio']:.3f} | {TARGETS['emd_ratio']} |",
-        *(
-            f"| correlation of {k}, input vs reconstruction (rank correlation) | {v:.3f} "
-            f"({ranks[k]:.3f}) | {TARGETS.get(f'correlation.{k}', '')} |"
-            for k, v in corr.items()
+        *markdown_table(
+            ["figure", "value", "target"],
+            [
+                ["median EMD(input, reconstruction)", f"{result['emd_reconstruction']:.4g}", ""],
+                ["median EMD(input, another real jet)", f"{result['emd_other']:.4g}", ""],
+                ["EMD ratio", f"{result['emd_ratio']:.3f}", TARGETS["emd_ratio"]],
+                *(
+                    [
+                        f"correlation of {k}, input vs reconstruction (rank correlation)",
+                        f"{v:.3f} ({ranks[k]:.3f})",
+                        TARGETS.get(f"correlation.{k}", ""),
+                    ]
+                    for k, v in corr.items()
+                ),
+                *(
+                    [f"spread ratio {k}", f"{v:.3f}", TARGETS["spread.*"]]
+                    for k, v in spread.items()
+                ),
+            ],
         ),
-        *(f"| spread ratio {k} | {v:.3f} | {TARGETS['spread.*']} |" for k, v in spread.items()),
         "",
         *(f"![{Path(p).stem}]({p})" for p in result["plots"]),
     ]

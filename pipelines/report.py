@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, markdown_table
 from pipelines.metrics import EMD_OBSERVABLES, observables, w1efp_selection
 
 #: Report sections: (title, metric names, note).
@@ -68,14 +68,21 @@ def fmt(x: float | None, *, spec: str = ".4g", uncertainty: bool = False) -> str
 
 
 def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[str]:
-    lines = ["| metric | generated | ± | truth floor | ± | ratio |", "|---|---|---|---|---|---|"]
-    for name in names:
-        if name in rows:
-            r = rows[name]
-            lines.append(
-                f"| {name} | {fmt(r['value'])} | {fmt(r['std'], uncertainty=True)} | "
-                f"{fmt(r['floor'])} | {fmt(r['floor_std'], uncertainty=True)} | {fmt(r['ratio'])} |"
-            )
+    header = ["metric", "generated", "±", "truth floor", "±", "ratio"]
+    lines = markdown_table(
+        header,
+        (
+            [
+                name,
+                fmt(r["value"]),
+                fmt(r["std"], uncertainty=True),
+                fmt(r["floor"]),
+                fmt(r["floor_std"], uncertainty=True),
+                fmt(r["ratio"]),
+            ]
+            for name, r in ((n, rows[n]) for n in names if n in rows)
+        ),
+    )
     notes = [
         f"- {name} {field}: n/a, {reason}"
         for name in names

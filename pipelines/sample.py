@@ -16,7 +16,7 @@ command starts fast.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from convae.train import CHECKPOINT_KIND as CONVAE_KIND
 from convae.train import model_from_state
 from flows import latent, particle
+from flows.models import Flow
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import flow_from_state
 from jetflows import __version__
@@ -36,22 +37,80 @@ from jetflows.distributed import resolve_device
 from jetflows.normalize import Normalization
 from jetflows.physics import jet_observables
 from pipelines.checkpoints import check_provenance, load_checkpoint
+from pipelines.data import Jets
 from pipelines.io import atomic_path, check_disk_space, check_writable
 
 #: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
 Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
-class JetGenerator:
-    """A trained generator of one class: ``sampler`` plus the jet (pt, eta) pool; a
-    ``conditional`` one generates each jet for the (pt, eta) it is given."""
+@dataclass(frozen=True)
+class SamplerRecord:
+    """What a trained generator is besides its weights, stored in its flow checkpoint
+    (``state["extra"]``): how the flows' samples become jets, and for which jets.
 
+    Arguments:
+        target: "latent" (latent flow -> ConVAE decoder) or "particles" (jet flow -> particle
+            flow); a key of `BUILDERS`.
+        jet_class: the class it was trained on.
+        num_particles: P of the jets it makes.
+        jet_kinematics: (M, 2) training jets' (pt [GeV], eta): the pool each generated jet's
+            kinematics are drawn from.
+        kinematics_norm: the mean and std of (log pt, eta) the flows' context was standardized
+            with; None: not conditioned on kinematics.
+        latent: `pipelines.config.LatentOptions` as a dict (masking, pt_threshold, project);
+            latent target only.
+        multiplicity_probs: (P + 1,) training multiplicity distribution; latent target only.
+        particle_target: `flows.particle.ParticleTarget.to_dict()`; particles target only.
+    """
+
+    target: str
+    jet_class: str
+    num_particles: int
+    jet_kinematics: list[list[float]]
+    kinematics_norm: list[list[float]] | None = None
+    latent: dict[str, Any] | None = None
+    multiplicity_probs: list[float] | None = None
+    particle_target: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``extra`` (fields left None are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, extra: dict[str, Any], where: str | Path = "flow.pt") -> SamplerRecord:
+        """Read it back from a checkpoint's ``extra``.
+
+        Raises:
+            ValueError: not a pipeline flow (no known target, unknown or missing keys).
+        """
+        names = {f.name for f in fields(cls)}
+        if extra.get("target") not in BUILDERS or not names >= set(extra):
+            raise ValueError(f"{where}: not a pipeline flow (no known target recorded)")
+        try:
+            return cls(**extra)
+        except TypeError as err:
+            raise ValueError(f"{where}: an incomplete generator record: {err}") from err
+
+
+@dataclass
+class TrainedSampler:
+    """A trained generator of one class, ready to sample: its record, the ``sampler`` built
+    from its models, the jet (pt, eta) pool, and the device its models live on."""
+
+    record: SamplerRecord
     sampler: Sampler
     kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
-    num_particles: int
     device: torch.device  # where the models and their random stream live
-    conditional: bool = False
+
+    @property
+    def num_particles(self) -> int:
+        return self.record.num_particles
+
+    @property
+    def conditional(self) -> bool:
+        """Whether each jet is generated for the (pt, eta) it is given."""
+        return self.record.kinematics_norm is not None
 
 
 def kinematics_norm(jet_features: np.ndarray) -> list[list[float]]:
@@ -70,18 +129,16 @@ def kinematics_context(kinematics: torch.Tensor, norm: list[list[float]]) -> tor
     return (x - mean) / std
 
 
-def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
-    vae_state = load_checkpoint(class_dir / "convae.pt", CONVAE_KIND)
-    check_provenance(vae_state, class_dir / "convae.pt", class_dir.name)
-    check_provenance(state, class_dir / "flow.pt", class_dir.name, **{"convae.pt": vae_state})
+def _latent_sampler(
+    record: SamplerRecord, flow: Flow, vae_state: dict[str, Any], device: torch.device
+) -> Sampler:
     vae = model_from_state(vae_state).to(device).eval()
     norm = Normalization.from_dict(vae_state["normalization"])
-    flow = flow_from_state(state).to(device)
-    options = state["extra"]["latent"]
-    probs = torch.tensor(state["extra"]["multiplicity_probs"], device=device)
+    options = record.latent or {}
+    probs = torch.tensor(record.multiplicity_probs, device=device)
     masking = latent.Masking(options["masking"], options["pt_threshold"], probs)
     project = bool(options.get("project", False))  # absent in checkpoints before the option
-    scale = state["extra"].get("kinematics_norm")  # set when the flow is conditioned on them
+    scale = record.kinematics_norm
 
     def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
         context = kinematics_context(kin, scale) if scale and kin is not None else None
@@ -99,14 +156,12 @@ def _latent_sampler(state: dict[str, Any], class_dir: Path, device: torch.device
     return sample
 
 
-def _particle_sampler(state: dict[str, Any], class_dir: Path, device: torch.device) -> Sampler:
-    jet_state = load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND)
-    check_provenance(jet_state, class_dir / "jet_flow.pt", class_dir.name)
-    check_provenance(state, class_dir / "flow.pt", class_dir.name, **{"jet_flow.pt": jet_state})
+def _particle_sampler(
+    record: SamplerRecord, flow: Flow, jet_state: dict[str, Any], device: torch.device
+) -> Sampler:
     jet_flow = flow_from_state(jet_state).to(device)
-    flow = flow_from_state(state).to(device)
-    target = particle.ParticleTarget.from_dict(state["extra"]["particle_target"])
-    scale = state["extra"].get("kinematics_norm")
+    target = particle.ParticleTarget.from_dict(record.particle_target)
+    scale = record.kinematics_norm
 
     def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
         context = kinematics_context(kin, scale) if scale and kin is not None else None
@@ -115,10 +170,26 @@ def _particle_sampler(state: dict[str, Any], class_dir: Path, device: torch.devi
     return sample
 
 
-SAMPLERS: dict[str, Callable[[dict[str, Any], Path, torch.device], Sampler]] = {
-    "latent": _latent_sampler,
-    "particles": _particle_sampler,
+#: target -> (its first stage's checkpoint file and kind, the builder of its sampler from the
+#: record, the flow and that first stage's state)
+BUILDERS: dict[str, tuple[str, str, Callable[..., Sampler]]] = {
+    "latent": ("convae.pt", CONVAE_KIND, _latent_sampler),
+    "particles": ("jet_flow.pt", FLOW_KIND, _particle_sampler),
 }
+
+
+def build_sampler(
+    flow_state: dict[str, Any], first_state: dict[str, Any], *, device: str = "cpu"
+) -> TrainedSampler:
+    """The generator of a flow state (its record inside) and the state of the model it was
+    fitted on (the ConVAE, or the jet flow): the one builder behind `load_sampler`, the
+    pipeline's evaluation and every tuning trial, so all three sample the same way."""
+    device = resolve_device(device)
+    record = SamplerRecord.from_dict(flow_state.get("extra", {}))
+    flow = flow_from_state(flow_state).to(device)
+    sampler = BUILDERS[record.target][2](record, flow, first_state, device)
+    kinematics = torch.tensor(record.jet_kinematics, dtype=torch.float32)
+    return TrainedSampler(record, sampler, kinematics, device)
 
 
 def class_dir(run: str | Path, jet_class: str) -> Path:
@@ -139,19 +210,24 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
     return path
 
 
-def load_generator(run: str | Path, jet_class: str, *, device: str = "cpu") -> JetGenerator:
-    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``; ``device``
-    as `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda)."""
-    device = resolve_device(device)
+def load_sampler(run: str | Path, jet_class: str, *, device: str = "cpu") -> TrainedSampler:
+    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``, each
+    checked to belong to the class and to each other; ``device`` as
+    `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda).
+
+    Raises:
+        FileNotFoundError: no run directory or a missing checkpoint.
+        ValueError: no model of the class, a corrupt checkpoint, or models that do not belong
+            together (`pipelines.checkpoints.check_provenance`).
+    """
     path = class_dir(run, jet_class)
     state = load_checkpoint(path / "flow.pt", FLOW_KIND)
-    extra = state.get("extra", {})
-    if extra.get("target") not in SAMPLERS:
-        raise ValueError(f"{path / 'flow.pt'}: not a pipeline flow (no known target recorded)")
-    sampler = SAMPLERS[extra["target"]](state, path, device)
-    kinematics = torch.tensor(extra["jet_kinematics"], dtype=torch.float32)
-    conditional = bool(extra.get("kinematics_norm"))
-    return JetGenerator(sampler, kinematics, int(extra["num_particles"]), device, conditional)
+    record = SamplerRecord.from_dict(state.get("extra", {}), path / "flow.pt")
+    first, kind, _ = BUILDERS[record.target]
+    first_state = load_checkpoint(path / first, kind)
+    check_provenance(first_state, path / first, path.name)
+    check_provenance(state, path / "flow.pt", path.name, **{first: first_state})
+    return build_sampler(state, first_state, device=device)
 
 
 def jet_features(
@@ -163,7 +239,7 @@ def jet_features(
     return torch.stack([pt, eta, rel_mass * pt, mask.sum(1).float()], 1)
 
 
-def check_kinematics(gen: JetGenerator, kinematics: Any, n: int) -> torch.Tensor:
+def check_kinematics(gen: TrainedSampler, kinematics: Any, n: int) -> torch.Tensor:
     """Requested (pt, eta) per jet as an (n, 2) float32 tensor, checked.
 
     Raises:
@@ -183,13 +259,42 @@ def check_kinematics(gen: JetGenerator, kinematics: Any, n: int) -> torch.Tensor
     return kin
 
 
-@torch.no_grad()
-def sample_jets(
-    gen: JetGenerator,
+BATCH_SIZE = 10_000  # jets per generator call (and per streamed write)
+
+
+def generated_attributes(jet_class: str) -> dict[str, str]:
+    """The attributes every file of generated jets carries (`evaluate` reads the class)."""
+    return {"generator": "jetflows", "version": __version__, "jet_class": jet_class}
+
+
+def sampled_jets(
+    gen: TrainedSampler,
     n: int,
     *,
     seed: int = 0,
-    batch_size: int = 10_000,
+    batch_size: int = BATCH_SIZE,
+    kinematics: Any = None,
+    progress: bool = False,
+) -> Jets:
+    """``n`` generated jets in memory, the same jets `sample_to_file` writes for these
+    arguments: particles (n, P, 3), mask (n, P), jet_features (n, 4), labels -1."""
+    parts, jets = [], []
+    with tqdm(total=n, desc="sampling", unit="jet", disable=not progress) as bar:
+        for pf, jf in sample_jets(gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics):
+            parts.append(pf)
+            jets.append(jf)
+            bar.update(len(pf))
+    pf = np.concatenate(parts)
+    return Jets(pf[..., :3], pf[..., 3] > 0, np.concatenate(jets), np.full(n, -1))
+
+
+@torch.no_grad()
+def sample_jets(
+    gen: TrainedSampler,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
     kinematics: Any = None,
 ) -> Any:
     """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy.
@@ -221,7 +326,7 @@ def sample_to_file(
     out: str | Path,
     *,
     seed: int = 0,
-    batch_size: int = 10_000,
+    batch_size: int = BATCH_SIZE,
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -239,7 +344,7 @@ def sample_to_file(
     inputs = sorted(class_dir(run, jet_class).glob("*.pt"))
     if any(out.resolve() == path.resolve() for path in inputs):
         raise ValueError(f"{out} is one of the run's models: write the jets somewhere else")
-    gen = load_generator(run, jet_class, device=device)
+    gen = load_sampler(run, jet_class, device=device)
     if kinematics is not None:
         kinematics = check_kinematics(gen, kinematics, n)
     P = gen.num_particles
@@ -249,10 +354,8 @@ def sample_to_file(
         jf = f.create_dataset("jet_features", (n, 4), dtype=np.float32)
         f.attrs.update(
             {
-                "generator": "jetflows",
-                "version": __version__,
+                **generated_attributes(jet_class),
                 "run": str(run),
-                "jet_class": jet_class,
                 "seed": seed,
                 "batch_size": batch_size,
             }

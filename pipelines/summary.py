@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.data import Jets
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, markdown_table, write_json
+from pipelines.report import pyplot
 
 MASS_RANGE = (0.0, 400.0)  # GeV; covers every class at 1 TeV
 
@@ -53,23 +54,15 @@ def summarize(jets: Jets) -> dict[str, float]:
     }
 
 
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
+def summary_table(rows: dict[str, dict[str, float]]) -> str:
     """A Markdown table, one row per dataset name, one column per figure."""
     columns = list(next(iter(rows.values())))
-    lines = ["| dataset | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    cells = ([name, *(f"{row[c]:.4g}" for c in columns)] for name, row in rows.items())
+    return "\n".join(markdown_table(["dataset", *columns], cells)) + "\n"
 
 
 def _histogram_png(path: Path, data: dict[str, np.ndarray], xlabel: str, bins: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep
-
-    plt.style.use(mplhep.style.ROOT)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
     for name, values in data.items():
         ax.hist(values, bins=bins, histtype="step", density=True, label=name, linewidth=1.5)
@@ -93,7 +86,7 @@ def write_summary(datasets: dict[str, Jets], out_dir: str | Path) -> dict[str, d
             "definition for every file: compare these. `file_*`: the file's jet_features, i.e. "
             "the clustered jet (hadron masses, every constituent) in Pythia and JetNet files "
             "but the stored particles in generated ones: not comparable between the two.\n\n"
-            + markdown_table(rows)
+            + summary_table(rows)
             + "\n![mass](mass.png)\n![n](multiplicity.png)\n"
         )
     levels = {k: particle_level(v) for k, v in datasets.items()}

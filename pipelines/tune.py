@@ -31,30 +31,23 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from tqdm import tqdm
 
-from convae.model import ConVAE
-from flows import latent, particle
-from flows.train import flow_from_state
-from jetflows.distributed import resolve_device
-from jetflows.normalize import Normalization
 from pipelines import metrics
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
 from pipelines.data import Jets
-from pipelines.io import atomic_path
-from pipelines.pipeline import (
+from pipelines.io import atomic_path, markdown_table, write_json
+from pipelines.sample import build_sampler, sampled_jets
+from pipelines.stages import (
     OnEpoch,
     class_jets,
-    convae_of,
-    kinematics_contexts,
-    latent_data,
-    particle_data,
+    particle_flows_data,
     split_jets,
     train_convae,
-    train_flow,
+    train_jet_flow,
+    train_latent_flow,
+    train_particle_flow,
 )
-from pipelines.sample import jet_features
 
 _REST = ("pt", "energy", "eta", "phi", "multiplicity")
 #: name -> the observables whose scaled EMDs add up to each objective value
@@ -277,83 +270,52 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 # ------------------------------------------------------------------------------------ a trial
 
 
-_CONVAES: dict[str, tuple[ConVAE, Normalization]] = {}  # flow-only trials reuse one ConVAE
+_CONVAES: dict[str, dict[str, Any]] = {}  # flow-only trials reuse one ConVAE
 
 
-def _convae(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
-    """The trained ConVAE and normalization of ``cfg`` (trained once per worker and config)."""
+def _latent_states(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], report: OnEpoch
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained latent flow and ConVAE states (the ConVAE trained once per worker and
+    config); epochs are reported ConVAE first, then the flow's after them."""
     key = digest(cfg.data, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
     if key not in _CONVAES:
         state = train_convae(cfg, parts, on_epoch=report)
         _CONVAES.clear()  # keep one: a ConVAE study changes it every trial
-        _CONVAES[key] = convae_of(state, resolve_device(cfg.device))
-    return _CONVAES[key]
-
-
-def _generate_latent(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
-    vae, norm = _convae(cfg, parts, report)
-    offset = cfg.convae_train.epochs  # flow epochs are reported after the ConVAE's
+        _CONVAES[key] = state
+    offset = cfg.convae_train.epochs
 
     def flow_report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
         report(offset + epoch, row, state)
 
-    device = resolve_device(cfg.device)
-    state = train_flow(
-        cfg.flow,
-        cfg.flow_train,
-        latent_data(cfg, parts, vae, norm),
-        device=device,
-        on_epoch=flow_report,
-    )
-    probs = latent.multiplicity_probs(torch.from_numpy(parts[0].mask)).to(device)
-    masking = latent.Masking(cfg.latent.masking, cfg.latent.pt_threshold, probs)
-    g = torch.Generator(device=device).manual_seed(cfg.data.seed)
-    return latent.generate(
-        flow_from_state(state).to(device),
-        vae,
-        len(parts[1]),
-        masking=masking,
-        normalization=norm,
-        generator=g,
-        project=cfg.latent.project,
-        # conditioned trials generate for the validation jets' own kinematics
-        context=kinematics_contexts(parts, device)[1] if cfg.latent.kinematics else None,
-    )
+    vae_state = _CONVAES[key]
+    flow = train_latent_flow(cfg, jet_class, parts, vae_state, on_epoch=flow_report)
+    return flow, vae_state
 
 
-def _generate_particles(cfg: PipelineConfig, parts: tuple[Jets, Jets], report: OnEpoch) -> tuple:
-    device = resolve_device(cfg.device)
-    target, jet_data, particle_data_ = particle_data(cfg, parts)
-    common = {"device": device, "standardize": False}
-    jet_flow = train_flow(cfg.particle.jet_flow, cfg.flow_train, jet_data, **common)
-    flow = train_flow(cfg.flow, cfg.flow_train, particle_data_, on_epoch=report, **common)
-    g = torch.Generator(device=device).manual_seed(cfg.flow_train.seed)
-    return particle.generate(
-        flow_from_state(flow).to(device),
-        flow_from_state(jet_flow).to(device),
-        len(parts[1]),
-        target,
-        generator=g,
-        jet_context=kinematics_contexts(parts, device)[1] if cfg.particle.kinematics else None,
-    )
+def _particle_states(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], report: OnEpoch
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained particle flow and jet flow states (the particle flow's epochs reported)."""
+    record, jet_data, particle_data = particle_flows_data(cfg, jet_class, parts)
+    jet_state = train_jet_flow(cfg, jet_data)
+    return train_particle_flow(cfg, particle_data, record, on_epoch=report), jet_state
 
 
-GENERATORS = {"latent": _generate_latent, "particles": _generate_particles}
+#: target -> (cfg, class, (train, valid), report) -> (flow state, its first stage's state)
+TRAINING = {"latent": _latent_states, "particles": _particle_states}
 
 
-def score(cfg: PipelineConfig, train: Jets, valid: Jets, report: Callable) -> dict[str, float]:
-    """Train on ``train``, generate len(valid) jets, their scaled observable EMDs vs ``valid``."""
-    particles, mask = GENERATORS[cfg.target](cfg, (train, valid), report)
-    particles, mask = particles.cpu(), mask.cpu()
-    rng = np.random.default_rng(cfg.data.seed)
-    pick = np.arange(len(mask)) if cfg.kinematics else rng.integers(len(train), size=len(mask))
-    kinematics = torch.from_numpy((valid if cfg.kinematics else train).jet_features[pick, :2])
-    gen = Jets(
-        particles.numpy(),
-        mask.numpy(),
-        jet_features(particles, mask, kinematics).numpy(),
-        valid.labels[: len(mask)],
-    )
+def score(
+    cfg: PipelineConfig, jet_class: str, train: Jets, valid: Jets, report: Callable
+) -> dict[str, float]:
+    """Train on ``train``, sample len(valid) jets as `jetflows sample` would (the same
+    generator, masking and kinematics draw; a conditioned generator samples for the validation
+    jets' own (pt, eta)), and return their scaled observable EMDs against ``valid``."""
+    flow_state, first_state = TRAINING[cfg.target](cfg, jet_class, (train, valid), report)
+    sampler = build_sampler(flow_state, first_state, device=cfg.device)
+    kinematics = valid.jet_features[:, :2] if sampler.conditional else None
+    gen = sampled_jets(sampler, len(valid), seed=cfg.data.seed, kinematics=kinematics)
     emds, _ = metrics.observable_emds(metrics.observables(valid), metrics.observables(gen))
     return {k: float(v) for k, v in emds.items()}
 
@@ -368,7 +330,7 @@ class Surplus(Exception):
     """A trial started after the study's ``--trials`` were all taken by other workers."""
 
 
-class Objective:
+class TrialObjective:
     """The Optuna objective: one trial = one config from the space, trained and scored.
 
     A trial whose lower-numbered trials (trial numbers are handed out in order by the
@@ -399,7 +361,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        emds = score(pipeline, *self.data, report)
+        emds = score(pipeline, self.cfg.jet_class, *self.data, report)
         for name, value in emds.items():
             trial.set_user_attr(name, value)
         result = objective_values(self.cfg.objective, emds)
@@ -453,7 +415,7 @@ def tune(
     train, valid, _ = split_jets(
         class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
     )
-    objective = Objective(cfg, base, (train, valid), trials)
+    objective = TrialObjective(cfg, base, (train, valid), trials)
     optuna_log = logging.getLogger("optuna.study._optimize")
     quiet = functools.partial(_not_surplus, objective)  # optuna would warn of a failed trial
     optuna_log.addFilter(quiet)
@@ -466,7 +428,7 @@ def tune(
 
 
 def _run_worker(
-    study: optuna.Study, objective: Objective, trials: int, wait: float, progress: bool
+    study: optuna.Study, objective: TrialObjective, trials: int, wait: float, progress: bool
 ) -> None:
     """Run trials until the study holds ``trials`` finished ones (at most ``trials`` here).
     While the rest are running in other workers, wait (polling every ``wait`` s) for them to
@@ -491,7 +453,7 @@ def _run_worker(
             study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
 
 
-def _not_surplus(objective: Objective, record: logging.LogRecord) -> bool:
+def _not_surplus(objective: TrialObjective, record: logging.LogRecord) -> bool:
     return not objective.surplus
 
 
@@ -506,16 +468,13 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
             "retried_from": t.system_attrs.get("failed_trial"),
         }
         for t in study.get_trials(deepcopy=False)
-        if not t.user_attrs.get("surplus")  # never ran: see Objective
+        if not t.user_attrs.get("surplus")  # never ran: see TrialObjective
     ]
     best = study.best_trials if any(r["state"] == "COMPLETE" for r in rows) else []
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(
-            json.dumps(
-                {"objective": cfg.objective, "trials": rows, "best": [t.number for t in best]},
-                indent=2,
-            )
-        )
+    best_numbers = [t.number for t in best]
+    write_json(
+        out / "results.json", {"objective": cfg.objective, "trials": rows, "best": best_numbers}
+    )
     for trial in best:
         name = "best.yaml" if len(cfg.directions) == 1 else f"pareto/{trial.number}.yaml"
         # its own run name: `jetflows pipeline` with it must not overwrite the base's run
@@ -531,11 +490,10 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
         "",
         f"{len(rows)} trials; best (Pareto front for several objectives):",
         "",
-        "| trial | values | params |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {t.number} | {', '.join(f'{v:.4g}' for v in t.values)} | {t.params} |" for t in best
+        *markdown_table(
+            ["trial", "values", "params"],
+            ([t.number, ", ".join(f"{v:.4g}" for v in t.values), t.params] for t in best),
+        ),
     ]
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

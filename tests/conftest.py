@@ -71,13 +71,13 @@ def jets():
 @pytest.fixture(scope="session")
 def pythia_top_files(tmp_path_factory):
     """Two independent samples of real Pythia8 top jets (600 and 300), as JetNet-layout files."""
-    from pipelines.generate import GeneratorConfig, generate_file
+    from pipelines.pythia import PythiaConfig, generate_file
 
     root = tmp_path_factory.mktemp("pythia_top")
     files = []
     for seed, n in ((1, 600), (2, 300)):
         path, _ = generate_file(
-            GeneratorConfig("t", seed=seed),
+            PythiaConfig("t", seed=seed),
             n,
             root / f"s{seed}" / "t.hdf5",
             jobs=2,

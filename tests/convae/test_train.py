@@ -5,7 +5,7 @@ import torch
 
 from convae.losses import chamfer
 from convae.model import ConVAE, ConVAEConfig
-from convae.train import LossConfig, Objective, TrainConfig, fit, model_from_state
+from convae.train import ConVAELoss, LossConfig, TrainConfig, fit, model_from_state
 from jetflows.normalize import fit_normalization
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from tests.conftest import random_jets, without_times
@@ -176,7 +176,7 @@ def test_torch_compile_option_trains(data):
 
 
 class _Fixed(torch.nn.Module):
-    """A stand-in ConVAE whose reconstruction is given: to check what the Objective computes."""
+    """A stand-in ConVAE whose reconstruction is given: to check what the ConVAELoss computes."""
 
     def __init__(self, recon):
         super().__init__()
@@ -190,7 +190,7 @@ class _Fixed(torch.nn.Module):
 
 def _objective(recon, norm, **loss):
     cfg = LossConfig(weighting="beta_vae", beta=0.0, gamma=0.0, **loss)
-    return Objective(cfg, 1.0, norm), _Fixed(recon)
+    return ConVAELoss(cfg, 1.0, norm), _Fixed(recon)
 
 
 def test_feature_weights_and_loss_space(data):

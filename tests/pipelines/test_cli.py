@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines import generate
+from pipelines import pythia
 from pipelines.cli import main
 from pipelines.data import read_jetnet_file, write_jetnet_file
 from tests.conftest import assert_one_line_error, random_jets
@@ -36,7 +36,7 @@ def fake_pythia(monkeypatch):
         jets = random_jets(cfg.chunk_size, 150, seed=index)
         return {"particles": jets.particles, "jet_features": jets.jet_features}
 
-    monkeypatch.setattr(generate, "generate_chunk", chunk)
+    monkeypatch.setattr(pythia, "generate_chunk", chunk)
 
 
 def test_help_lists_commands(capsys):
@@ -85,7 +85,7 @@ def test_generate_bad_arguments(tmp_path, capsys, args, match):
 
 
 def test_generate_help_names_every_recipe(capsys):
-    from pipelines.generate import RECIPES
+    from pipelines.pythia import RECIPES
 
     with pytest.raises(SystemExit):
         main(["data", "generate", "--help"])
@@ -126,7 +126,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, fake_pythia):
 
 
 def test_unwritable_output_fails_before_generating(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(generate, "generate_chunk", lambda *a: pytest.fail("generated"))
+    monkeypatch.setattr(pythia, "generate_chunk", lambda *a: pytest.fail("generated"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _error(
@@ -140,7 +140,7 @@ def test_interrupt_gives_status_130_and_no_file(tmp_path, capsys, monkeypatch):
     def interrupted(cfg, index):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "generate_chunk", interrupted)
+    monkeypatch.setattr(pythia, "generate_chunk", interrupted)
     out = tmp_path / "t.hdf5"
     code, _, err = _run(
         capsys, f"data generate --class t --n 2 --out {out} --jobs 1 --cache {tmp_path}"

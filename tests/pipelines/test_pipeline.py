@@ -95,15 +95,12 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
 
 
 def test_a_rerun_skips_every_finished_stage(tiny_run, data_dir, monkeypatch):
-    import pipelines.pipeline as pl
-
     def boom(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    for name in ("fit_convae", "fit_flow", "evaluate_files"):
-        monkeypatch.setattr(pl, name, boom, raising=False)
-    monkeypatch.setattr("pipelines.evaluate.evaluate_files", boom)
-    monkeypatch.setattr("pipelines.sample.sample_to_file", boom)
+    for name in ("stages.fit_convae", "stages.fit_flow", "evaluate.evaluate_to_dir"):
+        monkeypatch.setattr(f"pipelines.{name}", boom)
+    monkeypatch.setattr("pipelines.pipeline.sampled_jets", boom)
     run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("g",), progress=False)
     log = (tiny_run / "pipeline.log").read_text()
     assert "g: convae up to date" in log and "g: evaluate up to date" in log
@@ -115,9 +112,9 @@ def test_redrawn_jets_are_scored_again(tiny_run, data_dir, monkeypatch):
     import pipelines.evaluate as ev
 
     scored = []
-    real_evaluate = ev.evaluate_files
+    real_evaluate = ev.evaluate_to_dir
     monkeypatch.setattr(
-        ev, "evaluate_files", lambda *a, **k: scored.append(1) or real_evaluate(*a, **k)
+        ev, "evaluate_to_dir", lambda *a, **k: scored.append(1) or real_evaluate(*a, **k)
     )
     (tiny_run / "t" / "generated.hdf5").unlink()
     run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("t",), progress=False)
@@ -125,15 +122,15 @@ def test_redrawn_jets_are_scored_again(tiny_run, data_dir, monkeypatch):
 
 
 def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monkeypatch):
-    import pipelines.pipeline as pl
+    import pipelines.stages as st
 
-    real_fit_flow = pl.fit_flow
+    real_fit_flow = st.fit_flow
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     cfg = _config(data_dir)
-    monkeypatch.setattr(pl, "fit_flow", killed)
+    monkeypatch.setattr(st, "fit_flow", killed)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     directory = tmp_path / "tiny" / "g"
@@ -143,8 +140,8 @@ def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monk
     def no_convae(*args, **kwargs):
         raise AssertionError("the ConVAE was retrained")
 
-    monkeypatch.setattr(pl, "fit_convae", no_convae)
-    monkeypatch.setattr(pl, "fit_flow", real_fit_flow)
+    monkeypatch.setattr(st, "fit_convae", no_convae)
+    monkeypatch.setattr(st, "fit_flow", real_fit_flow)
     run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     assert (directory / "convae.pt").stat().st_mtime_ns == stamp
     assert (directory / "metrics.json").is_file()
@@ -152,6 +149,7 @@ def test_killed_after_convae_resumes_without_retraining(tmp_path, data_dir, monk
 
 def test_killed_mid_training_resumes_from_the_last_epoch(tmp_path, data_dir, monkeypatch):
     import pipelines.pipeline as pl
+    import pipelines.stages as st
 
     cfg = _config(data_dir, "convae_train.epochs=3")
     real_save = pl.save_checkpoint
@@ -170,13 +168,13 @@ def test_killed_mid_training_resumes_from_the_last_epoch(tmp_path, data_dir, mon
     directory = tmp_path / "tiny" / "g"
     assert (directory / "convae.last.pt").is_file() and not (directory / "convae.pt").exists()
     epochs = []
-    real_fit = pl.fit_convae
+    real_fit = st.fit_convae
 
     def spy(*args, **kwargs):
         epochs.append(kwargs["resume"]["epoch"])
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(pl, "fit_convae", spy)
+    monkeypatch.setattr(st, "fit_convae", spy)
     run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     assert epochs == [2]  # resumed after epoch 2 of 3, not from scratch
     assert "g: resuming convae after epoch 2" in (tmp_path / "tiny" / "pipeline.log").read_text()

@@ -217,7 +217,7 @@ def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, cha
 
 
 def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir):
-    from pipelines.tune import Objective, load_tune_config, write_results
+    from pipelines.tune import TrialObjective, load_tune_config, write_results
 
     cfg, base = load_tune_config(_write(tmp_path, data_dir))
     study = optuna.create_study()
@@ -229,7 +229,7 @@ def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir)
                 value=value,
             )
         )
-    objective = Objective(cfg, base, data=None, limit=2)  # would fail if it trained
+    objective = TrialObjective(cfg, base, data=None, limit=2)  # would fail if it trained
     study.optimize(objective, n_trials=1, catch=(Exception,))
     late = study.get_trials()[-1]
     assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs["surplus"]

@@ -17,7 +17,6 @@ generates what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing
@@ -39,11 +38,12 @@ from pipelines.data import (
     check_num_particles,
     concat_jets,
     read_jetnet_file,
+    stored,
     write_jetnet_file,
 )
-from pipelines.io import atomic_path, check_writable
+from pipelines.io import atomic_path, check_writable, stable_hash
 
-GENERATOR_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
+PYTHIA_CACHE_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
 
 _HADRONIC = "1 2 3 4 5"
 #: Pythia settings of the hard process per class (bosons and tops decay hadronically).
@@ -206,7 +206,7 @@ DEFAULT_RECIPE = "jetnet"
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class PythiaConfig:
     """What to generate; every field enters the cache key.
 
     Arguments:
@@ -249,8 +249,7 @@ class GeneratorConfig:
         inputs = RECIPES[fields.pop("recipe")].inputs
         if inputs != "particle":
             fields["inputs"] = inputs
-        blob = json.dumps({**fields, "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return stable_hash({**fields, "version": PYTHIA_CACHE_VERSION})
 
     def chunk_seed(self, chunk: int | None = None) -> int:
         """Pythia seed (1..900,000,000) of chunk ``chunk`` (None: the one used at init)."""
@@ -298,7 +297,7 @@ def _hard_objects(process: object, ids: frozenset[int]) -> list[tuple[float, flo
     return found
 
 
-def _select_jet(jets: list, objects: list, cfg: GeneratorConfig) -> object | None:
+def _select_jet(jets: list, objects: list, cfg: PythiaConfig) -> object | None:
     """The first jet in the pT range carrying a hard object and all its decay quarks."""
     for eta, phi, quarks in objects:
         for jet in jets:
@@ -327,7 +326,7 @@ def _jet_arrays(jet: object) -> tuple[np.ndarray, np.ndarray]:
 _PYTHIAS: dict[str, tuple[object, object]] = {}  # per process: config key -> (Pythia, jet def)
 
 
-def _initialised(cfg: GeneratorConfig) -> tuple[object, object]:
+def _initialised(cfg: PythiaConfig) -> tuple[object, object]:
     """One initialised Pythia per process and configuration: init takes ~0.4 s, a reseed none."""
     if cfg.key() not in _PYTHIAS:
         import fastjet
@@ -342,7 +341,7 @@ def _initialised(cfg: GeneratorConfig) -> tuple[object, object]:
     return _PYTHIAS[cfg.key()]
 
 
-def generate_chunk(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
+def generate_chunk(cfg: PythiaConfig, chunk: int) -> dict[str, np.ndarray]:
     """Generate chunk ``chunk``: ``cfg.chunk_size`` jets from Pythia reseeded for that chunk.
 
     Returns:
@@ -380,7 +379,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("JETFLOWS_CACHE", Path.home() / ".cache" / "jetflows"))
 
 
-def _chunk_path(cache: Path, cfg: GeneratorConfig, chunk: int) -> Path:
+def _chunk_path(cache: Path, cfg: PythiaConfig, chunk: int) -> Path:
     return cache / "pythia" / cfg.key() / f"chunk_{chunk:06d}.npz"
 
 
@@ -392,7 +391,7 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _work(args: tuple[GeneratorConfig, int, Path]) -> int:
+def _work(args: tuple[PythiaConfig, int, Path]) -> int:
     cfg, chunk, cache = args
     arrays = generate_chunk(cfg, chunk)
     with atomic_path(_chunk_path(cache, cfg, chunk)) as tmp, open(tmp, "wb") as handle:
@@ -424,7 +423,7 @@ def shard_chunks(n: int, chunk_size: int, shard: tuple[int, int]) -> range:
 
 
 def generate_jets(
-    cfg: GeneratorConfig,
+    cfg: PythiaConfig,
     n: int,
     *,
     num_particles: int = 30,
@@ -475,7 +474,7 @@ def generate_jets(
     return _assemble([loaded[k] for k in chunks], size, num_particles, cfg)
 
 
-def _assemble(chunks: list, n: int, num_particles: int, cfg: GeneratorConfig) -> Jets:
+def _assemble(chunks: list, n: int, num_particles: int, cfg: PythiaConfig) -> Jets:
     particles = np.concatenate([c["particles"] for c in chunks])[:n, :num_particles]
     features = np.concatenate([c["jet_features"] for c in chunks])[:n]
     mask = particles[..., 2] > 0
@@ -486,14 +485,14 @@ def _assemble(chunks: list, n: int, num_particles: int, cfg: GeneratorConfig) ->
 
 
 def request_record(
-    cfg: GeneratorConfig, n: int, num_particles: int, shard: tuple[int, int] = (0, 1)
+    cfg: PythiaConfig, n: int, num_particles: int, shard: tuple[int, int] = (0, 1)
 ) -> str:
     """The JSON stored in a generated file's attributes: what exactly it holds."""
     record = {
         **asdict(cfg),
         "n": n,
         "num_particles": num_particles,
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": PYTHIA_CACHE_VERSION,
     }
     if shard != (0, 1):
         record["shard"] = list(shard)
@@ -509,7 +508,7 @@ def _stored_request(path: Path) -> str | None:
 
 
 def generate_file(
-    cfg: GeneratorConfig,
+    cfg: PythiaConfig,
     n: int,
     out: str | Path,
     *,
@@ -544,6 +543,30 @@ def generate_file(
         shard=shard,
     )
     return write_jetnet_file(out, jets, _attributes(record, cfg.recipe)), True
+
+
+def request_jets(
+    cfg: PythiaConfig,
+    n: int,
+    out: str | Path,
+    *,
+    num_particles: int = 30,
+    jobs: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Jets:
+    """The ``n`` jets of this request as `read_jetnet_file` returns them from ``out``: read from
+    ``out`` when it already holds exactly this request, else generated, written there
+    (replacing any other file) and passed on from memory."""
+    record = request_record(cfg, n, check_num_particles(num_particles), (0, 1))
+    out = Path(out)
+    if out.is_file() and _stored_request(out) == record:
+        return read_jetnet_file(out)
+    jets = generate_jets(
+        cfg, n, num_particles=num_particles, jobs=jobs, cache_dir=cache_dir, progress=progress
+    )
+    write_jetnet_file(out, jets, _attributes(record, cfg.recipe))
+    return stored(jets, out)
 
 
 def _attributes(record: str, recipe: str) -> dict[str, str]:

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 
 from jetflows.physics import jet_observables
-from pipelines import generate
+from pipelines import pythia
 from pipelines.data import read_jetnet_file
-from pipelines.generate import GeneratorConfig, generate_file, generate_jets
+from pipelines.pythia import PythiaConfig, generate_file, generate_jets
 
 
 @pytest.fixture(scope="module")
 def top_jets(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="particle")
+    cfg = PythiaConfig("top", chunk_size=3, seed=5, recipe="particle")
     return generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False), cache
 
 
@@ -52,7 +52,7 @@ def test_particles_reproduce_the_jet(top_jets):
 
 def test_deterministic_for_a_seed_whatever_the_process_count(top_jets):
     jets, cache = top_jets
-    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="particle")
+    cfg = PythiaConfig("top", chunk_size=3, seed=5, recipe="particle")
     again = generate_jets(
         cfg, 5, num_particles=150, jobs=1, cache_dir=cache / "fresh", progress=False
     )
@@ -62,10 +62,10 @@ def test_deterministic_for_a_seed_whatever_the_process_count(top_jets):
 
 def test_other_seed_other_jets(tmp_path):
     a = generate_jets(
-        GeneratorConfig("w", chunk_size=2, seed=1), 2, jobs=1, cache_dir=tmp_path, progress=False
+        PythiaConfig("w", chunk_size=2, seed=1), 2, jobs=1, cache_dir=tmp_path, progress=False
     )
     b = generate_jets(
-        GeneratorConfig("w", chunk_size=2, seed=2), 2, jobs=1, cache_dir=tmp_path, progress=False
+        PythiaConfig("w", chunk_size=2, seed=2), 2, jobs=1, cache_dir=tmp_path, progress=False
     )
     assert not np.array_equal(a.jet_features, b.jet_features)
 
@@ -76,8 +76,8 @@ def test_cache_serves_repeated_smaller_and_shorter_requests(top_jets, monkeypatc
     def boom(*args, **kwargs):
         raise AssertionError("generated although cached")
 
-    monkeypatch.setattr(generate, "generate_chunk", boom)
-    cfg = GeneratorConfig("t", chunk_size=3, seed=5, recipe="particle")
+    monkeypatch.setattr(pythia, "generate_chunk", boom)
+    cfg = PythiaConfig("t", chunk_size=3, seed=5, recipe="particle")
     fewer = generate_jets(cfg, 4, num_particles=30, jobs=1, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(fewer.particles, jets.particles[:4, :30])
     again = generate_jets(cfg, 5, num_particles=150, jobs=2, cache_dir=cache, progress=False)
@@ -93,11 +93,11 @@ def test_interrupted_generation_leaves_no_output(tmp_path, monkeypatch):
             "jet_features": np.ones((2, 4), np.float32),
         }
 
-    monkeypatch.setattr(generate, "generate_chunk", interrupted)
+    monkeypatch.setattr(pythia, "generate_chunk", interrupted)
     out = tmp_path / "data" / "t.hdf5"
     with pytest.raises(KeyboardInterrupt):
         generate_file(
-            GeneratorConfig("t", chunk_size=2),
+            PythiaConfig("t", chunk_size=2),
             4,
             out,
             jobs=1,
@@ -121,8 +121,8 @@ def test_file_records_the_request_and_is_not_regenerated(tmp_path, monkeypatch):
         particles[:, :5, 2] = np.sort(particles[:, :5, 2], axis=1)[:, ::-1]
         return {"particles": particles, "jet_features": np.full((2, 4), 5.0, np.float32)}
 
-    monkeypatch.setattr(generate, "generate_chunk", fake_chunk)
-    cfg, out = GeneratorConfig("z", chunk_size=2), tmp_path / "z.hdf5"
+    monkeypatch.setattr(pythia, "generate_chunk", fake_chunk)
+    cfg, out = PythiaConfig("z", chunk_size=2), tmp_path / "z.hdf5"
     assert generate_file(cfg, 3, out, jobs=1, cache_dir=tmp_path, progress=False)[1]
     assert generate_file(cfg, 3, out, jobs=1, cache_dir=tmp_path, progress=False) == (out, False)
     assert calls == [0, 1]
@@ -135,32 +135,32 @@ def test_file_records_the_request_and_is_not_regenerated(tmp_path, monkeypatch):
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown jet class"):
-        GeneratorConfig("higgs")
+        PythiaConfig("higgs")
     with pytest.raises(ValueError, match="n must be >= 1"):
-        generate_jets(GeneratorConfig("t"), 0, cache_dir=tmp_path)
+        generate_jets(PythiaConfig("t"), 0, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="particles must be in"):
-        generate_jets(GeneratorConfig("t"), 1, num_particles=151, cache_dir=tmp_path)
+        generate_jets(PythiaConfig("t"), 1, num_particles=151, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="jobs must be >= 1"):
-        generate_jets(GeneratorConfig("t"), 1, jobs=0, cache_dir=tmp_path)
+        generate_jets(PythiaConfig("t"), 1, jobs=0, cache_dir=tmp_path)
 
 
 def test_settings_follow_the_recipe():
-    settings = GeneratorConfig("z", pt=1000.0, pt_window=0.01).pythia_settings()
+    settings = PythiaConfig("z", pt=1000.0, pt_window=0.01).pythia_settings()
     assert "Beams:eCM = 13000.0" in settings and "Tune:pp = 14" in settings
     assert "PhaseSpace:pTHatMin = 995.0" in settings and "PhaseSpace:pTHatMax = 1005.0" in settings
     assert "23:onIfAny = 1 2 3 4 5" in settings
-    assert "PartonLevel:MPI = off" in GeneratorConfig("g", mpi=False).pythia_settings()
-    seeds = {GeneratorConfig("g").chunk_seed(k) for k in [None, *range(50)]}
+    assert "PartonLevel:MPI = off" in PythiaConfig("g", mpi=False).pythia_settings()
+    seeds = {PythiaConfig("g").chunk_seed(k) for k in [None, *range(50)]}
     assert len(seeds) == 51 and all(1 <= s <= 900_000_000 for s in seeds)
 
 
 def test_a_chunk_does_not_depend_on_what_the_process_generated_before(monkeypatch):
-    cfg = GeneratorConfig("z", chunk_size=2, seed=9)
-    monkeypatch.setattr(generate, "_PYTHIAS", {})
-    generate.generate_chunk(cfg, 0)
-    after = generate.generate_chunk(cfg, 1)
-    monkeypatch.setattr(generate, "_PYTHIAS", {})  # a fresh process
-    fresh = generate.generate_chunk(cfg, 1)
+    cfg = PythiaConfig("z", chunk_size=2, seed=9)
+    monkeypatch.setattr(pythia, "_PYTHIAS", {})
+    pythia.generate_chunk(cfg, 0)
+    after = pythia.generate_chunk(cfg, 1)
+    monkeypatch.setattr(pythia, "_PYTHIAS", {})  # a fresh process
+    fresh = pythia.generate_chunk(cfg, 1)
     np.testing.assert_array_equal(after["particles"], fresh["particles"])
     np.testing.assert_array_equal(after["jet_features"], fresh["jet_features"])
 
@@ -197,7 +197,7 @@ def test_shards_merge_into_exactly_the_unsharded_file(tmp_path):
         assert a.attrs["jetflows_request"] == b.attrs["jetflows_request"]
     # the merged file counts as the unsharded request: generating it again is a no-op
     path, written = generate_file(
-        GeneratorConfig("w", seed=3, chunk_size=2), 7, merged, cache_dir=tmp_path / "cache"
+        PythiaConfig("w", seed=3, chunk_size=2), 7, merged, cache_dir=tmp_path / "cache"
     )
     assert not written
 
@@ -239,14 +239,14 @@ def test_calorimeter_cells_merge_within_a_cell_only():
     """Two photons 0.004 apart share a 0.0175 cell; a third 0.05 away has its own; energy is
     conserved and each cell sits at its centre."""
     momenta = _momenta([0.101, 0.105, 0.155], [0.301, 0.305, 0.301], [10.0, 20.0, 5.0])
-    cells = generate.calorimeter_cells(momenta, 0.0175)
+    cells = pythia.calorimeter_cells(momenta, 0.0175)
     assert cells.shape == (2, 4)
     np.testing.assert_allclose(np.sort(cells[:, 3]), np.sort([momenta[2, 3], momenta[:2, 3].sum()]))
     eta = np.arcsinh(cells[:, 2] / np.hypot(cells[:, 0], cells[:, 1]))
     centres = (np.floor(eta / 0.0175 + 1e-9) + 0.5) * 0.0175
     np.testing.assert_allclose(eta, centres, atol=1e-9)
     np.testing.assert_allclose(np.hypot(cells[:, 0], cells[:, 1]) * np.cosh(eta), cells[:, 3])
-    assert generate.calorimeter_cells(np.zeros((0, 4)), 0.0175).shape == (0, 4)
+    assert pythia.calorimeter_cells(np.zeros((0, 4)), 0.0175).shape == (0, 4)
 
 
 def test_simplified_detector_keeps_tracks_and_sums_neutrals():
@@ -254,30 +254,30 @@ def test_simplified_detector_keeps_tracks_and_sums_neutrals():
     charged = np.array([1, 1, 0, 0, 0.0])
     pid = np.array([211, 321, 22, 22, 2112.0])
     table = np.concatenate([momenta, charged[:, None], pid[:, None]], 1)
-    out = generate.simplified_detector(table, ecal=0.0175, hcal=0.022)
+    out = pythia.simplified_detector(table, ecal=0.0175, hcal=0.022)
     # two tracks exactly as they were, the two photons in one ECAL cell, the neutron in HCAL
     np.testing.assert_array_equal(out[:2], momenta[:2])
     assert out.shape == (4, 4)
     np.testing.assert_allclose(out[:, 3].sum(), momenta[:, 3].sum())
     np.testing.assert_allclose(out[2, 3], momenta[2:4, 3].sum())
-    np.testing.assert_array_equal(generate.DETECTORS["particle"](table), momenta)
+    np.testing.assert_array_equal(pythia.DETECTORS["particle"](table), momenta)
 
 
 def test_recipe_names_the_cache_and_is_checked():
-    assert GeneratorConfig("t").recipe == generate.DEFAULT_RECIPE == "jetnet"
-    keys = {r: GeneratorConfig("t", recipe=r).key() for r in generate.RECIPES}
+    assert PythiaConfig("t").recipe == pythia.DEFAULT_RECIPE == "jetnet"
+    keys = {r: PythiaConfig("t", recipe=r).key() for r in pythia.RECIPES}
     # jetnet and particle cluster the same objects: one cache; the detector its own
     assert keys["jetnet"] == keys["particle"] != keys["detector"]
     with pytest.raises(ValueError, match="unknown recipe 'delphes'"):
-        GeneratorConfig("t", recipe="delphes")
+        PythiaConfig("t", recipe="delphes")
 
 
 def test_jetnet_recipe_is_the_particle_jets_with_phi_over_pi(top_jets, monkeypatch):
     """Served from the particle recipe's cached chunks (nothing generated): the same jets,
     phi_rel divided by pi, the file saying so."""
     particle, cache = top_jets
-    monkeypatch.setattr(generate, "generate_chunk", lambda *a: pytest.fail("generated"))
-    cfg = GeneratorConfig("top", chunk_size=3, seed=5, recipe="jetnet")
+    monkeypatch.setattr(pythia, "generate_chunk", lambda *a: pytest.fail("generated"))
+    cfg = PythiaConfig("top", chunk_size=3, seed=5, recipe="jetnet")
     jetnet = generate_jets(cfg, 5, num_particles=150, jobs=1, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(jetnet.particles[..., [0, 2]], particle.particles[..., [0, 2]])
     np.testing.assert_allclose(
@@ -292,10 +292,10 @@ def test_detector_recipe_clusters_detector_objects(tmp_path):
     itself (pt) barely moves."""
     kwargs = {"jobs": 1, "cache_dir": tmp_path, "progress": False, "num_particles": 150}
     particle = generate_jets(
-        GeneratorConfig("w", chunk_size=4, seed=3, recipe="particle"), 4, **kwargs
+        PythiaConfig("w", chunk_size=4, seed=3, recipe="particle"), 4, **kwargs
     )
     detector = generate_jets(
-        GeneratorConfig("w", chunk_size=4, seed=3, recipe="detector"), 4, **kwargs
+        PythiaConfig("w", chunk_size=4, seed=3, recipe="detector"), 4, **kwargs
     )
     assert detector.jet_features[:, 3].sum() < 0.97 * particle.jet_features[:, 3].sum()
     np.testing.assert_allclose(detector.jet_features[:, 0], particle.jet_features[:, 0], rtol=0.05)
@@ -310,6 +310,6 @@ def test_jetnet_recipe_is_closer_to_jetnet_than_radians(tmp_path):
     if reason := fpnd_unavailable("t", 30):
         pytest.skip(reason)
     kwargs = {"jobs": 2, "cache_dir": tmp_path, "progress": False}
-    radians = generate_jets(GeneratorConfig("t", seed=42, recipe="particle"), 200, **kwargs)
-    jetnet = generate_jets(GeneratorConfig("t", seed=42, recipe="jetnet"), 200, **kwargs)
+    radians = generate_jets(PythiaConfig("t", seed=42, recipe="particle"), 200, **kwargs)
+    jetnet = generate_jets(PythiaConfig("t", seed=42, recipe="jetnet"), 200, **kwargs)
     assert fpnd(jetnet.particles, "t") < 0.6 * fpnd(radians.particles, "t")

@@ -86,7 +86,12 @@ class LossConfig:
 
 @dataclass
 class ConVAELoss:
-    """Everything the loss needs besides the batch: its config, gamma_2, the normalization."""
+    """Everything the loss needs besides the batch: its config, gamma_2, the normalization.
+
+    The batch comes in physical units and is normalized here, at the network's edge: the
+    network sees ``normalization.transform(x)``, its output is mapped back once, and the jet
+    terms (and a "physical" particle term) compare physical particles with no round trip.
+    """
 
     cfg: LossConfig
     gamma_2: float
@@ -96,19 +101,19 @@ class ConVAELoss:
     def __call__(
         self, model: ConVAE, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean loss over the batch and its terms. x: (B, P, F) normalized, mask: (B, P)."""
-        c = self.cfg
+        """Mean loss over the batch and its terms. x: (B, P, F) physical, mask: (B, P)."""
+        c, norm = self.cfg, self.normalization
         if c.reflect and model.training:
-            x = self._reflect(x, mask)
+            x = self._reflect(x)
+        seen = norm.transform(x, mask) if norm is not None else x
         # bf16: the network's matrix products in bfloat16 (autocast), the losses in float32
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            recon, mean, logvar = model(x)
-        recon, mean, logvar = recon.float(), mean.float(), logvar.float()
+            output, mean, logvar = model(seen)
+        output, mean, logvar = output.float(), mean.float(), logvar.float()
+        recon = norm.inverse(output, mask) if norm is not None else output
         if c.space == "normalized":  # the particle term on what the network sees
-            px, precon = x * mask[..., None], recon * mask[..., None]
-        if self.normalization is not None:  # jet terms in physical units: undo the scaling
-            x, recon = (self.normalization.inverse(t, mask) for t in (x, recon))
-        if c.space == "physical":
+            px, precon = seen * mask[..., None], output * mask[..., None]
+        else:
             px, precon = x, recon
         w = torch.tensor(c.feature_weights, dtype=x.dtype, device=x.device)
         px, precon = px * w, precon * w
@@ -126,14 +131,13 @@ class ConVAELoss:
         )
         return total.mean(), {k: v.mean() for k, v in terms.items()}
 
-    def _reflect(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, P, F) normalized, with eta and phi of random jets negated in physical units."""
-        norm = self.normalization
-        phys = norm.inverse(x, mask) if norm is not None else x
+    @staticmethod
+    def _reflect(x: torch.Tensor) -> torch.Tensor:
+        """x (B, P, F) physical, with eta and phi of random jets negated."""
         signs = torch.ones(len(x), 1, x.shape[-1], dtype=x.dtype, device=x.device)
         flip = torch.rand(len(x), 1, 2, device=x.device) < 0.5  # (B, 1, eta/phi)
         signs[..., :2] = torch.where(flip, -1.0, 1.0)
-        return norm.transform(phys * signs, mask) if norm is not None else phys * signs
+        return x * signs
 
 
 def check_particles(x: torch.Tensor, mask: torch.Tensor, name: str) -> None:
@@ -165,10 +169,12 @@ def fit(
 
     Arguments:
         model: a `ConVAE` (its weights are updated in place).
-        train, valid: (particles, mask); particles as the model sees them (normalized).
+        train, valid: (particles, mask); particles in physical units (eta_rel, phi_rel,
+            pt_rel).
         loss, config: `LossConfig`, `TrainConfig`.
-        normalization: the map applied to the particles; losses are computed after undoing it
-            (physical units), and it is stored in the state.
+        normalization: the map the network's input goes through (and its output comes back
+            through) batch by batch; the losses compare physical particles, and it is stored
+            in the state. None: the network sees physical units.
         resume: a state from `on_epoch` or a previous `FitResult`: continue from there.
         on_epoch: called after every epoch with (epoch, history row, state), e.g. to write a
             checkpoint or to report to Optuna (raise optuna.TrialPruned there to prune).
@@ -186,13 +192,7 @@ def fit(
         check_particles(x, mask, name)
     if resume is not None:
         check_state(resume, model.config)
-    gamma_2 = (
-        loss.gamma_2
-        if loss.gamma_2 is not None
-        else L.default_gamma_2(
-            normalization.inverse(train[0], train[1]) if normalization else train[0], train[1]
-        )
-    )
+    gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
     describe = {
         "model_config": asdict(model.config),
         "loss_config": asdict(loss),

@@ -113,14 +113,14 @@ def train_convae(
 ) -> dict[str, Any]:
     """Train ``cfg``'s ConVAE on (train, valid) jets; its final state (normalization inside)."""
     device = resolve_device(cfg.device)
-    (x, m), (vx, vm) = (_tensors(j, device) for j in parts)
-    norm = fit_normalization(x, m, kind=cfg.normalization)
+    train, valid = (_tensors(j, device) for j in parts)
+    norm = fit_normalization(*train, kind=cfg.normalization)
     torch.manual_seed(cfg.convae_train.seed)
     model = ConVAE(cfg.convae).to(device)
     return fit_convae(
         model,
-        (norm.transform(x, m), m),
-        (norm.transform(vx, vm), vm),
+        train,
+        valid,
         loss=cfg.loss,
         config=cfg.convae_train,
         normalization=norm,

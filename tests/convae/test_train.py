@@ -23,8 +23,7 @@ def _data(n, seed):
 def data():
     train, valid = _data(256, 1), _data(64, 2)
     norm = fit_normalization(train[0], train[1], kind="minmax")
-    scaled = [(norm.transform(x, m), m) for x, m in (train, valid)]
-    return scaled[0], scaled[1], norm
+    return train, valid, norm  # physical particles: fit normalizes at the network's edge
 
 
 def _fit(data, epochs=4, loss=None, **kwargs):
@@ -44,9 +43,7 @@ def test_training_on_generated_top_jets_lowers_the_validation_loss(pythia_top_fi
     jets = read_jetnet_file(pythia_top_files[0], 30)
     x, mask = torch.tensor(jets.particles), torch.tensor(jets.mask)
     norm = fit_normalization(x[:500], mask[:500], kind="minmax")
-    train, valid = (
-        (norm.transform(x[s], mask[s]), mask[s]) for s in (slice(500), slice(500, None))
-    )
+    train, valid = ((x[s], mask[s]) for s in (slice(500), slice(500, None)))
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=5, batch_size=50, lr=1e-3, patience=0, seed=1)
     result = fit(
@@ -194,37 +191,39 @@ def _objective(recon, norm, **loss):
 
 
 def test_feature_weights_and_loss_space(data):
-    _, (x, mask), norm = data
-    x, mask = x[:16], mask[:16]
+    _, (phys_x, mask), norm = data
+    phys_x, mask = phys_x[:16], mask[:16]
+    x = norm.transform(phys_x, mask)  # what the network sees
     recon = x.clone()
     recon[..., 2] += 0.1 * mask  # reconstruction off in pt only (normalized units)
-    phys_x, phys_recon = norm.inverse(x, mask), norm.inverse(recon, mask)
+    phys_recon = norm.inverse(recon, mask)
     objective, model = _objective(recon, norm)
-    base = objective(model, x, mask)[1]["particle"]
+    base = objective(model, phys_x, mask)[1]["particle"]
     torch.testing.assert_close(base, chamfer(phys_x, phys_recon, mask, mask).mean())
     objective, model = _objective(recon, norm, feature_weights=(1.0, 1.0, 3.0))
     w = torch.tensor([1.0, 1.0, 3.0])
     weighted = chamfer(phys_x * w, phys_recon * w, mask, mask).mean()
-    torch.testing.assert_close(objective(model, x, mask)[1]["particle"], weighted)
+    torch.testing.assert_close(objective(model, phys_x, mask)[1]["particle"], weighted)
     assert weighted > 2 * base  # the pt mismatch now counts more
     objective, model = _objective(recon, norm, space="normalized")
     expected = chamfer(x * mask[..., None], recon * mask[..., None], mask, mask).mean()
-    torch.testing.assert_close(objective(model, x, mask)[1]["particle"], expected)
+    torch.testing.assert_close(objective(model, phys_x, mask)[1]["particle"], expected)
     assert not torch.isclose(expected, base)  # physical units differ: pt_rel scale != 1
 
 
 def test_reflections_are_a_symmetry_applied_in_training_only(data):
-    (x, mask), _, norm = data
-    x, mask = x[:200], mask[:200]
+    (phys, mask), _, norm = data
+    phys, mask = phys[:200], mask[:200]
+    x = norm.transform(phys, mask)  # what the network sees
     objective, model = _objective(x.clone(), norm, reflect=True)
     model.train()
-    objective(model, x, mask)
-    seen, phys = norm.inverse(model.seen, mask), norm.inverse(x, mask)
+    objective(model, phys, mask)
+    seen = norm.inverse(model.seen, mask)
     torch.testing.assert_close(seen.abs(), phys.abs())  # each coordinate kept or negated
     torch.testing.assert_close(seen[..., 2], phys[..., 2])  # pt untouched
     assert (model.seen[~mask] == 0).all()  # padding stays padding
     flipped = (seen[..., :2] * phys[..., :2] < 0).any(1).float().mean(0)  # per jet, eta / phi
     assert ((flipped > 0.35) & (flipped < 0.65)).all(), flipped
     model.eval()
-    objective(model, x, mask)
+    objective(model, phys, mask)
     assert torch.equal(model.seen, x)

@@ -47,8 +47,8 @@ def test_latent_flow_two_stage(top):
     vae_cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3)
     fit_convae(
         vae,
-        (inputs[0], train_m),
-        (inputs[1], valid_m),
+        (train_x, train_m),  # physical: fit normalizes at the network's edge
+        (valid_x, valid_m),
         config=vae_cfg,
         normalization=norm,
         progress=False,

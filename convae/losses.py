@@ -74,6 +74,17 @@ def chamfer(
     return torch.where(mask_x, d_xy, 0).sum(1) + torch.where(mask_y, d_yx, 0).sum(1)
 
 
+def chamfer_positions(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The research code's eq. 1 (sparse MNIST): Chamfer on the positions (eta, phi) only, as if
+    every intensity were 1: where the particles are, not how hard. Returns (B,)."""
+    return chamfer(x[..., :2], y[..., :2], mask_x, mask_y)
+
+
 def nearest_position(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -201,6 +212,7 @@ EMD_METHODS: dict[str, Callable[..., torch.Tensor]] = {
 #: Particle-level reconstruction losses by name, each (x, y, mask_x, mask_y) -> (B,).
 PARTICLE_LOSSES: dict[str, Loss] = {
     "chamfer": chamfer,
+    "chamfer_positions": chamfer_positions,
     "nearest_position": nearest_position,
     "intensity_axis": intensity_axis,
     "emd": functools.partial(emd, method="exact"),

@@ -39,8 +39,8 @@ class LossConfig:
     """How the ELBO is assembled.
 
     Arguments:
-        particle: a name in `losses.PARTICLE_LOSSES` (chamfer, nearest_position,
-            intensity_axis, emd, emd_sinkhorn).
+        particle: a name in `losses.PARTICLE_LOSSES` (chamfer, chamfer_positions,
+            nearest_position, intensity_axis, emd, emd_sinkhorn).
         weighting: a name in `losses.WEIGHTINGS` ("seed" or "beta_vae").
         alpha, beta: weights of the particle term and of the KL term.
         gamma, gamma_1, gamma_2: jet-term weights; gamma_2 None means mean(pT)/mean(m) of the

@@ -86,7 +86,7 @@ def check_provenance(
     if record is None:
         warnings.warn(
             f"{path}: written before checkpoints recorded their class and inputs, so neither "
-            "can be checked; rerun the pipeline to refit it",
+            "can be checked; rerun its pipeline to record them (nothing is retrained)",
             stacklevel=2,
         )
         return

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,26 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
     tn.set_defaults(func=cmd_tune)
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    """Train the ConVAE (+ latent flow) once per reconstruction loss and score each with every
+    metric: a loss x metric table, heat maps, and whether the metrics agree (Kendall's tau)."""
+    from pipelines.study import run_study
+
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    out = run_study(args.config, root=args.root, classes=classes, progress=not args.quiet)
+    print((out / "results.md").read_text(), end="")
+    print(f"results.json, results.md, heatmap.png and kendall.png in {out}")
+
+
+def _study_parser(sub: argparse._SubParsersAction) -> None:
+    st = sub.add_parser("study", help="the loss x metric study", description=cmd_study.__doc__)
+    st.add_argument("--config", type=Path, required=True, help="configs/study_*.yaml")
+    st.add_argument("--classes", help="comma-separated subset, e.g. t,g (default: the config's)")
+    st.add_argument("--root", type=Path, default=Path("runs/study"), help="results directory")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_study)
+
+
 def _run_parsers(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser(
         "pipeline",
@@ -407,6 +428,7 @@ EXAMPLES: dict[str, str] = {
     "pipeline": "jetflows pipeline --config configs/quickstart.yaml --classes t",
     "sample": "jetflows sample --n 10000 --class top --run runs/quickstart --out top.hdf5",
     "tune": "jetflows tune --config configs/tune_flow.yaml --trials 20",
+    "study": "jetflows study --config configs/study_losses.yaml --classes t,g",
     "evaluate": "jetflows evaluate --real data/t.hdf5 --gen top.hdf5 --out runs/eval_t",
 }
 
@@ -448,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _run_parsers(sub)
     _tune_parser(sub)
+    _study_parser(sub)
     _evaluate_parser(sub)
     for path, leaf in _leaf_parsers(parser):
         leaf.formatter_class = _HelpFormatter
@@ -476,13 +499,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings as one line each ("jetflows: warning: ..."), not Python's two (the file and
+    line of the code that warned, then its source line)."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"jetflows: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a sub-command; user errors -> one line on stderr and status 2;
     Ctrl-C -> 130 and SIGTERM -> 143 (128 + the signal), each one line, no partial output."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _one_line_warnings():
             func(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)

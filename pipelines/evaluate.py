@@ -133,7 +133,8 @@ def _compare(
     return out, scales
 
 
-def _all_efps(samples: Samples, cfg: EvalConfig, progress: bool) -> list[np.ndarray]:
+def sample_efps(samples: Samples, cfg: EvalConfig, progress: bool) -> list[np.ndarray]:
+    """jetnet's 36 EFPs of the reference, floor and generated samples (each (n, 36))."""
     total = 3 * len(samples.gen)
     with tqdm(total=total, desc="EFPs", unit="jet", disable=not progress) as bar:
         return [
@@ -182,7 +183,7 @@ def evaluate(
     """
     cfg = cfg or EvalConfig()
     samples = draw_samples(real, gen, cfg.n_jets, cfg.seed)
-    efps = _all_efps(samples, cfg, progress)
+    efps = sample_efps(samples, cfg, progress)
     return evaluate_samples(samples, efps, jet_class=jet_class, cfg=cfg, progress=progress)
 
 
@@ -317,7 +318,7 @@ def evaluate_to_dir(
             "halves)",
             file=sys.stderr,
         )
-    efps = _all_efps(samples, cfg, progress)
+    efps = sample_efps(samples, cfg, progress)
     obs = sample_observables(samples)
     results = evaluate_samples(
         samples, efps, jet_class=jet_class, cfg=cfg, progress=progress, obs=obs

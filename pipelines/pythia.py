@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -507,6 +508,26 @@ def _stored_request(path: Path) -> str | None:
         return None
 
 
+def _generate_into(
+    cfg: PythiaConfig,
+    n: int,
+    out: Path,
+    *,
+    overwrite: bool,
+    shard: tuple[int, int],
+    **generate: Any,
+) -> Jets | None:
+    """Generate the request into ``out``; None when ``out`` already holds exactly it.
+    ``generate``: `generate_jets`'s num_particles, jobs, cache_dir, progress."""
+    record = request_record(cfg, n, check_num_particles(generate["num_particles"]), shard)
+    if out.is_file() and _stored_request(out) == record:
+        return None
+    check_writable(out, overwrite=overwrite)
+    jets = generate_jets(cfg, n, shard=shard, **generate)
+    write_jetnet_file(out, jets, _attributes(record, cfg.recipe))
+    return jets
+
+
 def generate_file(
     cfg: PythiaConfig,
     n: int,
@@ -528,21 +549,12 @@ def generate_file(
     Returns:
         (path, whether anything was written).
     """
-    record = request_record(cfg, n, check_num_particles(num_particles), shard)
     out = Path(out)
-    if out.is_file() and _stored_request(out) == record:
-        return out, False
-    check_writable(out, overwrite=overwrite)
-    jets = generate_jets(
-        cfg,
-        n,
-        num_particles=num_particles,
-        jobs=jobs,
-        cache_dir=cache_dir,
-        progress=progress,
-        shard=shard,
+    generate = {"num_particles": num_particles, "jobs": jobs, "cache_dir": cache_dir}
+    jets = _generate_into(
+        cfg, n, out, overwrite=overwrite, shard=shard, progress=progress, **generate
     )
-    return write_jetnet_file(out, jets, _attributes(record, cfg.recipe)), True
+    return out, jets is not None
 
 
 def request_jets(
@@ -558,15 +570,10 @@ def request_jets(
     """The ``n`` jets of this request as `read_jetnet_file` returns them from ``out``: read from
     ``out`` when it already holds exactly this request, else generated, written there
     (replacing any other file) and passed on from memory."""
-    record = request_record(cfg, n, check_num_particles(num_particles), (0, 1))
     out = Path(out)
-    if out.is_file() and _stored_request(out) == record:
-        return read_jetnet_file(out)
-    jets = generate_jets(
-        cfg, n, num_particles=num_particles, jobs=jobs, cache_dir=cache_dir, progress=progress
-    )
-    write_jetnet_file(out, jets, _attributes(record, cfg.recipe))
-    return stored(jets, out)
+    generate = {"num_particles": num_particles, "jobs": jobs, "cache_dir": cache_dir}
+    jets = _generate_into(cfg, n, out, overwrite=True, shard=(0, 1), progress=progress, **generate)
+    return read_jetnet_file(out) if jets is None else stored(jets, out)
 
 
 def _attributes(record: str, recipe: str) -> dict[str, str]:

@@ -33,21 +33,12 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
-from pipelines import metrics
+from pipelines import metrics, stages
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
 from pipelines.data import Jets
 from pipelines.io import atomic_path, markdown_table, write_json
 from pipelines.sample import build_sampler, sampled_jets
-from pipelines.stages import (
-    OnEpoch,
-    class_jets,
-    particle_flows_data,
-    split_jets,
-    train_convae,
-    train_jet_flow,
-    train_latent_flow,
-    train_particle_flow,
-)
+from pipelines.stages import OnEpoch
 
 _REST = ("pt", "energy", "eta", "phi", "multiplicity")
 #: name -> the observables whose scaled EMDs add up to each objective value
@@ -280,7 +271,7 @@ def _latent_states(
     config); epochs are reported ConVAE first, then the flow's after them."""
     key = digest(cfg.data, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
     if key not in _CONVAES:
-        state = train_convae(cfg, parts, on_epoch=report)
+        state = stages.train_convae(cfg, parts, on_epoch=report)
         _CONVAES.clear()  # keep one: a ConVAE study changes it every trial
         _CONVAES[key] = state
     offset = cfg.convae_train.epochs
@@ -289,7 +280,7 @@ def _latent_states(
         report(offset + epoch, row, state)
 
     vae_state = _CONVAES[key]
-    flow = train_latent_flow(cfg, jet_class, parts, vae_state, on_epoch=flow_report)
+    flow = stages.train_latent_flow(cfg, jet_class, parts, vae_state, on_epoch=flow_report)
     return flow, vae_state
 
 
@@ -297,9 +288,9 @@ def _particle_states(
     cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], report: OnEpoch
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trained particle flow and jet flow states (the particle flow's epochs reported)."""
-    record, jet_data, particle_data = particle_flows_data(cfg, jet_class, parts)
-    jet_state = train_jet_flow(cfg, jet_data)
-    return train_particle_flow(cfg, particle_data, record, on_epoch=report), jet_state
+    record, jet_data, particle_data = stages.particle_flows_data(cfg, jet_class, parts)
+    jet_state = stages.train_jet_flow(cfg, jet_data)
+    return stages.train_particle_flow(cfg, particle_data, record, on_epoch=report), jet_state
 
 
 #: target -> (cfg, class, (train, valid), report) -> (flow state, its first stage's state)
@@ -412,8 +403,8 @@ def tune(
         pruner=PRUNERS[cfg.pruner](),
     )
     pipeline = pipeline_config(base, {})
-    train, valid, _ = split_jets(
-        class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
+    train, valid, _ = stages.split_jets(
+        stages.class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
     )
     objective = TrialObjective(cfg, base, (train, valid), trials)
     optuna_log = logging.getLogger("optuna.study._optimize")

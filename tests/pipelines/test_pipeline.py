@@ -245,6 +245,31 @@ def test_a_convae_from_elsewhere_is_refused(tiny_run, tmp_path, capsys):
     _assert_models_belong_together(tiny_run, "convae.pt", tmp_path, capsys)
 
 
+def test_checkpoints_from_before_provenance_warn_once_then_a_rerun_records_it(
+    tiny_run, data_dir, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run)
+    for name in ("convae.pt", "flow.pt"):  # as an older jetflows wrote them
+        state = torch.load(run / "g" / name, weights_only=False)
+        del state["provenance"]
+        torch.save(state, run / "g" / name)
+    argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a.h5")]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("jetflows: warning: ") for line in lines)
+    assert "convae.pt: written before checkpoints recorded" in lines[0]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was retrained")
+
+    monkeypatch.setattr("pipelines.stages.fit_convae", no_training)
+    monkeypatch.setattr("pipelines.stages.fit_flow", no_training)
+    run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)
+    assert main([*argv, "--out", str(tmp_path / "b.h5")]) == 0
+    assert capsys.readouterr().err == ""  # recorded: nothing left to warn about
+
+
 def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
     outs = [tmp_path / f"top{i}.h5" for i in range(3)]
     for out, seed in zip(outs, (5, 5, 6), strict=True):

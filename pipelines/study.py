@@ -15,7 +15,8 @@ beside its truth floor (two disjoint real samples of the same size):
   values as much as large ones;
 - ``jsd_sum``, ``kl_sum``: Jensen-Shannon and Kullback-Leibler divergences summed over the
   observables' histograms;
-- ``wavelet_emd``: the wavelet EMD between the mean jet images (`pipelines.wavelet`);
+- ``wavelet_emd``: the wavelet EMD between the mean jet images (`pipelines.wavelet`), and
+  ``image_emd``: the exact EMD between the same images, to see whether the two agree;
 - jetnet's ``w1m``, ``w1p``, ``w1efp``, ``fpd`` and ``cov``.
 
 Each metric is read as its ratio to the floor (``recon_emd`` as its value), and the metrics'
@@ -57,7 +58,7 @@ from pipelines.io import markdown_table, write_json
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import build_sampler, sampled_jets
 from pipelines.tune import base_config_path, pipeline_config
-from pipelines.wavelet import BINS, jet_images, wavelet_emd
+from pipelines.wavelet import BINS, exact_image_emd, jet_images, wavelet_emd
 
 #: the study's metrics, as columns; all lower-is-better except those in HIGHER_IS_BETTER
 METRICS = (
@@ -70,6 +71,7 @@ METRICS = (
     "jsd_sum",
     "kl_sum",
     "wavelet_emd",
+    "image_emd",
     "w1m",
     "w1p",
     "w1efp",
@@ -166,14 +168,14 @@ def _mean_image(jets: Jets, bins: int) -> np.ndarray:
 
 
 def _extra_rows(samples: Samples, obs: list[dict], bins: int) -> dict[str, dict[str, float]]:
-    """log_emd_sum and wavelet_emd of the generated and of the floor sample."""
+    """log_emd_sum, wavelet_emd and image_emd of the generated and of the floor sample."""
     ref, floor, gen = obs
     images = [_mean_image(s, bins) for s in (samples.reference, samples.floor, samples.gen)]
     return {
         "log_emd_sum": {"value": _log_emds(ref, gen), "floor": _log_emds(ref, floor)},
-        "wavelet_emd": {
-            "value": wavelet_emd(images[0], images[2]),
-            "floor": wavelet_emd(images[0], images[1]),
+        **{
+            name: {"value": emd(images[0], images[2]), "floor": emd(images[0], images[1])}
+            for name, emd in (("wavelet_emd", wavelet_emd), ("image_emd", exact_image_emd))
         },
     }
 

@@ -117,6 +117,30 @@ def cmd_data_check(args: argparse.Namespace) -> None:
                 print(f"  {name}: {f.attrs[name]}")
 
 
+def cmd_data_images(args: argparse.Namespace) -> None:
+    """Sparse images as point clouds: each digit's --pixels most intense pixels as (x, y, I)
+    rows in the jets' HDF5 layout; from MNIST's IDX files in --dir, or drawn here (digits)."""
+    from pipelines import images
+    from pipelines.io import check_writable
+
+    digit = images.check_digit(args.digit)
+    if not 1 <= args.pixels <= images.SIDE**2:
+        raise ValueError(
+            f"--pixels must be in 1..{images.SIDE**2} (a 28 x 28 image), got {args.pixels}"
+        )
+    out = check_writable(args.out, overwrite=args.overwrite)
+    if args.source == "mnist":
+        if args.dir is None:
+            raise ValueError("--source mnist needs --dir: the folder holding MNIST's IDX files")
+        drawn = images.mnist_digits(args.dir, digit)[: args.n]
+    else:
+        drawn = images.render_digits(digit, args.n or 6000, seed=args.seed)
+    jets = images.image_jets(drawn, args.pixels, digit)
+    images.write_image_file(out, jets, source=args.source, digit=digit, pixels=args.pixels)
+    lit = float(jets.mask.sum(1).mean())
+    print(f"wrote {out}: {len(jets)} images of {digit}, {args.pixels} pixels each ({lit:.1f} lit)")
+
+
 def cmd_data_download(args: argparse.Namespace) -> None:
     """Fetch a JetNet file from Zenodo (needs the network); a no-op when it is on disk."""
     from pipelines.data import check_num_particles, locate_jetnet_file
@@ -348,6 +372,25 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     )
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    img = verbs.add_parser(
+        "images",
+        help="sparse digit images as (x, y, I) point clouds (MNIST files or drawn here)",
+        description=cmd_data_images.__doc__,
+    )
+    img.add_argument(
+        "--source", choices=("digits", "mnist"), default="digits", help="where the images come from"
+    )
+    img.add_argument("--dir", type=Path, help="folder with MNIST's IDX files (--source mnist)")
+    img.add_argument("--digit", type=int, required=True, help="0-9")
+    img.add_argument("--pixels", type=int, default=100, help="pixels kept per image (k)")
+    img.add_argument(
+        "--n", type=_positive_int, help="images (default: every MNIST one; 6,000 drawn)"
+    )
+    img.add_argument("--seed", type=int, default=0, help="seed of the drawn digits")
+    img.add_argument("--out", type=Path, required=True, help="output HDF5")
+    img.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    img.set_defaults(func=cmd_data_images)
+
     gen = verbs.add_parser(
         "generate",
         help="generate jets with Pythia8 + FastJet (JetNet layout)",
@@ -424,6 +467,7 @@ EXAMPLES: dict[str, str] = {
     "data merge": "jetflows data merge data/t.shard*of4.hdf5 --out data/t.hdf5",
     "data summary": "jetflows data summary data/t.hdf5 runs/quickstart/t/generated.hdf5",
     "data check": "jetflows data check data/t.hdf5",
+    "data images": "jetflows data images --digit 8 --pixels 100 --out data/digits8.hdf5",
     "data download": "jetflows data download --class t --dir data/jetnet",
     "pipeline": "jetflows pipeline --config configs/quickstart.yaml --classes t",
     "sample": "jetflows sample --n 10000 --class top --run runs/quickstart --out top.hdf5",

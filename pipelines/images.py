@@ -164,17 +164,20 @@ def render_digits(digit: int, n: int, *, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------- sparse clouds
 
 
-def sparse_pixels(images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def sparse_pixels(images: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each image's ``k`` most intense pixels as (x, y, I) rows, brightest first.
 
     images: (N, H, W) in [0, 1]. Returns points (N, k, 3) with x, y the pixel centres in
     [0, 1] and a mask (N, k): False for the rows of an image with fewer than k lit pixels.
+    Pixels of equal intensity (a stroke's saturated core) are taken in a seeded random order:
+    by index, k = 25 would keep the top rows of a digit and drop its bottom.
     """
     n, height, width = images.shape
     if not 1 <= k <= height * width:
         raise ValueError(f"k must be in 1..{height * width} (the pixels of an image), got {k}")
     flat = images.reshape(n, -1)
-    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]  # ties: the first pixel first
+    ties = np.random.default_rng(seed).random(flat.shape)
+    order = np.lexsort((ties, -flat), axis=-1)[:, :k]  # by intensity, ties at random
     intensity = np.take_along_axis(flat, order, 1)
     rows, cols = np.divmod(order, width)
     points = np.stack([(cols + 0.5) / width, (rows + 0.5) / height, intensity], -1)
@@ -182,9 +185,9 @@ def sparse_pixels(images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return (points * mask[..., None]).astype(np.float32), mask
 
 
-def image_jets(images: np.ndarray, k: int, digit: int) -> Jets:
+def image_jets(images: np.ndarray, k: int, digit: int, *, seed: int = 0) -> Jets:
     """Sparse clouds of ``images`` in the jets' container (`write_image_file`'s layout)."""
-    points, mask = sparse_pixels(images, k)
+    points, mask = sparse_pixels(images, k, seed=seed)
     features = np.stack(
         [mask.sum(1), points[..., 2].sum(1), np.full(len(mask), digit), np.zeros(len(mask))], 1
     ).astype(np.float32)

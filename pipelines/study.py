@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ from pipelines.evaluate import (
     sample_efps,
     sample_observables,
 )
-from pipelines.io import markdown_table, write_json
+from pipelines.io import markdown_table, strict_json, write_json
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import build_sampler, sampled_jets
 from pipelines.tune import base_config_path, pipeline_config
@@ -195,13 +196,19 @@ def _with_ratio(row: dict[str, float]) -> dict[str, float]:
 
 
 def score_cell(
-    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets, Jets], study: StudyConfig
+    cfg: PipelineConfig,
+    jet_class: str,
+    parts: tuple[Jets, Jets, Jets],
+    study: StudyConfig,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Train one cell's ConVAE and latent flow on (train, valid), sample, and score against the
     test jets: {metric: {"value", "floor", "ratio"}} for every name in `METRICS`."""
     train, valid, test = parts
-    vae_state = stages.train_convae(cfg, (train, valid))
-    flow_state = stages.train_latent_flow(cfg, jet_class, (train, valid), vae_state)
+    vae_state = stages.train_convae(cfg, (train, valid), progress=progress)
+    flow_state = stages.train_latent_flow(
+        cfg, jet_class, (train, valid), vae_state, progress=progress
+    )
     sampler = build_sampler(flow_state, vae_state, device=cfg.device)
     generated = sampled_jets(sampler, study.n_jets, seed=cfg.data.seed)
     vae, norm = stages.convae_of(vae_state, torch.device("cpu"))
@@ -228,9 +235,18 @@ def score_cell(
 
 def _score(row: dict[str, float], metric: str) -> float:
     """What ranks the losses on ``metric``: the ratio to the floor (the value where there is no
-    floor), negated where higher is better, so that lower is always better."""
+    floor), negated where higher is better, so that lower is always better; NaN where it is
+    undefined (a floor of 0; null once read back from JSON)."""
     x = row["ratio"] if row.get("floor") is not None else row["value"]
+    if x is None:
+        return math.nan
     return -x if metric in HIGHER_IS_BETTER else x
+
+
+def _best(losses: dict[str, dict], metric: str) -> str:
+    """The loss that ``metric`` ranks first (undefined scores last)."""
+    scores = {loss: _score(rows[metric], metric) for loss, rows in losses.items()}
+    return min(scores, key=lambda loss: scores[loss] if math.isfinite(scores[loss]) else math.inf)
 
 
 def kendall_matrix(cells: dict[str, dict[str, dict[str, dict[str, float]]]]) -> np.ndarray:
@@ -294,7 +310,8 @@ def _class_cells(
             if parts is None:  # the class's jets, once: every loss sees the same split
                 jets = stages.class_jets(cfg, jet_class, directory, progress)
                 parts = stages.split_jets(jets, cfg)
-            done = {"key": key, "metrics": score_cell(cfg, jet_class, parts, study)}
+            metrics = score_cell(cfg, jet_class, parts, study, progress)
+            done = {"key": key, "metrics": json.loads(json.dumps(strict_json(metrics)))}
             write_json(path, done)
         cells[loss] = done["metrics"]
         bar.update()
@@ -345,7 +362,7 @@ def _markdown(
             ["loss", *METRICS],
             ([loss, *(_cell_text(rows[m]) for m in METRICS)] for loss, rows in losses.items()),
         )
-        best = {m: min(losses, key=lambda loss, m=m: _score(losses[loss][m], m)) for m in METRICS}
+        best = {m: _best(losses, m) for m in METRICS}
         lines += [
             "",
             "Best loss per metric: " + ", ".join(f"{m}: {b}" for m, b in best.items()),

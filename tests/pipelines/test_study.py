@@ -140,3 +140,21 @@ def test_bad_study_input_is_one_line_and_exit_2(study_config, tmp_path, capsys, 
     argv = ["study", "--config", str(path), "--root", str(tmp_path / "out"), "--quiet"]
     assert_one_line_error(capsys, argv, match)
     assert not (tmp_path / "out").exists()
+
+
+def test_undefined_ratios_rank_last_and_leave_tau_undefined():
+    from pipelines.study import _best, kendall_matrix
+
+    def rows(ratio):  # every metric with this ratio (None: a floor of 0, read back from JSON)
+        return {
+            m: {"value": 1.0, "floor": 1.0 if ratio is not None else 0.0, "ratio": ratio}
+            for m in METRICS
+        }
+
+    losses = {"a": rows(None), "b": rows(2.0), "c": rows(1.0)}
+    assert _best(losses, "w1m") == "c" and _best(losses, "cov") == "b"  # cov: higher is better
+    tau = kendall_matrix({"t": losses})
+    assert np.isnan(tau).all()  # a ranking with an undefined entry says nothing
+    tau = kendall_matrix({"t": {"b": rows(2.0), "c": rows(1.0)}})
+    i, j = METRICS.index("w1m"), METRICS.index("cov")
+    assert tau[i, i] == 1 and tau[i, j] == -1  # cov ranks the other way round

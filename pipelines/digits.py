@@ -212,7 +212,10 @@ def generation_figures(test: Jets, generated: Jets, seed: int) -> dict[str, dict
 def _grid(rows: list[np.ndarray], labels: list[str], path: Path) -> Path:
     plt = pyplot()
     n = len(rows[0])
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
+    size = max(1.2, 4.0 / n)  # two mean images are drawn as large as ten digits together
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(size * n, 1.1 * size * len(rows)), squeeze=False
+    )
     for r, (row, label) in enumerate(zip(rows, labels, strict=True)):
         for c in range(n):
             axes[r, c].imshow(row[c], cmap="gray_r", vmin=0, vmax=1)

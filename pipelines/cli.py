@@ -565,16 +565,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _show_warning(message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
+    print(f"jetflows: warning: {message}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _one_line_warnings() -> Iterator[None]:
-    """Warnings as one line each ("jetflows: warning: ..."), not Python's two (the file and
-    line of the code that warned, then its source line)."""
-    saved = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_args, **_kwargs: f"jetflows: warning: {message}\n"
-    try:
+    """Warnings as one line each on stderr ("jetflows: warning: ..."), not Python's two (the
+    file and line of the code that warned, then its source line); the filters stay as they
+    are, and each command starts with a fresh record of what it has shown."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
         yield
-    finally:
-        warnings.formatwarning = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,9 +5,12 @@ import pytest
 from pipelines.config import PipelineConfig, digest, load_config, to_yaml
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+#: file-name prefix -> the config kind; any other config is a pipeline config
+KINDS = ("tune_", "study_", "sparse_")
+PIPELINES = [p for p in CONFIGS if not p.name.startswith(KINDS)]
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.name.startswith("tune")], ids=str)
+@pytest.mark.parametrize("path", PIPELINES, ids=str)
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     cfg = load_config(path)
     again = tmp_path / "again.yaml"
@@ -15,13 +18,33 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert load_config(again) == cfg
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("tune")], ids=str)
-def test_every_shipped_tuning_config_loads_from_any_directory(path, tmp_path, monkeypatch):
+def _tune(path):
     from pipelines.tune import load_tune_config
 
-    monkeypatch.chdir(tmp_path)  # the base config resolves relative to the tuning config
-    cfg, base = load_tune_config(path.resolve())
+    cfg, base = load_tune_config(path)
     assert cfg.space and base
+
+
+def _study(path):
+    from pipelines.study import load_study_config
+
+    cfg, base = load_study_config(path)
+    assert cfg.losses and base
+
+
+def _digits(path):
+    from pipelines.digits import load_digits_config
+
+    assert load_digits_config(path).losses
+
+
+LOADERS = {"tune_": _tune, "study_": _study, "sparse_": _digits}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith(KINDS)], ids=str)
+def test_every_other_shipped_config_loads_from_any_directory(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a base config resolves relative to its config file
+    LOADERS[next(k for k in KINDS if path.name.startswith(k))](path.resolve())
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path):

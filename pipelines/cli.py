@@ -151,6 +151,9 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     print(f"{path} ready")
 
 
+EVALUATION_OUTPUTS = ("metrics.json", "report.md", "plots")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
     from jetflows.classes import canonical_class
@@ -161,7 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # every argument checked before the EFPs (seconds) are computed
     if args.jet_class:
         canonical_class(args.jet_class)
-    check_output_dir(args.out, overwrite=args.overwrite)
+    # the folder is replaced whole: never one that holds anything but an evaluation's outputs
+    check_output_dir(args.out, overwrite=args.overwrite, replaceable=EVALUATION_OUTPUTS)
 
     cfg = EvalConfig(
         n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd

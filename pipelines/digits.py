@@ -19,7 +19,6 @@ A cell whose metrics.json holds the same config hash is skipped, so a rerun resu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from convae.losses import PARTICLE_LOSSES, chamfer
 from pipelines import images, stages
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value
 from pipelines.data import Jets
-from pipelines.io import markdown_table, write_json
+from pipelines.io import markdown_table, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import build_sampler, sampled_jets
 from pipelines.tune import pipeline_config
@@ -88,7 +87,8 @@ class DigitsConfig:
             raise ValueError(f"losses must name losses in {sorted(PARTICLE_LOSSES)}: {unknown}")
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
             raise ValueError(f"split must be 3 positive fractions summing to 1: {self.split}")
-        if round(self.n_images * self.split[2]) < 20:
+        train, valid = (round(f * self.n_images) for f in self.split[:2])
+        if self.n_images - train - valid < 20:
             raise ValueError("n_images x split[2] must leave >= 20 test images (two halves)")
 
 
@@ -274,8 +274,7 @@ def run_cell(
         "generation": generation_figures(test, generated, cfg.seed),
     }
     plots = write_plots(test, recon, generated, out / "plots")
-    (out / "report.md").parent.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(_report(results, plots))
+    write_text(out / "report.md", _report(results, plots))
     return results
 
 
@@ -313,7 +312,9 @@ def run_digits(
         jets = digit_jets(cfg, digit)
         for loss in tqdm(cfg.losses, desc=f"digit {digit}", unit="model", disable=not progress):
             cell = out / str(digit) / loss
-            key = digest(dataclasses.asdict(cfg), model_config(cfg, loss), digit)
+            # what makes this cell: its data and its model (not the other digits and losses)
+            data = (cfg.source, cfg.mnist_dir, cfg.pixels, cfg.n_images, list(cfg.split), cfg.seed)
+            key = digest(model_config(cfg, loss), digit, *data)
             path = cell / "metrics.json"
             done = json.loads(path.read_text()) if path.is_file() else {}
             if done.get("key") != key:
@@ -321,7 +322,7 @@ def run_digits(
                 write_json(path, done)
             summary[f"{digit}/{loss}"] = done
     write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(_summary(summary))
+    write_text(out / "summary.md", _summary(summary))
     return out
 
 

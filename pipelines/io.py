@@ -36,17 +36,30 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, *, overwrite: bool = True) -> Path:
+def check_output_dir(
+    path: str | Path, *, overwrite: bool = True, replaceable: tuple[str, ...] | None = None
+) -> Path:
     """Fail early, before any work, if ``path`` cannot become an output directory.
+
+    ``replaceable``: the only names an existing folder may hold to be replaced whole (None:
+    anything), so that replacing a report never deletes a run's models beside it.
 
     Raises:
         ValueError: it is an existing file, a non-empty directory and ``overwrite`` is False,
-            or no directory above it is writable.
+            a directory holding other things than ``replaceable``, or no directory above it is
+            writable.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
-    if not overwrite and path.is_dir() and any(path.iterdir()):
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if replaceable is not None and set(held) - set(replaceable):
+        others = sorted(set(held) - set(replaceable))
+        raise ValueError(
+            f"{path} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''} besides "
+            "results: write the results into a folder of their own"
+        )
+    if not overwrite and held:
         raise ValueError(f"{path} already holds results: pass --overwrite to replace them")
     existing = _nearest_existing(path)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -162,7 +175,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         # is microseconds, against minutes of writing into the folder itself
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:  # interrupted between the renames: the old folder goes back
+            if old.exists() and not path.exists():
+                os.replace(old, path)
+            raise
 
 
 def stable_hash(data: Any) -> str:
@@ -204,6 +222,13 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a report, a summary)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

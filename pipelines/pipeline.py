@@ -111,16 +111,24 @@ class ClassRun:
         record = provenance(self.jet_class, **inputs)
         if stages.complete(path.stem, key, path):
             state = load_checkpoint(path, kind)
-            stages.histories[path.stem] = state["history"]
-            if "provenance" not in state and is_main():  # written before provenance existed:
-                state["provenance"] = record  # the stage key vouches for the class and inputs
-                save_checkpoint(path, state)
-            return state
+            recorded = state.get("provenance")
+            if recorded in (None, record):
+                stages.histories[path.stem] = state["history"]
+                if recorded is None and is_main():  # written before provenance existed:
+                    state["provenance"] = record  # the stage key vouches for its inputs
+                    save_checkpoint(path, state)
+                return state
+            # its config is unchanged but its inputs are not (a ConVAE retrained after its
+            # file was lost): a model fitted on another first stage must be fitted again
+            LOG.info(
+                "%s: %s was fitted on other inputs, training it again", self.jet_class, path.stem
+            )
         last = path.with_suffix(".last.pt")
         resume = None
         if last.is_file():
             state = load_checkpoint(last, kind)
-            resume = state if state.get("stage_key") == key else None
+            same = state.get("stage_key") == key and state.get("provenance", record) == record
+            resume = state if same else None
             if resume is not None:
                 LOG.info(
                     "%s: resuming %s after epoch %d", self.jet_class, path.stem, state["epoch"]
@@ -129,7 +137,16 @@ class ClassRun:
         def on_epoch(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
             save_checkpoint(last, {**state, "stage_key": key, "provenance": record})
 
-        state = train(resume=resume, on_epoch=on_epoch, progress=self.progress)
+        try:
+            state = train(resume=resume, on_epoch=on_epoch, progress=self.progress)
+        except ValueError as err:
+            if resume is None:
+                raise
+            # e.g. a partial checkpoint of an older jetflows whose recorded settings differ
+            LOG.info(
+                "%s: cannot resume %s (%s), training from scratch", self.jet_class, path.stem, err
+            )
+            state = train(resume=None, on_epoch=on_epoch, progress=self.progress)
         state = {**state, "stage_key": key, "provenance": record}
         if is_main():
             save_checkpoint(path, state)

@@ -84,9 +84,11 @@ class SamplerRecord:
         Raises:
             ValueError: not a pipeline flow (no known target, unknown or missing keys).
         """
-        names = {f.name for f in fields(cls)}
-        if extra.get("target") not in BUILDERS or not names >= set(extra):
+        if extra.get("target") not in BUILDERS:
             raise ValueError(f"{where}: not a pipeline flow (no known target recorded)")
+        unknown = sorted(set(extra) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: an unknown generator record (keys {unknown})")
         try:
             return cls(**extra)
         except TypeError as err:

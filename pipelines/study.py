@@ -55,7 +55,7 @@ from pipelines.evaluate import (
     sample_efps,
     sample_observables,
 )
-from pipelines.io import markdown_table, strict_json, write_json
+from pipelines.io import markdown_table, strict_json, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import build_sampler, sampled_jets
 from pipelines.tune import base_config_path, pipeline_config
@@ -336,7 +336,7 @@ def write_results(study: StudyConfig, cells: dict[str, dict], out: Path) -> None
     )
     heatmap = _heatmap(cells, out / "heatmap.png")
     kendall = _kendall_png(tau, out / "kendall.png")
-    (out / "results.md").write_text(_markdown(study, cells, tau, heatmap, kendall))
+    write_text(out / "results.md", _markdown(study, cells, tau, heatmap, kendall))
 
 
 def _cell_text(row: dict[str, float]) -> str:

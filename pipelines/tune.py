@@ -427,7 +427,7 @@ def _run_worker(
     study is complete and the results it writes are the whole study's."""
     attempts = 0
     with tqdm(total=trials, desc=study.study_name, unit="trial", disable=not progress) as bar:
-        while attempts < trials:
+        while True:
             with warnings.catch_warnings():  # "experimental" since optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # a dead worker's trial is failed (and re-queued) before it could count
@@ -440,8 +440,10 @@ def _run_worker(
             if len(counted) >= trials:  # the last ones are running elsewhere
                 time.sleep(wait)
                 continue
-            attempts += 1
+            if attempts >= trials:  # this worker's trials all failed (NaN): stop trying
+                return
             study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
+            attempts += 0 if objective.surplus else 1  # a surplus trial never ran
 
 
 def _not_surplus(objective: TrialObjective, record: logging.LogRecord) -> bool:

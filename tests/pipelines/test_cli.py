@@ -294,3 +294,14 @@ def test_evaluate_replaces_its_folder_whole_and_only_when_asked(tmp_path, capsys
         "report.md",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_evaluate_never_replaces_a_folder_holding_other_files(tmp_path, capsys):
+    real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
+    run = tmp_path / "run_t"
+    run.mkdir()
+    (run / "flow.pt").write_text("a trained model")
+    (run / "report.md").write_text("old")
+    argv = f"evaluate --real {real} --gen {real} --out {run} --overwrite"
+    _error(capsys, argv, match="holds flow.pt besides results")
+    assert (run / "flow.pt").read_text() == "a trained model"

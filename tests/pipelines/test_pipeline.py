@@ -496,3 +496,32 @@ def test_sigterm_to_sample_cleans_up_and_exits_143(tiny_run, tmp_path):
         "jetflows: terminated (SIGTERM); no partial output was written"
     ], err[-500:]
     assert not out.exists() and not list(tmp_path.glob(".big.hdf5*"))
+
+
+def test_a_flow_fitted_on_a_lost_convae_is_fitted_again(tiny_run, data_dir, tmp_path):
+    """convae.pt retrained after its file was lost (same config, other weights): the complete
+    flow.pt was fitted on the old one, so it is fitted again, and sample accepts the pair."""
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run)
+    _retrained(run / "g" / "convae.pt")
+    run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)
+    assert (
+        "g: flow was fitted on other inputs, training it again"
+        in (run / "pipeline.log").read_text()
+    )
+    argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "x.h5")]) == 0
+
+
+def test_a_partial_checkpoint_that_cannot_resume_trains_from_scratch(tiny_run, data_dir, tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run)
+    stages = json.loads((run / "g" / "stages.json").read_text())
+    state = torch.load(run / "g" / "convae.pt", weights_only=False)
+    state["gamma_2"] += 1.0  # as written by an older jetflows: its settings differ
+    torch.save(state, run / "g" / "convae.last.pt")
+    (run / "g" / "convae.pt").unlink()
+    assert state["stage_key"] == stages["convae"]
+    run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)
+    assert "g: cannot resume convae" in (run / "pipeline.log").read_text()
+    assert (run / "g" / "convae.pt").is_file() and not (run / "g" / "convae.last.pt").exists()

@@ -329,3 +329,21 @@ def test_two_workers_on_a_postgresql_study_lose_no_trial_to_a_kill(tmp_path, dat
     # the password is in no output and no file
     assert all(password not in text for text in printed)
     assert all(password.encode() not in p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+
+def test_a_worker_with_nothing_to_start_waits_for_the_others(tmp_path, data_dir):
+    import threading
+
+    from pipelines.tune import TrialObjective, _run_worker, load_tune_config
+
+    cfg, base = load_tune_config(_write(tmp_path, data_dir))
+    study = optuna.create_study()
+    other = study.ask()  # another worker's trial, running: the study's --trials 1 is taken
+    objective = TrialObjective(cfg, base, data=None, limit=1)  # would fail if it trained
+    worker = threading.Thread(target=_run_worker, args=(study, objective, 1, 0.05, False))
+    worker.start()
+    time.sleep(0.5)
+    assert worker.is_alive()  # not returned while the study is incomplete
+    study.tell(other, 1.0)
+    worker.join(10)
+    assert not worker.is_alive() and len(study.trials) == 1  # it started nothing itself

@@ -124,10 +124,7 @@ def cmd_data_images(args: argparse.Namespace) -> None:
     from pipelines.io import check_writable
 
     digit = images.check_digit(args.digit)
-    if not 1 <= args.pixels <= images.SIDE**2:
-        raise ValueError(
-            f"--pixels must be in 1..{images.SIDE**2} (a 28 x 28 image), got {args.pixels}"
-        )
+    images.check_pixels(args.pixels, "--pixels")
     out = check_writable(args.out, overwrite=args.overwrite)
     if args.source == "mnist":
         if args.dir is None:

@@ -80,8 +80,7 @@ class DigitsConfig:
             raise ValueError(f"unknown source {self.source!r}: use one of {images.SOURCES}")
         if self.source == "mnist" and not self.mnist_dir:
             raise ValueError("source mnist needs mnist_dir: the folder of MNIST's IDX files")
-        if not 1 <= self.pixels <= images.SIDE**2:
-            raise ValueError(f"pixels must be in 1..{images.SIDE**2}, got {self.pixels}")
+        images.check_pixels(self.pixels)
         unknown = sorted(set(self.losses) - set(PARTICLE_LOSSES))
         if unknown or not self.losses:
             raise ValueError(f"losses must name losses in {sorted(PARTICLE_LOSSES)}: {unknown}")
@@ -150,14 +149,6 @@ def digit_jets(cfg: DigitsConfig, digit: int) -> Jets:
     else:
         drawn = images.render_digits(digit, cfg.n_images, seed=cfg.seed)
     return images.image_jets(drawn, cfg.pixels, digit, seed=cfg.seed)
-
-
-def split_images(jets: Jets, cfg: DigitsConfig) -> tuple[Jets, Jets, Jets]:
-    """Seeded train / validation / test parts by ``cfg.split``."""
-    order = np.random.default_rng(cfg.seed + 1).permutation(len(jets))
-    a = round(cfg.split[0] * len(jets))
-    b = a + round(cfg.split[1] * len(jets))
-    return jets.take(order[:a]), jets.take(order[a:b]), jets.take(order[b:])
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -255,7 +246,7 @@ def run_cell(
 ) -> dict:
     """Train, sample, score and plot one digit and loss into ``out``; its metrics."""
     model = model_config(cfg, loss)
-    train, valid, test = split_images(jets, cfg)
+    train, valid, test = stages.split_parts(jets, cfg.split, cfg.seed)
     vae_state = stages.train_convae(model, (train, valid), progress=progress)
     flow_state = stages.train_latent_flow(
         model, str(digit), (train, valid), vae_state, progress=progress

@@ -53,6 +53,14 @@ def check_digit(digit: int) -> int:
     return int(digit)
 
 
+def check_pixels(k: int, name: str = "pixels") -> int:
+    """``k`` if it is a pixel count of a 28 x 28 image (1..784), else ValueError naming
+    ``name`` (the option or key the user set)."""
+    if not 1 <= int(k) <= SIDE * SIDE:
+        raise ValueError(f"{name} must be in 1..{SIDE * SIDE} (a 28 x 28 image), got {k}")
+    return int(k)
+
+
 # ------------------------------------------------------------------------------------ MNIST
 
 

@@ -233,6 +233,4 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as strict, indented JSON (NaN and inf -> null), atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
-    return Path(path)
+    return write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False))

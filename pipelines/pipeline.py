@@ -32,7 +32,7 @@ from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_yaml
 from pipelines.data import Jets, read_jetnet_file, stored, write_jetnet_file
-from pipelines.io import atomic_path, markdown_table, write_json
+from pipelines.io import markdown_table, write_json, write_text
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 from pipelines.report import summary_figure, training_curves
@@ -356,8 +356,7 @@ def run_pipeline(
     run.mkdir(parents=True, exist_ok=True)
     main = is_main()
     if main:
-        with atomic_path(run / "config.yaml") as tmp:
-            tmp.write_text(to_yaml(cfg))
+        write_text(run / "config.yaml", to_yaml(cfg))
     handler = logging.FileHandler(run / "pipeline.log") if main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
@@ -380,6 +379,7 @@ def run_pipeline(
         return run
     write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     figure = summary_figure(results, SUMMARY_FIGURE, run / "summary.png")
-    with atomic_path(run / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(cfg.name, results) + f"\n![summary]({figure.name})\n")
+    write_text(
+        run / "summary.md", summary_markdown(cfg.name, results) + f"\n![summary]({figure.name})\n"
+    )
     return run

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.io import atomic_path, markdown_table
+from pipelines.io import atomic_path, markdown_table, write_text
 from pipelines.metrics import EMD_OBSERVABLES, observables, w1efp_selection
 
 #: Report sections: (title, metric names, note).
@@ -125,9 +125,7 @@ def write_report(
         lines += ["", *extra]
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def pyplot() -> Any:

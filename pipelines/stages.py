@@ -83,10 +83,16 @@ def class_jets(cfg: PipelineConfig, jet_class: str, directory: Path, progress: b
 
 
 def split_jets(jets: Jets, cfg: PipelineConfig) -> tuple[Jets, Jets, Jets]:
-    """Seeded train / validation / test parts."""
-    order = np.random.default_rng(cfg.data.seed + 1).permutation(len(jets))
-    a = round(cfg.data.split[0] * len(jets))
-    b = a + round(cfg.data.split[1] * len(jets))
+    """Seeded train / validation / test parts by ``data.split``."""
+    return split_parts(jets, cfg.data.split, cfg.data.seed)
+
+
+def split_parts(jets: Jets, split: tuple[float, ...], seed: int) -> tuple[Jets, Jets, Jets]:
+    """Train / validation / test parts of ``jets`` by the fractions ``split``, in an order
+    seeded by ``seed`` + 1 (the seed itself draws the jets)."""
+    order = np.random.default_rng(seed + 1).permutation(len(jets))
+    a = round(split[0] * len(jets))
+    b = a + round(split[1] * len(jets))
     return jets.take(order[:a]), jets.take(order[a:b]), jets.take(order[b:])
 
 

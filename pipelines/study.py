@@ -45,7 +45,7 @@ from convae.diagnostics import reconstruct, reconstruction_diagnostics
 from convae.losses import PARTICLE_LOSSES
 from jetflows.classes import canonical_class
 from pipelines import stages
-from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value
+from pipelines.config import PipelineConfig, digest
 from pipelines.data import Jets
 from pipelines.evaluate import (
     EvalConfig,
@@ -58,7 +58,7 @@ from pipelines.evaluate import (
 from pipelines.io import markdown_table, strict_json, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import build_sampler, sampled_jets
-from pipelines.tune import base_config_path, pipeline_config
+from pipelines.tune import based_config, pipeline_config
 from pipelines.wavelet import BINS, exact_image_emd, jet_images, wavelet_emd
 
 #: the study's metrics, as columns; all lower-is-better except those in HIGHER_IS_BETTER
@@ -134,11 +134,7 @@ def load_study_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
         FileNotFoundError: no such file (the study's or its base).
         ValueError: unknown key, bad value, or a base config that does not build.
     """
-    path = Path(path)
-    cfg = build(StudyConfig, read_yaml(path, "study config"))
-    base = read_yaml(base_config_path(path, cfg.base), "base config")
-    for assignment in cfg.overrides:
-        set_value(base, assignment)
+    cfg, base = based_config(path, StudyConfig, "study config")
     for loss in cfg.losses:  # every cell's config must build: fail before any training
         cell_config(base, loss)
     return cfg, base

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.data import Jets
-from pipelines.io import atomic_path, markdown_table, write_json
+from pipelines.io import atomic_path, markdown_table, write_json, write_text
 from pipelines.report import pyplot
 
 MASS_RANGE = (0.0, 400.0)  # GeV; covers every class at 1 TeV
@@ -80,15 +80,15 @@ def write_summary(datasets: dict[str, Jets], out_dir: str | Path) -> dict[str, d
     out_dir = Path(out_dir)
     rows = {name: summarize(jets) for name, jets in datasets.items()}
     write_json(out_dir / "summary.json", rows)
-    with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text(
-            "# Jet datasets\n\nMass in GeV. `particle_*`: from the stored particles, the same "
-            "definition for every file: compare these. `file_*`: the file's jet_features, i.e. "
-            "the clustered jet (hadron masses, every constituent) in Pythia and JetNet files "
-            "but the stored particles in generated ones: not comparable between the two.\n\n"
-            + summary_table(rows)
-            + "\n![mass](mass.png)\n![n](multiplicity.png)\n"
-        )
+    write_text(
+        out_dir / "summary.md",
+        "# Jet datasets\n\nMass in GeV. `particle_*`: from the stored particles, the same "
+        "definition for every file: compare these. `file_*`: the file's jet_features, i.e. "
+        "the clustered jet (hadron masses, every constituent) in Pythia and JetNet files "
+        "but the stored particles in generated ones: not comparable between the two.\n\n"
+        + summary_table(rows)
+        + "\n![mass](mass.png)\n![n](multiplicity.png)\n",
+    )
     levels = {k: particle_level(v) for k, v in datasets.items()}
     size = max(v.particles.shape[1] for v in datasets.values())
     _histogram_png(

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pipelines import metrics, stages
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
 from pipelines.data import Jets
-from pipelines.io import atomic_path, markdown_table, write_json
+from pipelines.io import markdown_table, write_json, write_text
 from pipelines.sample import build_sampler, sampled_jets
 from pipelines.stages import OnEpoch
 
@@ -150,13 +150,20 @@ def base_config_path(config: Path, base: str) -> Path:
     raise FileNotFoundError(f"{config}: base config {base} not found (looked for {tried})")
 
 
-def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
-    """The tuning config and the base pipeline tree (checked: every space key must exist)."""
+def based_config(path: str | Path, cls: type, what: str) -> tuple[Any, dict[str, Any]]:
+    """A config of dataclass ``cls`` that names a base pipeline YAML (``base``, relative to
+    itself) and ``overrides``: the config, and the base tree with the overrides applied."""
     path = Path(path)
-    cfg = build(TuneConfig, read_yaml(path, "tuning config"))
+    cfg = build(cls, read_yaml(path, what))
     base = read_yaml(base_config_path(path, cfg.base), "base config")
     for assignment in cfg.overrides:
         set_value(base, assignment)
+    return cfg, base
+
+
+def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
+    """The tuning config and the base pipeline tree (checked: every space key must exist)."""
+    cfg, base = based_config(path, TuneConfig, "tuning config")
     pipeline_config(base, {})  # the base itself must be valid
     for key, param in cfg.space.items():  # every key must name a config field
         probe = param.choices[0] if param.choices else param.low
@@ -473,11 +480,8 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
         # its own run name: `jetflows pipeline` with it must not overwrite the base's run
         run_name = f"{study.study_name}_trial{trial.number}"
         config = pipeline_config(base, {**trial.params, "name": run_name})
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(
-                f"# study {study.study_name}, trial {trial.number}: {trial.values}\n"
-                + to_yaml(config)
-            )
+        header = f"# study {study.study_name}, trial {trial.number}: {trial.values}\n"
+        write_text(out / name, header + to_yaml(config))
     lines = [
         f"# Study {study.study_name}: objective {cfg.objective}",
         "",
@@ -488,5 +492,4 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
             ([t.number, ", ".join(f"{v:.4g}" for v in t.values), t.params] for t in best),
         ),
     ]
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")

@@ -23,8 +23,9 @@ from common import machine_line
 
 from pipelines.config import load_config
 from pipelines.data import Jets, read_jetnet_file
+from pipelines.generators import load_sampler
 from pipelines.pipeline import run_pipeline
-from pipelines.sample import load_sampler, sample_jets
+from pipelines.sample import sample_jets
 from pipelines.summary import particle_level
 
 

@@ -39,9 +39,10 @@ from pipelines.checkpoints import load_checkpoint
 from pipelines.config import load_config
 from pipelines.data import Jets, write_jetnet_file
 from pipelines.evaluate import evaluate_files
+from pipelines.generators import SamplerRecord, TrainedSampler
 from pipelines.io import atomic_path, write_json
 from pipelines.pipeline import run_pipeline
-from pipelines.sample import SamplerRecord, TrainedSampler, sample_jets
+from pipelines.sample import sample_jets
 
 CONFIGS = ("configs/standard.yaml", "configs/standard_particles.yaml")
 METRICS = ("w1m", "w1p", "w1efp", "fpd", "kpd", "cov", "mmd", "emd_sum", "fpnd")

@@ -305,6 +305,38 @@ def project_to_context(
     return particles
 
 
+def sample_jet_rows(
+    jet_flow: Flow,
+    n: int,
+    target: ParticleTarget,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    jet_context: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The jet flow's n rows, raw (n, len(jet_names)) with integer multiplicities, and the
+    particle-level context (n, C) they give (standardized); see `generate`."""
+    raw = target.jet.inverse(jet_flow.sample(n, jet_context, labels, generator=generator))
+    # undo the dequantization: the particle flow was trained on the integer n
+    raw[:, N_COLUMN] = raw[:, N_COLUMN].floor().clamp(1, target.num_particles)
+    return raw, target.jet.transform(raw)[:, _columns(target)]
+
+
+def finish(
+    x: torch.Tensor, raw: torch.Tensor, target: ParticleTarget, *, project: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Particle-level output x (n, 3P) of jets whose jet rows are ``raw`` -> (particles
+    (n, P, 3), mask (n, P)), projected onto the rows' mass and sum pt when ``project`` (None:
+    as the target says)."""
+    particles, mask = decode(x, raw[:, N_COLUMN].long(), target)
+    if target.project if project is None else project:
+        names = target.jet_names
+        mass = raw[:, names.index("mass")].exp()  # the context is log(m / pt_jet)
+        pt_sum = raw[:, names.index("pt_sum")] if "pt_sum" in names else None
+        particles = project_to_context(particles, mask, mass, pt_sum)
+    return particles, mask
+
+
 @torch.no_grad()
 def generate(
     particle_flow: Flow,
@@ -325,16 +357,8 @@ def generate(
     ``project``: onto the sampled mass and sum pt (`project_to_context`); None: as the target
     says.
     """
-    raw = target.jet.inverse(jet_flow.sample(n, jet_context, labels, generator=generator))
-    # undo the dequantization: the particle flow was trained on the integer n
-    multiplicity = raw[:, N_COLUMN].floor().clamp(1, target.num_particles)
-    raw[:, N_COLUMN] = multiplicity
-    context = target.jet.transform(raw)[:, _columns(target)]
+    raw, context = sample_jet_rows(
+        jet_flow, n, target, labels=labels, generator=generator, jet_context=jet_context
+    )
     x = particle_flow.sample(n, context, labels, generator=generator)
-    particles, mask = decode(x, multiplicity.long(), target)
-    if target.project if project is None else project:
-        names = target.jet_names
-        mass = raw[:, names.index("mass")].exp()  # the context is log(m / pt_jet)
-        pt_sum = raw[:, names.index("pt_sum")] if "pt_sum" in names else None
-        particles = project_to_context(particles, mask, mass, pt_sum)
-    return particles, mask
+    return finish(x, raw, target, project=project)

@@ -24,8 +24,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Read a checkpoint and check that it is of ``kind`` (e.g. "jetflows.convae").
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
+    """Read a checkpoint and check that it is of ``kind`` (e.g. "jetflows.convae"), or of one
+    of the kinds in a tuple.
 
     Raises:
         FileNotFoundError: no such file.
@@ -42,20 +43,27 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
             f"{path}: not a readable checkpoint (truncated or corrupt): {err}"
         ) from err
     found = state.get("kind") if isinstance(state, dict) else type(state).__name__
-    if found != kind:
+    if found not in ((kind,) if isinstance(kind, str) else kind):
         raise ValueError(f"{path}: a checkpoint of {found!r}, expected {kind!r}")
     return state
 
 
 #: what, besides the weights, makes a model what it is (the keys absent in a kind are skipped)
 _IDENTITY = ("kind", "model_config", "flow_config", "features", "context", "normalization")
+#: identity keys of newer kinds, hashed only where present (older fingerprints stay valid)
+_NEWER_IDENTITY = ("set_flow_config",)
 
 
 def fingerprint(state: dict[str, Any]) -> str:
     """A content hash of a checkpoint's model: its best weights, architecture and input scaling
     (not its history or optimizer), so it survives re-saving and names the model itself."""
     h = hashlib.sha256(
-        json.dumps({k: state.get(k) for k in _IDENTITY}, sort_keys=True, default=str).encode()
+        json.dumps(
+            {k: state.get(k) for k in _IDENTITY}
+            | {k: state[k] for k in _NEWER_IDENTITY if k in state},
+            sort_keys=True,
+            default=str,
+        ).encode()
     )
     for name, tensor in sorted(state["best_state_dict"].items()):
         h.update(name.encode())

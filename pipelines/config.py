@@ -26,6 +26,7 @@ from convae.train import LossConfig
 from flows.latent import ENCODINGS, JOINT, MASKINGS
 from flows.models import FlowConfig
 from flows.particle import check_context
+from flows.setflow import SetFlowConfig
 from jetflows.checks import require
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
@@ -37,7 +38,9 @@ from pipelines.io import stable_hash
 SOURCES = ("auto", "jetnet", "pythia")
 
 
-TARGETS = ("latent", "particles")
+#: the keys of `pipelines.generators.GENERATORS` (a test keeps them equal; that module imports
+#: this one)
+TARGETS = ("latent", "particles", "cloud")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -152,9 +155,13 @@ class PipelineConfig:
     Arguments:
         name: the run directory is ``runs/<name>``.
         classes: jet classes (g, q, t, w, z or aliases), one model per class.
-        target: "latent" (ConVAE + latent flow, two-stage) or "particles" (direct flow).
+        target: "latent" (ConVAE + latent flow, two-stage), "particles" (a flow on the 30 x 3
+            particle features) or "cloud" (a continuous flow on the particle set,
+            `flows.setflow`); the jet-level side of the last two is ``particle``.
         normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
             or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE, README).
+        set_flow: the cloud target's set flow (`flows.setflow.SetFlowConfig`); it trains with
+            ``flow_train``.
         n_generate: jets generated per class for the evaluation.
         device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
             generation; not part of any stage's identity, so a run may continue elsewhere.
@@ -174,6 +181,7 @@ class PipelineConfig:
     flow_train: TrainConfig = TrainConfig(lr=1e-3, batch_size=256, patience=10)
     latent: LatentOptions = LatentOptions()
     particle: ParticleOptions = ParticleOptions()
+    set_flow: SetFlowConfig = SetFlowConfig()
     evaluate: EvalConfig = EvalConfig(fpnd=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +217,8 @@ class PipelineConfig:
                 raise ValueError(
                     f"{key}.num_classes must be 0: the pipeline trains one model per class"
                 )
+        if self.target == "cloud" and self.particle.centroid:
+            raise ValueError("particle.centroid must be false for target cloud (a set has no lead)")
         if self.target != "latent":
             return
         if self.convae.num_particles != self.data.num_particles:

@@ -34,9 +34,10 @@ from convae.losses import PARTICLE_LOSSES, chamfer
 from pipelines import images, stages
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value
 from pipelines.data import Jets
+from pipelines.generators import GENERATORS, build_sampler, direct_trainer
 from pipelines.io import markdown_table, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
-from pipelines.sample import build_sampler, sampled_jets
+from pipelines.sample import sampled_jets
 from pipelines.tune import pipeline_config
 from pipelines.wavelet import exact_image_emd
 
@@ -247,11 +248,11 @@ def run_cell(
     """Train, sample, score and plot one digit and loss into ``out``; its metrics."""
     model = model_config(cfg, loss)
     train, valid, test = stages.split_parts(jets, cfg.split, cfg.seed)
-    vae_state = stages.train_convae(model, (train, valid), progress=progress)
-    flow_state = stages.train_latent_flow(
-        model, str(digit), (train, valid), vae_state, progress=progress
+    trained = GENERATORS["latent"].train(
+        model, str(digit), (train, valid), "", direct_trainer(progress)
     )
-    sampler = build_sampler(flow_state, vae_state, device=model.device)
+    vae_state = trained.states["convae.pt"]
+    sampler = build_sampler(trained.states, device=model.device)
     generated = sampled_jets(sampler, len(test), seed=cfg.seed)
     vae, norm = stages.convae_of(vae_state, torch.device("cpu"))
     x, m = torch.from_numpy(test.particles.copy()), torch.from_numpy(test.mask.copy())

@@ -15,7 +15,6 @@ every epoch and resume from it, so a killed pipeline re-run continues where it s
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -25,29 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convae.train import CHECKPOINT_KIND as CONVAE_KIND
-from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_yaml
 from pipelines.data import Jets, read_jetnet_file, stored, write_jetnet_file
+from pipelines.generators import GENERATORS, build_sampler
 from pipelines.io import markdown_table, write_json, write_text
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 from pipelines.report import summary_figure, training_curves
-from pipelines.sample import BATCH_SIZE, build_sampler, generated_attributes, sampled_jets
-from pipelines.stages import (
-    class_jets,
-    convae_of,
-    jetnet_source,
-    particle_flows_data,
-    split_jets,
-    train_convae,
-    train_jet_flow,
-    train_latent_flow,
-    train_particle_flow,
-)
+from pipelines.sample import BATCH_SIZE, generated_attributes, sampled_jets
+from pipelines.stages import class_jets, convae_of, jetnet_source, split_jets
 
 LOG = logging.getLogger("jetflows.pipeline")
 
@@ -157,36 +145,6 @@ class ClassRun:
         return state
 
 
-def _latent_stages(run: ClassRun, keys: dict[str, str]) -> tuple[dict, dict]:
-    """The ConVAE, then the latent flow on its latents: (flow state, ConVAE state)."""
-    cfg, parts = run.cfg, run.parts
-    keys["convae"] = digest(keys["data"], cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
-    train = functools.partial(train_convae, cfg, parts)
-    vae_state = run.trained("convae.pt", CONVAE_KIND, keys["convae"], train)
-    keys["flow"] = digest(keys["convae"], cfg.flow, cfg.flow_train, cfg.latent)
-    train = functools.partial(train_latent_flow, cfg, run.jet_class, parts, vae_state)
-    flow_state = run.trained("flow.pt", FLOW_KIND, keys["flow"], train, **{"convae.pt": vae_state})
-    return flow_state, vae_state
-
-
-def _particle_stages(run: ClassRun, keys: dict[str, str]) -> tuple[dict, dict]:
-    """The jet flow, then the particle flow: (particle flow state, jet flow state)."""
-    cfg = run.cfg
-    keys["flow"] = digest(keys["data"], cfg.flow, cfg.flow_train, cfg.particle)
-    record, jet_data, particle_data = particle_flows_data(cfg, run.jet_class, run.parts)
-    train = functools.partial(train_jet_flow, cfg, jet_data)
-    jet_state = run.trained("jet_flow.pt", FLOW_KIND, keys["flow"], train)
-    train = functools.partial(train_particle_flow, cfg, particle_data, record)
-    flow_state = run.trained(
-        "flow.pt", FLOW_KIND, keys["flow"], train, **{"jet_flow.pt": jet_state}
-    )
-    return flow_state, jet_state
-
-
-#: target -> its training stages: (run, stage keys) -> (flow state, first stage's state)
-TRAINING = {"latent": _latent_stages, "particles": _particle_stages}
-
-
 def _reconstruction_stage(run: ClassRun, key: str, vae_state: dict[str, Any]) -> dict[str, Any]:
     """reconstruction.json and its plots: the trained ConVAE on the held-out test jets."""
     path = run.directory / "reconstruction.json"
@@ -200,7 +158,7 @@ def _reconstruction_stage(run: ClassRun, key: str, vae_state: dict[str, Any]) ->
 
 
 def _generate_stage(
-    run: ClassRun, key: str, flow_state: dict[str, Any], first_state: dict[str, Any]
+    run: ClassRun, key: str, states: dict[str, dict[str, Any]]
 ) -> tuple[Jets, bool]:
     """n_generate jets from the trained models in memory, written to generated.hdf5 (with the
     real test jets beside them in real_test.hdf5) for the record; read back only when the
@@ -210,7 +168,7 @@ def _generate_stage(
     if run.stages.complete("generate", key, generated, real):
         return read_jetnet_file(generated), False
     write_jetnet_file(real, run.test, {"jet_class": run.jet_class, "split": "test"})
-    sampler = build_sampler(flow_state, first_state, device=run.cfg.device)
+    sampler = build_sampler(states, device=run.cfg.device)
     seed = run.cfg.data.seed
     jets = sampled_jets(sampler, run.cfg.n_generate, seed=seed, progress=run.progress)
     attrs = {"run": str(run.directory.parent), "seed": seed, "batch_size": BATCH_SIZE}
@@ -229,18 +187,19 @@ def run_class(
     with main_first():  # data-parallel: rank 0 generates, the others then read the file
         jets = class_jets(cfg, jet_class, directory, progress and is_main())
     run = ClassRun(cfg, jet_class, directory, Stages(directory), progress, *split_jets(jets, cfg))
-    keys = {"data": digest(cfg.data, jet_class)}
-    flow_state, first_state = TRAINING[cfg.target](run, keys)
+    generator = GENERATORS[cfg.target]
+    trained = generator.train(cfg, jet_class, run.parts, digest(cfg.data, jet_class), run.trained)
     if not is_main():  # data-parallel: the other ranks only help to train
         return {}
-    latent_target = cfg.target == "latent"
     reconstruction = (
-        _reconstruction_stage(run, keys["convae"], first_state) if latent_target else None
+        _reconstruction_stage(run, trained.keys["convae.pt"], trained.states["convae.pt"])
+        if generator.reconstructs
+        else None
     )
     write_json(directory / "history.json", run.stages.histories)
     curves = training_curves(run.stages.histories, directory / "plots")
-    keys["generate"] = digest(keys["flow"], cfg.n_generate)
-    generated, regenerated = _generate_stage(run, keys["generate"], flow_state, first_state)
+    keys = {"generate": digest(trained.keys["flow.pt"], cfg.n_generate)}
+    generated, regenerated = _generate_stage(run, keys["generate"], trained.states)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
     metrics = directory / "metrics.json"
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again

@@ -4,8 +4,10 @@ pruning), so both train, and sample, the same way.
 
 Data: `class_jets` (a JetNet file, else Pythia8) and `split_jets`. Models: `train_convae`, then
 `train_latent_flow` on its latents (two-stage), or `particle_flows_data` with `train_jet_flow`
-and `train_particle_flow` (direct). A flow state carries its `pipelines.sample.SamplerRecord`,
-from which `pipelines.sample.build_sampler` makes the generator.
+and `train_particle_flow` (direct), or `set_flow_data` with `train_jet_flow` and
+`train_set_flow` (the set flow). `pipelines.generators` chains them per target. A flow state
+carries its `pipelines.generators.SamplerRecord`, from which
+`pipelines.generators.build_sampler` makes the generator.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from convae.model import ConVAE
 from convae.train import fit as fit_convae
 from convae.train import model_from_state
-from flows import latent, particle
+from flows import latent, particle, setflow
 from flows.models import FlowConfig, build_flow
 from flows.train import FlowData
 from flows.train import fit as fit_flow
@@ -29,7 +31,7 @@ from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
 from pipelines.config import PipelineConfig, to_dict
 from pipelines.data import Jets, jetnet_file_size, locate_jetnet_file, read_jetnet_file
-from pipelines.sample import SamplerRecord, kinematics_context, kinematics_norm
+from pipelines.generators import SamplerRecord, kinematics_context, kinematics_norm
 
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
 
@@ -310,3 +312,37 @@ def train_particle_flow(
         extra=record.to_dict(),
         **fit,
     )
+
+
+def set_flow_data(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets]
+) -> tuple[SamplerRecord, tuple[FlowData, FlowData], tuple[setflow.SetData, setflow.SetData]]:
+    """The set-flow generator's record and the (train, valid) data of its jet flow (as the
+    particles target's) and of its set flow: standardized (eta_rel, phi_rel, log pt_rel)
+    (N, P, 3), the mask (N, P) and the jet-level context (N, C)."""
+    target, jet_data, (train, valid) = particle_data(cfg, parts)
+    record = sampler_record(cfg, jet_class, parts[0], particle_target=target.to_dict())
+    P = cfg.data.num_particles
+    set_data = tuple(
+        (x.reshape(len(x), P, 3), torch.from_numpy(jets.mask.copy()), context)
+        for (x, context, _), jets in zip((train, valid), parts, strict=True)
+    )
+    return record, jet_data, set_data
+
+
+def train_set_flow(
+    cfg: PipelineConfig,
+    data: tuple[setflow.SetData, setflow.SetData],
+    record: SamplerRecord,
+    **fit: Any,
+) -> dict[str, Any]:
+    """Fit the set flow by flow matching (``fit``: resume, on_epoch, progress); its state,
+    with ``record`` in ``extra``."""
+    device = resolve_device(cfg.device)
+    data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
+    torch.manual_seed(cfg.flow_train.seed)
+    context = data[0][2]
+    flow = setflow.SetFlow(cfg.set_flow, context=0 if context is None else context.shape[1])
+    return setflow.fit(
+        flow.to(device), data[0], data[1], config=cfg.flow_train, extra=record.to_dict(), **fit
+    ).state

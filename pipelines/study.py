@@ -55,9 +55,10 @@ from pipelines.evaluate import (
     sample_efps,
     sample_observables,
 )
+from pipelines.generators import GENERATORS, build_sampler, direct_trainer
 from pipelines.io import markdown_table, strict_json, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
-from pipelines.sample import build_sampler, sampled_jets
+from pipelines.sample import sampled_jets
 from pipelines.tune import based_config, pipeline_config
 from pipelines.wavelet import BINS, exact_image_emd, jet_images, wavelet_emd
 
@@ -201,11 +202,11 @@ def score_cell(
     """Train one cell's ConVAE and latent flow on (train, valid), sample, and score against the
     test jets: {metric: {"value", "floor", "ratio"}} for every name in `METRICS`."""
     train, valid, test = parts
-    vae_state = stages.train_convae(cfg, (train, valid), progress=progress)
-    flow_state = stages.train_latent_flow(
-        cfg, jet_class, (train, valid), vae_state, progress=progress
+    trained = GENERATORS["latent"].train(
+        cfg, jet_class, (train, valid), "", direct_trainer(progress)
     )
-    sampler = build_sampler(flow_state, vae_state, device=cfg.device)
+    vae_state = trained.states["convae.pt"]
+    sampler = build_sampler(trained.states, device=cfg.device)
     generated = sampled_jets(sampler, study.n_jets, seed=cfg.data.seed)
     vae, norm = stages.convae_of(vae_state, torch.device("cpu"))
     x, m = torch.from_numpy(test.particles.copy()), torch.from_numpy(test.mask.copy())

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import optuna
@@ -36,8 +36,9 @@ from tqdm import tqdm
 from pipelines import metrics, stages
 from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
 from pipelines.data import Jets
+from pipelines.generators import GENERATORS, build_sampler
 from pipelines.io import markdown_table, write_json, write_text
-from pipelines.sample import build_sampler, sampled_jets
+from pipelines.sample import sampled_jets
 from pipelines.stages import OnEpoch
 
 _REST = ("pt", "energy", "eta", "phi", "multiplicity")
@@ -97,7 +98,8 @@ class TuneConfig:
         study: the study name (shared by every worker).
         base: the pipeline YAML the trials start from; ``overrides`` then apply (``--set`` form).
         jet_class: the class tuned on.
-        space: {config key: `Param`}.
+        space: {config key: `Param`}; empty: the target's default space
+            (`pipelines.generators.Generator.space`).
         objective: a name in `OBJECTIVES` (one value: pruning on; several: a Pareto front).
         pruner: a name in `PRUNERS` (single objective only).
         storage_env: the environment variable that holds the storage URL, if any.
@@ -123,8 +125,6 @@ class TuneConfig:
             raise ValueError(f"unknown objective {self.objective!r}: use {sorted(OBJECTIVES)}")
         if self.pruner not in PRUNERS:
             raise ValueError(f"unknown pruner {self.pruner!r}: use one of {sorted(PRUNERS)}")
-        if not self.space:
-            raise ValueError("the search space is empty")
         if self.heartbeat < 1 or self.max_retry < 0:
             raise ValueError("heartbeat must be >= 1 s and max_retry >= 0")
 
@@ -164,7 +164,10 @@ def based_config(path: str | Path, cls: type, what: str) -> tuple[Any, dict[str,
 def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
     """The tuning config and the base pipeline tree (checked: every space key must exist)."""
     cfg, base = based_config(path, TuneConfig, "tuning config")
-    pipeline_config(base, {})  # the base itself must be valid
+    target = pipeline_config(base, {}).target  # the base itself must be valid
+    if not cfg.space:
+        space = {k: build(Param, dict(v), k) for k, v in GENERATORS[target].space.items()}
+        cfg = dataclasses.replace(cfg, space=space)
     for key, param in cfg.space.items():  # every key must name a config field
         probe = param.choices[0] if param.choices else param.low
         pipeline_config(base, {key: int(probe) if param.integer else probe})
@@ -268,40 +271,34 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 # ------------------------------------------------------------------------------------ a trial
 
 
-_CONVAES: dict[str, dict[str, Any]] = {}  # flow-only trials reuse one ConVAE
+class TrialTrainer:
+    """A trial's `pipelines.generators.Trainer`: trains each stage with ``report`` (epochs
+    numbered on from the stages before, so pruning sees one growing curve), and keeps the
+    last state of each checkpoint file by its stage key, so a flow-only study trains the ConVAE
+    (or the jet flow) once per worker."""
 
+    cache: ClassVar[dict[str, tuple[str, dict[str, Any]]]] = {}  # file -> (key, state)
 
-def _latent_states(
-    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], report: OnEpoch
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The trained latent flow and ConVAE states (the ConVAE trained once per worker and
-    config); epochs are reported ConVAE first, then the flow's after them."""
-    key = digest(cfg.data, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
-    if key not in _CONVAES:
-        state = stages.train_convae(cfg, parts, on_epoch=report)
-        _CONVAES.clear()  # keep one: a ConVAE study changes it every trial
-        _CONVAES[key] = state
-    offset = cfg.convae_train.epochs
+    def __init__(self, report: OnEpoch) -> None:
+        self.report, self.offset = report, 0
 
-    def flow_report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
-        report(offset + epoch, row, state)
+    def __call__(
+        self, name: str, kind: str, key: str, train: Callable[..., dict[str, Any]], **inputs: Any
+    ) -> dict[str, Any]:
+        cached = self.cache.get(name)
+        if cached is not None and cached[0] == key:
+            state = cached[1]
+        else:
+            offset = self.offset
 
-    vae_state = _CONVAES[key]
-    flow = stages.train_latent_flow(cfg, jet_class, parts, vae_state, on_epoch=flow_report)
-    return flow, vae_state
+            def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
+                if self.report is not None:
+                    self.report(offset + epoch, row, state)
 
-
-def _particle_states(
-    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], report: OnEpoch
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The trained particle flow and jet flow states (the particle flow's epochs reported)."""
-    record, jet_data, particle_data = stages.particle_flows_data(cfg, jet_class, parts)
-    jet_state = stages.train_jet_flow(cfg, jet_data)
-    return stages.train_particle_flow(cfg, particle_data, record, on_epoch=report), jet_state
-
-
-#: target -> (cfg, class, (train, valid), report) -> (flow state, its first stage's state)
-TRAINING = {"latent": _latent_states, "particles": _particle_states}
+            state = train(resume=None, on_epoch=report, progress=False)
+            self.cache[name] = (key, state)
+        self.offset += len(state["history"])
+        return state
 
 
 def score(
@@ -310,8 +307,11 @@ def score(
     """Train on ``train``, sample len(valid) jets as `jetflows sample` would (the same
     generator, masking and kinematics draw; a conditioned generator samples for the validation
     jets' own (pt, eta)), and return their scaled observable EMDs against ``valid``."""
-    flow_state, first_state = TRAINING[cfg.target](cfg, jet_class, (train, valid), report)
-    sampler = build_sampler(flow_state, first_state, device=cfg.device)
+    generator = GENERATORS[cfg.target]
+    trained = generator.train(
+        cfg, jet_class, (train, valid), digest(cfg.data, jet_class), TrialTrainer(report)
+    )
+    sampler = build_sampler(trained.states, device=cfg.device)
     kinematics = valid.jet_features[:, :2] if sampler.conditional else None
     gen = sampled_jets(sampler, len(valid), seed=cfg.data.seed, kinematics=kinematics)
     emds, _ = metrics.observable_emds(metrics.observables(valid), metrics.observables(gen))

@@ -1,0 +1,150 @@
+"""The set flow: equivariance, masking, exact likelihood, and three prongs learnt from a toy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flows.setflow import SetFlow, SetFlowConfig, fit, set_flow_from_state
+from jetflows.physics import nsubjettiness
+from jetflows.training import TrainConfig
+
+TINY = {"width": 16, "layers": 2, "global_width": 8, "heads": 2, "steps": 4}
+
+
+def _batch(seed: int = 0, n: int = 6, P: int = 9, C: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, P + 1, (n,), generator=g)
+    mask = torch.arange(P)[None] < counts[:, None]
+    return torch.randn(n, P, 3, generator=g), mask, torch.randn(n, C, generator=g)
+
+
+@pytest.mark.parametrize("network", ["epic", "transformer"])
+def test_velocity_is_permutation_equivariant_and_blind_to_padding(network):
+    torch.manual_seed(0)
+    flow = SetFlow(SetFlowConfig(network=network, **TINY), context=2)
+    x, mask, c = _batch()
+    t = torch.rand(len(x))
+    v = flow.velocity(x, t, mask, c)
+    perm = torch.randperm(x.shape[1])
+    permuted = flow.velocity(x[:, perm], t, mask[:, perm], c)
+    assert torch.allclose(permuted, v[:, perm], atol=1e-5)
+    changed = torch.where(mask[..., None], x, 100 * torch.randn_like(x))  # other padding
+    assert torch.allclose(flow.velocity(changed, t, mask, c)[mask], v[mask], atol=1e-5)
+    assert (v[~mask] == 0).all()
+    # and it is not per-particle: another particle of the jet moves this one's velocity
+    other = x.clone()
+    other[:, 0] += 1.0
+    two = mask.sum(1) >= 2
+    assert not torch.allclose(flow.velocity(other, t, mask, c)[two, 1], v[two, 1], atol=1e-4)
+
+
+class _Linear(torch.nn.Module):
+    """v(t, x) = a x on real particles: x(1) = e^a x(0), so log p1(x) = log N(e^-a x) - a n F."""
+
+    a = 0.7
+
+    def forward(self, x, mask, c):
+        return self.a * x * mask[..., None]
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_log_prob_matches_the_change_of_variables(divergence):
+    flow = SetFlow(SetFlowConfig(solver="rk4", steps=20, **{k: TINY[k] for k in ("width",)}))
+    flow.net = _Linear()
+    x, mask, _ = _batch(n=5, C=0)
+    a, n_real = _Linear.a, mask.sum(1)
+    z = x * math.exp(-a)
+    expected = (-0.5 * (z**2 + math.log(2 * math.pi)) * mask[..., None]).sum(
+        (1, 2)
+    ) - a * 3 * n_real
+    got = flow.log_prob(x, mask, divergence=divergence)
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+    # sampling follows the same flow: scaled noise, zero on padding
+    sample = flow.sample(mask, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((*mask.shape, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sample, noise * math.exp(a) * mask[..., None], atol=1e-4)
+
+
+def test_sampling_then_scoring_is_finite_and_resumes_from_state():
+    torch.manual_seed(0)
+    x, mask, c = _batch(n=64)
+    flow = SetFlow(SetFlowConfig(**TINY), context=2)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, patience=0)
+    result = fit(flow, (x, mask, c), (x, mask, c), config=cfg, progress=False)
+    rebuilt = set_flow_from_state(result.state)
+    sample = rebuilt.sample(mask[:8], c[:8], generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(sample).all() and (sample[~mask[:8]] == 0).all()
+    assert torch.isfinite(rebuilt.log_prob(sample, mask[:8], c[:8])).all()
+    with pytest.raises(ValueError, match="context of shape"):
+        rebuilt.sample(mask[:8])
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"steps": 0}, "steps"),
+        ({"solver": "dopri9"}, "solver"),
+        ({"width": 0}, "width"),
+        ({"network": "mlp"}, "network"),
+        ({"network": "transformer", "width": 10, "heads": 4}, "divide"),
+    ],
+)
+def test_bad_config_values_are_refused(values, match):
+    with pytest.raises(ValueError, match=match):
+        SetFlowConfig(**values)
+
+
+# ----------------------------------------------------------------------- three prongs, a toy
+
+
+def three_prong_jets(n: int, seed: int, per_prong: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Toy top jets: three narrow prongs (spread 0.02) at 0.3 from the axis, 120 degrees
+    apart, at a random orientation; pts (eta, phi, pt) summing to 1. (n, 3 x per_prong, 3)."""
+    rng = np.random.default_rng(seed)
+    turn = rng.uniform(0, 2 * np.pi, (n, 1)) + np.arange(3) * 2 * np.pi / 3  # (n, 3)
+    centres = 0.3 * np.stack([np.cos(turn), np.sin(turn)], -1)  # (n, 3, 2)
+    angles = centres[:, :, None] + rng.normal(0, 0.02, (n, 3, per_prong, 2))
+    share = rng.dirichlet([4, 4, 4], n)[:, :, None] * rng.dirichlet([2] * per_prong, (n, 3))
+    jets = np.concatenate([angles, share[..., None]], -1).reshape(n, 3 * per_prong, 3)
+    return torch.tensor(jets, dtype=torch.float32), torch.ones(n, 3 * per_prong, dtype=torch.bool)
+
+
+def _to_flow(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    feats = torch.cat([x[..., :2], x[..., 2:].log()], -1)
+    return (feats - stats[0]) / stats[1]
+
+
+def _from_flow(z: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    feats = z * stats[1] + stats[0]
+    return torch.cat([feats[..., :2], feats[..., 2:].exp()], -1)
+
+
+def _tau32_median(x: torch.Tensor, mask: torch.Tensor) -> float:
+    tau = nsubjettiness(x.double(), mask, n_max=3)
+    return float((tau[:, 2] / tau[:, 1]).median())
+
+
+def test_set_flow_learns_three_prongs_that_a_set_blind_model_misses():
+    """Toy tau32 median 0.125; the set flow (a 2-block transformer, ~20 s of training on one
+    thread) generates 0.143 (within 20%). A model that ignores the set (each particle drawn
+    independently from the real particles' marginal, a ring) gives 0.6 and fails the same
+    assertion; so did the EPiC network at the same budget (0.60-0.65)."""
+    torch.manual_seed(0)
+    x, mask = three_prong_jets(2000, seed=0, per_prong=3)
+    feats = torch.cat([x[..., :2], x[..., 2:].log()], -1).reshape(-1, 3)
+    stats = (feats.mean(0), feats.std(0))
+    data = (_to_flow(x, stats), mask, None)
+    config = SetFlowConfig(network="transformer", width=64, layers=2, heads=4, steps=16)
+    flow = SetFlow(config)
+    cfg = TrainConfig(epochs=40, batch_size=128, lr=2e-3, patience=0, schedule="cosine")
+    fit(flow, data, (data[0][:256], mask[:256], None), config=cfg, progress=False)
+    sample = flow.sample(mask[:1000], generator=torch.Generator().manual_seed(1))
+    got = _tau32_median(_from_flow(sample, stats), mask[:1000])
+    real = _tau32_median(*three_prong_jets(1000, seed=1, per_prong=3))
+    rows = torch.randint(len(x), (1000, x.shape[1]), generator=torch.Generator().manual_seed(2))
+    blind = x[rows, torch.randint(x.shape[1], rows.shape)]  # particles drawn independently
+    blob = _tau32_median(blind, mask[:1000])
+    assert abs(got / real - 1) <= 0.2, (got, real)
+    assert abs(blob / real - 1) > 0.2, (blob, real)

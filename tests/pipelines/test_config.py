@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_one_line_error
+
 from pipelines.config import PipelineConfig, digest, load_config, to_yaml
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -119,11 +121,23 @@ def test_overrides_are_typed_and_nested():
         (["name=../elsewhere"], "must be a plain directory name"),
         (["convae.num_particles=150"], r"convae\.num_particles \(150\) must equal"),
         (["convae.num_features=4"], "convae.num_features must be 3"),
+        (["set_flow.steps=0"], "set_flow: steps must be a finite number >= 1"),
+        (["set_flow.solver=dopri9"], "unknown set_flow.solver 'dopri9'"),
+        (["set_flow.width=0"], "set_flow: width must be a finite number >= 1"),
+        (["set_flow.network=mlp"], "unknown set_flow.network 'mlp'"),
+        (["set_flow.divergence=guess"], "unknown set_flow.divergence 'guess'"),
+        (["set_flow.stepz=3"], "unknown config key set_flow.stepz"),
+        (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("value", ["set_flow.steps=0", "set_flow.solver=dopri9"])
+def test_bad_set_flow_values_are_one_line_from_the_cli(capsys, value):
+    assert_one_line_error(capsys, ["pipeline", "--set", value], value.split("=")[0].split(".")[0])
 
 
 def test_bad_files(tmp_path):

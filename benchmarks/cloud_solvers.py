@@ -1,0 +1,101 @@
+"""The set flow's ODE: solver x steps against quality and the time of sampling 10,000 jets.
+
+For a trained cloud run (``jetflows pipeline --config configs/standard_cloud.yaml``), every
+(solver, steps) pair rebuilds the generator from the run's checkpoints with that solver and
+step count (the weights unchanged), generates as many jets as the run scored (2,500 at the
+standard scale), scores them against the run's held-out real jets beside the truth floor (W1M,
+W1P, W1 of tau21 and tau32, COV off for speed), and times the sampling of ``--n`` jets
+(10,000: what ``jetflows sample --n 10000`` spends beyond its ~2 s start-up).
+
+    python benchmarks/cloud_solvers.py --run runs/standard_cloud --class t
+    python benchmarks/cloud_solvers.py --grid euler:4,8,16 --grid midpoint:4,8,20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+from common import machine_line
+
+from pipelines.checkpoints import load_checkpoint
+from pipelines.data import read_jetnet_file
+from pipelines.evaluate import EvalConfig, evaluate
+from pipelines.generators import GENERATORS, SAMPLED_KINDS, build_sampler
+from pipelines.io import atomic_path, write_json
+from pipelines.sample import sampled_jets
+
+GRID = ("euler:4,8,16", "midpoint:4,8,20", "rk4:2,4,8")
+SHOWN = ("w1m", "w1p", "emd_tau21", "emd_tau32", "emd_d2")
+
+
+def states_of(class_dir: Path) -> dict[str, dict]:
+    """The run's checkpoints by file name (a cloud run: flow.pt and jet_flow.pt)."""
+    flow = load_checkpoint(class_dir / "flow.pt", SAMPLED_KINDS)
+    target = flow["extra"]["target"]
+    if target != "cloud":
+        raise SystemExit(f"{class_dir}: a {target} run, not a set flow (target cloud)")
+    states = {"flow.pt": flow}
+    for name, kind in GENERATORS[target].inputs:
+        states[name] = load_checkpoint(class_dir / name, kind)
+    return states
+
+
+def with_solver(states: dict[str, dict], solver: str, steps: int) -> dict[str, dict]:
+    """The same checkpoints, their set flow integrated by ``solver`` in ``steps`` steps."""
+    flow = copy.copy(states["flow.pt"])
+    flow["set_flow_config"] = {**flow["set_flow_config"], "solver": solver, "steps": steps}
+    return {**states, "flow.pt": flow}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/standard_cloud")
+    parser.add_argument("--class", dest="jet_class", default="t")
+    parser.add_argument("--grid", action="append", help="solver:steps,steps (repeatable)")
+    parser.add_argument("--n", type=int, default=10_000, help="jets timed per setting")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="default: <run>/<class>/solvers")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(machine_line())
+    class_dir = Path(args.run) / args.jet_class
+    states = states_of(class_dir)
+    real = read_jetnet_file(class_dir / "real_test.hdf5")
+    n_scored = len(real) // 2
+    cfg = EvalConfig(n_jets=n_scored, fpnd=False, cov_mmd=False)
+    shipped = states["flow.pt"]["set_flow_config"]
+    print(f"shipped: {shipped['solver']} x {shipped['steps']}; scored on {n_scored} vs {n_scored}")
+    head = "| solver | steps | network calls | " + " | ".join(SHOWN) + f" | {args.n} jets (s) |"
+    lines = [head, "|---" * (len(SHOWN) + 4) + "|"]
+    print(lines[0], lines[1], sep="\n", flush=True)
+    rows = []
+    calls = {"euler": 1, "midpoint": 2, "rk4": 4}
+    for spec in args.grid or GRID:
+        solver, steps = spec.split(":")
+        for n_steps in (int(s) for s in steps.split(",")):
+            gen = build_sampler(with_solver(states, solver, n_steps))
+            jets = sampled_jets(gen, n_scored, seed=1)
+            metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
+            start = time.perf_counter()
+            sampled_jets(gen, args.n, seed=2)
+            seconds = time.perf_counter() - start
+            cells = " | ".join(f"{metrics[k]['ratio']:.2f}x" for k in SHOWN)
+            line = f"| {solver} | {n_steps} | {calls[solver] * n_steps} | {cells} | {seconds:.1f} |"
+            lines.append(line)
+            print(line, flush=True)
+            rows.append(
+                {"solver": solver, "steps": n_steps, "seconds": seconds, "metrics": metrics}
+            )
+    out = Path(args.out) if args.out else class_dir / "solvers"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "solvers.json", {"machine": machine_line(), "rows": rows})
+    with atomic_path(out / "solvers.md") as tmp:
+        tmp.write_text(f"{machine_line()}\n\nratios: W1 / truth floor\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

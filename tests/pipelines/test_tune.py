@@ -347,3 +347,18 @@ def test_a_worker_with_nothing_to_start_waits_for_the_others(tmp_path, data_dir)
     study.tell(other, 1.0)
     worker.join(10)
     assert not worker.is_alive() and len(study.trials) == 1  # it started nothing itself
+
+
+def test_a_set_flow_study_searches_its_generators_default_space(tmp_path, data_dir):
+    """No space in the tuning config: the target's registered one (width, depth, steps,
+    solver for the set flow)."""
+    from pipelines.generators import GENERATORS
+
+    more = ["target=cloud", "particle.jet_flow.transforms=2", "flow_train.epochs=1"]
+    config = _write(tmp_path, data_dir, space={}, more=more)
+    cfg, _ = load_tune_config(config)
+    assert set(cfg.space) == set(GENERATORS["cloud"].space)
+    tune(config, trials=2, root=tmp_path / "tune", progress=False)
+    trials = _study(tmp_path / "tune").get_trials(states=FINISHED)
+    assert len(trials) == 2 and all(set(t.params) == set(cfg.space) for t in trials)
+    assert all(t.value is not None and t.value > 0 for t in trials)

@@ -237,6 +237,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        options={k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v},
     )
     print(f"wrote {path} ({args.n} {jet_class} jets from {args.run})")
 
@@ -353,6 +354,13 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="CSV file of --n rows 'pt,eta': one jet generated for each",
     )
+    smp.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="set flows (target cloud): ODE steps (default: the trained model's); fewer is "
+        "faster and coarser (benchmarks/cloud_solvers.py)",
+    )
+    smp.add_argument("--solver", help="set flows: euler, midpoint or rk4 (default: the model's)")
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")
     smp.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -193,6 +193,19 @@ def _jet_level_sampler(
     return sample
 
 
+def _ode_options(
+    states: Mapping[str, dict[str, Any]], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The checkpoints with the set flow's ODE ``options`` (solver, steps) replaced, checked
+    as a config would be (ValueError: an unknown solver, steps < 1, another key)."""
+    unknown = sorted(set(options) - {"solver", "steps"})
+    if unknown:
+        raise ValueError(f"a set flow takes sampling options solver and steps, not {unknown}")
+    config = {**states["flow.pt"]["set_flow_config"], **options}
+    setflow.SetFlowConfig(**config)  # validates
+    return {**states, "flow.pt": {**states["flow.pt"], "set_flow_config": config}}
+
+
 # ----------------------------------------------------------------------------------- training
 
 
@@ -297,6 +310,8 @@ class Generator:
         train: (cfg, class, (train, valid) jets, data stage key, `Trainer`) -> `Trained`.
         sampler: (record, states by file name, device) -> `Sampler`.
         reconstructs: it has a ConVAE whose reconstructions the pipeline checks.
+        options: (states, {option: value}) -> states: sampling options a user may change
+            without retraining (``jetflows sample --solver --steps``); None: none.
         space: the default tuning search space ({config key: `pipelines.tune.Param` fields}),
             used when a tuning config names none.
     """
@@ -306,6 +321,7 @@ class Generator:
     train: Callable[..., Trained]
     sampler: Callable[..., Sampler]
     reconstructs: bool = False
+    options: Callable[..., dict[str, dict[str, Any]]] | None = None
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -343,6 +359,7 @@ GENERATORS: dict[str, Generator] = {
             (("flow.pt", setflow.CHECKPOINT_KIND), ("jet_flow.pt", FLOW_KIND)),
             _train_cloud,
             functools.partial(_jet_level_sampler, setflow.generate, setflow.set_flow_from_state),
+            options=_ode_options,
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
                 "set_flow.layers": {"low": 2, "high": 6, "integer": True},
@@ -385,15 +402,22 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
     return path
 
 
-def load_sampler(run: str | Path, jet_class: str, *, device: str = "cpu") -> TrainedSampler:
+def load_sampler(
+    run: str | Path,
+    jet_class: str,
+    *,
+    device: str = "cpu",
+    options: Mapping[str, Any] | None = None,
+) -> TrainedSampler:
     """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``, each
     checked to belong to the class and to each other; ``device`` as
-    `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda).
+    `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda); ``options``: sampling
+    options the generator takes (`Generator.options`; a set flow's solver and steps).
 
     Raises:
         FileNotFoundError: no run directory or a missing checkpoint.
-        ValueError: no model of the class, a corrupt checkpoint, or models that do not belong
-            together (`pipelines.checkpoints.check_provenance`).
+        ValueError: no model of the class, a corrupt checkpoint, models that do not belong
+            together (`pipelines.checkpoints.check_provenance`), or options it does not take.
     """
     path = class_dir(run, jet_class)
     state = load_checkpoint(path / "flow.pt", SAMPLED_KINDS)
@@ -407,4 +431,11 @@ def load_sampler(run: str | Path, jet_class: str, *, device: str = "cpu") -> Tra
         check_provenance(states[name], path / name, path.name)
     inputs = {name: states[name] for name, _ in gen.inputs}
     check_provenance(state, path / "flow.pt", path.name, **inputs)
+    if options:
+        if gen.options is None:
+            raise ValueError(
+                f"{path / 'flow.pt'}: a {gen.name} generator takes no sampling options "
+                f"({', '.join(options)}); they apply to set flows (target cloud)"
+            )
+        states = gen.options(states, options)
     return build_sampler(states, device=device)

@@ -133,8 +133,10 @@ def sample_to_file(
     overwrite: bool = False,
     progress: bool = True,
     kinematics: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout).
+    """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout);
+    ``options``: the generator's sampling options (a set flow's solver and steps).
 
     Reproducible: the same run, class, n, seed and batch size give the same file.
     ``kinematics`` (n, 2) (pt [GeV], eta): each jet generated for these (`sample_jets`).
@@ -146,7 +148,7 @@ def sample_to_file(
     inputs = sorted(class_dir(run, jet_class).glob("*.pt"))
     if any(out.resolve() == path.resolve() for path in inputs):
         raise ValueError(f"{out} is one of the run's models: write the jets somewhere else")
-    gen = load_sampler(run, jet_class, device=device)
+    gen = load_sampler(run, jet_class, device=device, options=options)
     if kinematics is not None:
         kinematics = check_kinematics(gen, kinematics, n)
     P = gen.num_particles
@@ -160,6 +162,7 @@ def sample_to_file(
                 "run": str(run),
                 "seed": seed,
                 "batch_size": batch_size,
+                **{f"sampling_{k}": v for k, v in (options or {}).items()},
             }
         )
         start = 0

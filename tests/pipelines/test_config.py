@@ -2,9 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error
-
 from pipelines.config import PipelineConfig, digest, load_config, to_yaml
+from tests.conftest import assert_one_line_error
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 #: file-name prefix -> the config kind; any other config is a pipeline config

@@ -2,18 +2,21 @@
 through the one pipeline, and `jetflows sample` rebuilds it from its checkpoints alone."""
 
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from pipelines.checkpoints import save_checkpoint
+from pipelines.cli import main
 from pipelines.config import TARGETS, load_config
 from pipelines.data import write_jetnet_file
 from pipelines.generators import GENERATORS, load_sampler
 from pipelines.pipeline import run_pipeline
 from pipelines.sample import sampled_jets
-from tests.conftest import TINY_MODELS, random_jets
+from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 TINY = [
     *TINY_MODELS,
@@ -86,13 +89,35 @@ def test_every_generator_trains_samples_and_resumes(target, data_dir, tmp_path, 
     assert np.isfinite(metrics["w1m"]["value"])
 
 
-def test_a_set_flow_checkpoint_beside_another_jet_flow_is_refused(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def cloud_run(data_dir, tmp_path_factory):
     cfg = load_config(
         "configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", "target=cloud"]
     )
-    run = run_pipeline(cfg, root=tmp_path, progress=False)
+    return run_pipeline(cfg, root=tmp_path_factory.mktemp("cloud"), progress=False)
+
+
+def test_sample_takes_a_set_flows_solver_and_steps(cloud_run, tmp_path, capsys):
+    calls = []
+    base = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--quiet"]
+    for extra in ([], ["--steps", "1", "--solver", "euler"]):
+        out = tmp_path / f"{len(extra)}.hdf5"
+        assert main([*base, "--out", str(out), *extra]) == 0
+        with h5py.File(out) as f:
+            calls.append((f["particle_features"][:], dict(f.attrs)))
+    assert calls[1][1]["sampling_steps"] == 1 and calls[1][1]["sampling_solver"] == "euler"
+    assert not np.allclose(calls[0][0], calls[1][0])  # another integration, other jets
+    capsys.readouterr()
+    for bad, match in ((["--solver", "dopri9"], "unknown set_flow.solver"),):
+        assert_one_line_error(capsys, [*base, "--out", str(tmp_path / "x.hdf5"), *bad], match)
+    assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_a_set_flow_checkpoint_beside_another_jet_flow_is_refused(cloud_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(cloud_run, run)
     state = torch.load(run / "g" / "jet_flow.pt", weights_only=False)
     state["best_state_dict"] = {k: v + 1 for k, v in state["best_state_dict"].items()}
     save_checkpoint(run / "g" / "jet_flow.pt", state)
-    with pytest.raises(ValueError, match="was fitted on another jet_flow.pt"):
+    with pytest.raises(ValueError, match=r"was fitted on another jet_flow\.pt"):
         load_sampler(run, "g")

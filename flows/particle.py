@@ -33,6 +33,7 @@ and reported beside the flow's raw output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ import torch
 
 from flows.models import Flow
 from jetflows.normalize import Normalization, fit_normalization
-from jetflows.physics import jet_observables
+from jetflows.physics import d2, jet_observables, nsubjettiness
 
 ETA, PHI, PT = 0, 1, 2
 PT_FLOOR = 1e-6  # log of pt_rel: real particles have pt_rel > 0; the floor guards the log
@@ -61,11 +62,26 @@ def _pt_sum(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (particles[..., PT] * mask).sum(1)
 
 
+def _tau_ratio(n: int, particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # tau_n / tau_(n-1) with exclusive-kT axes, 0 for a jet with too few particles (as the
+    # evaluation's); the substructure a set flow may be conditioned on, like the mass
+    tau = nsubjettiness(particles.double(), mask, n_max=n)
+    ratio = torch.where(tau[:, n - 2] > 0, tau[:, n - 1] / tau[:, n - 2].clamp_min(1e-300), 0.0)
+    return ratio.to(particles.dtype)
+
+
+def _d2(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return d2(particles.double(), mask).to(particles.dtype)
+
+
 #: name -> jet-level observable (N,) from particles (N, P, 3) and mask (N, P).
 CONTEXTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mass": _log_mass,
     "multiplicity": _multiplicity,
     "pt_sum": _pt_sum,
+    "tau21": functools.partial(_tau_ratio, 2),
+    "tau32": functools.partial(_tau_ratio, 3),
+    "d2": _d2,
 }
 #: what the jet flow always samples (a flow needs >= 2 features); other contexts are added
 JET_BASE = ("mass", "multiplicity")

@@ -314,3 +314,19 @@ def test_decoded_particles_without_pt_are_never_real():
     )
     assert (mask.sum(1) == 10).all()
     _check_jets(particles, mask, 4)
+
+
+def test_substructure_contexts_are_the_evaluations_observables():
+    """tau21, tau32 and D2 as jet-level context (a set flow conditioned on them) are the same
+    numbers the evaluation scores."""
+    from pipelines.metrics import substructure
+    from tests.conftest import random_jets
+
+    jets = random_jets(50, seed=5)
+    rows = particle.jet_context(
+        torch.tensor(jets.particles), torch.tensor(jets.mask), ("tau21", "tau32", "d2")
+    )
+    expected = substructure(jets.particles, jets.mask)
+    for i, name in enumerate(("tau21", "tau32", "d2")):
+        assert torch.allclose(rows[:, i].double(), torch.tensor(expected[name]), atol=1e-5)
+    assert rows[:, 1].std() > 0.05  # not a constant

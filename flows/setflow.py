@@ -36,9 +36,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from flow_matching.path import AffineProbPath
-from flow_matching.path.scheduler import CondOTScheduler
-from flow_matching.solver import ODESolver
 from torch import nn
 
 from flows.models import Flow
@@ -180,6 +177,14 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], -1)
 
 
+def _ode_solver(field: Callable[..., torch.Tensor]) -> Any:
+    # imported here: torchdiffeq imports scipy.integrate (~0.5 s), which `jetflows sample` of
+    # the other generators must not pay at start-up
+    from flow_matching.solver import ODESolver
+
+    return ODESolver(velocity_model=field)
+
+
 def _real_log_normal(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the real particles' coordinates: z (B, P, F) -> (B,)."""
     per = -0.5 * (z**2 + math.log(2 * math.pi))
@@ -204,6 +209,9 @@ class SetFlow(nn.Module):
         self.config, self.features, self.context = config, features, context
         make = NETWORKS[config.network]
         self.net = make(features=features, context=context + TIME_FEATURES, config=config)
+        from flow_matching.path import AffineProbPath  # not at import: see _ode_solver
+        from flow_matching.path.scheduler import CondOTScheduler
+
         self.path = AffineProbPath(scheduler=CondOTScheduler())  # x_t = t x1 + (1 - t) x0
 
     def _context(self, context: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -265,7 +273,7 @@ class SetFlow(nn.Module):
         """Particles (B, P, F) for a mask (B, P): noise -> ODE (``config.solver``, ``steps``)."""
         shape = (*mask.shape, self.features)
         x0 = torch.randn(shape, generator=generator, device=mask.device)
-        solver = ODESolver(velocity_model=self._flat_velocity(torch.Size(shape), mask, context))
+        solver = _ode_solver(self._flat_velocity(torch.Size(shape), mask, context))
         x1 = solver.sample(
             x_init=x0.flatten(1),
             step_size=None,
@@ -288,7 +296,7 @@ class SetFlow(nn.Module):
         divergence = divergence or self.config.divergence
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
-        solver = ODESolver(velocity_model=self._flat_velocity(x.shape, mask, context))
+        solver = _ode_solver(self._flat_velocity(x.shape, mask, context))
         _, logp = solver.compute_likelihood(
             x_1=(x * mask[..., None]).flatten(1),
             log_p0=lambda z: _real_log_normal(z.reshape(x.shape), mask),

@@ -30,6 +30,7 @@ TINY = [
     "particle.jet_flow.transforms=2",
     "particle.jet_flow.hidden_features=8",
     "particle.centroid=false",
+    "particle.kinematics=true",
     "set_flow.network=transformer",
     "set_flow.width=16",
     "set_flow.layers=1",
@@ -107,6 +108,10 @@ def test_sample_takes_a_set_flows_solver_and_steps(cloud_run, tmp_path, capsys):
             calls.append((f["particle_features"][:], dict(f.attrs)))
     assert calls[1][1]["sampling_steps"] == 1 and calls[1][1]["sampling_solver"] == "euler"
     assert not np.allclose(calls[0][0], calls[1][0])  # another integration, other jets
+    out = tmp_path / "pt.hdf5"
+    assert main([*base, "--out", str(out), "--pt", "1100", "--eta", "0.3"]) == 0
+    with h5py.File(out) as f:  # jets generated for the kinematics asked for
+        assert np.allclose(f["jet_features"][:, :2], [1100, 0.3])
     capsys.readouterr()
     for bad, match in ((["--solver", "dopri9"], "unknown set_flow.solver"),):
         assert_one_line_error(capsys, [*base, "--out", str(tmp_path / "x.hdf5"), *bad], match)

@@ -14,7 +14,6 @@ W1P, W1 of tau21 and tau32, COV off for speed), and times the sampling of ``--n`
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -44,13 +43,6 @@ def states_of(class_dir: Path) -> dict[str, dict]:
     return states
 
 
-def with_solver(states: dict[str, dict], solver: str, steps: int) -> dict[str, dict]:
-    """The same checkpoints, their set flow integrated by ``solver`` in ``steps`` steps."""
-    flow = copy.copy(states["flow.pt"])
-    flow["set_flow_config"] = {**flow["set_flow_config"], "solver": solver, "steps": steps}
-    return {**states, "flow.pt": flow}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/standard_cloud")
@@ -77,7 +69,7 @@ def main() -> None:
     for spec in args.grid or GRID:
         solver, steps = spec.split(":")
         for n_steps in (int(s) for s in steps.split(",")):
-            gen = build_sampler(with_solver(states, solver, n_steps))
+            gen = build_sampler(states, options={"solver": solver, "steps": n_steps})
             jets = sampled_jets(gen, n_scored, seed=1)
             metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
             start = time.perf_counter()

@@ -239,9 +239,13 @@ class SetFlow(nn.Module):
         """The conditional flow-matching loss: mean squared error of v(t, x_t) against the
         straight path's velocity x1 - x0, over the real particles' coordinates only.
 
-        x: (B, P, F) data (x1); noise x0 and t ~ U(0, 1) from torch's global stream.
+        x: (B, P, F) data (x1); noise x0 and t ~ U(0, 1) from torch's global stream while
+        training, from a fixed seed in eval mode (a validation loss that does not jitter with
+        the draw, nor consume the training stream).
         """
-        x0, t = torch.randn_like(x), torch.rand(len(x), device=x.device, dtype=x.dtype)
+        g = None if self.training else torch.Generator(device=x.device).manual_seed(0)
+        x0 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        t = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
         path = self.path.sample(x_0=x0, x_1=x, t=t)
         error = ((self.velocity(path.x_t, t, mask, context) - path.dx_t) ** 2).sum(-1)  # (B, P)
         real = mask.to(x.dtype)

@@ -124,8 +124,8 @@ class ParticleOptions:
     """Direct particle-flow options.
 
     Arguments:
-        context: what the particle flow is conditioned on (names in `flows.particle.CONTEXTS`:
-            mass, multiplicity, pt_sum).
+        context: what the particle flow (or set flow) is conditioned on (names in
+            `flows.particle.CONTEXTS`: mass, multiplicity, pt_sum, tau21, tau32, d2).
         jet_flow: the flow that samples (log mass, n and any other context) per jet.
         centroid: the flow models the jet axis (pt-weighted centroid) in place of the leading
             particle's angles (`flows.particle`); False: every particle's own angles.
@@ -374,6 +374,16 @@ def to_dict(config: Any) -> dict[str, Any]:
 def to_yaml(config: Any) -> str:
     """The resolved config as YAML that `load_config` reads back to an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def model_identity(cfg: PipelineConfig) -> dict[str, Any]:
+    """A whole config as a stage's identity (studies and digits hash it): ``set_flow`` is left
+    out of the targets that do not use it, so their results keep the keys they had before the
+    set flow existed."""
+    tree = to_dict(cfg)
+    if cfg.target != "cloud":
+        del tree["set_flow"]
+    return tree
 
 
 def digest(*parts: Any) -> str:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from convae.diagnostics import reconstruct
 from convae.losses import PARTICLE_LOSSES, chamfer
 from pipelines import images, stages
-from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value
+from pipelines.config import PipelineConfig, build, digest, model_identity, read_yaml, set_value
 from pipelines.data import Jets
 from pipelines.generators import GENERATORS, build_sampler, direct_trainer
 from pipelines.io import markdown_table, write_json, write_text
@@ -306,7 +306,7 @@ def run_digits(
             cell = out / str(digit) / loss
             # what makes this cell: its data and its model (not the other digits and losses)
             data = (cfg.source, cfg.mnist_dir, cfg.pixels, cfg.n_images, list(cfg.split), cfg.seed)
-            key = digest(model_config(cfg, loss), digit, *data)
+            key = digest(model_identity(model_config(cfg, loss)), digit, *data)
             path = cell / "metrics.json"
             done = json.loads(path.read_text()) if path.is_file() else {}
             if done.get("key") != key:

@@ -289,7 +289,9 @@ def _train_cloud(
     jet = trained(
         "jet_flow.pt", FLOW_KIND, jet_key, functools.partial(stages.train_jet_flow, cfg, jet_data)
     )
-    key = digest(jet_key, cfg.set_flow, cfg.flow_train)
+    # the ODE's solver and steps only sample: changing them re-samples, never retrains
+    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in ("solver", "steps")}
+    key = digest(jet_key, network, cfg.flow_train)
     train = functools.partial(stages.train_set_flow, cfg, set_data, record)
     flow = trained("flow.pt", setflow.CHECKPOINT_KIND, key, train, **{"jet_flow.pt": jet})
     return Trained({"flow.pt": flow, "jet_flow.pt": jet}, {"flow.pt": key, "jet_flow.pt": jet_key})
@@ -312,6 +314,8 @@ class Generator:
         reconstructs: it has a ConVAE whose reconstructions the pipeline checks.
         options: (states, {option: value}) -> states: sampling options a user may change
             without retraining (``jetflows sample --solver --steps``); None: none.
+        sampling: the config's values of those options (cfg -> {option: value}).
+        reported: the stages whose epochs a tuning trial reports to the pruner, in order.
         space: the default tuning search space ({config key: `pipelines.tune.Param` fields}),
             used when a tuning config names none.
     """
@@ -322,6 +326,8 @@ class Generator:
     sampler: Callable[..., Sampler]
     reconstructs: bool = False
     options: Callable[..., dict[str, dict[str, Any]]] | None = None
+    sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    reported: tuple[str, ...] = ("flow.pt",)
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -345,6 +351,7 @@ GENERATORS: dict[str, Generator] = {
             _train_latent,
             _latent_sampler,
             reconstructs=True,
+            reported=("convae.pt", "flow.pt"),
             space=_FLOW_SPACE,
         ),
         Generator(
@@ -360,6 +367,7 @@ GENERATORS: dict[str, Generator] = {
             _train_cloud,
             functools.partial(_jet_level_sampler, setflow.generate, setflow.set_flow_from_state),
             options=_ode_options,
+            sampling=lambda cfg: {"solver": cfg.set_flow.solver, "steps": cfg.set_flow.steps},
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
                 "set_flow.layers": {"low": 2, "high": 6, "integer": True},
@@ -373,13 +381,31 @@ GENERATORS: dict[str, Generator] = {
 SAMPLED_KINDS = tuple(sorted({g.checkpoints[0][1] for g in GENERATORS.values()}))
 
 
-def build_sampler(states: Mapping[str, dict[str, Any]], *, device: str = "cpu") -> TrainedSampler:
+def build_sampler(
+    states: Mapping[str, dict[str, Any]],
+    *,
+    device: str = "cpu",
+    options: Mapping[str, Any] | None = None,
+) -> TrainedSampler:
     """The generator of trained states by file name (flow.pt, with its record inside, and the
     models it was fitted on): the one builder behind `load_sampler`, the pipeline's
-    evaluation and every tuning trial, so all sample the same way."""
+    evaluation and every tuning trial, so all sample the same way. ``options``: sampling
+    options the generator takes (`Generator.options`; a set flow's solver and steps).
+
+    Raises:
+        ValueError: not a pipeline flow, or options the generator does not take.
+    """
     device = resolve_device(device)
     record = SamplerRecord.from_dict(states["flow.pt"].get("extra", {}))
-    sampler = GENERATORS[record.target].sampler(record, states, device)
+    gen = GENERATORS[record.target]
+    if options:
+        if gen.options is None:
+            raise ValueError(
+                f"a {gen.name} generator takes no sampling options ({', '.join(options)}); "
+                "they apply to set flows (target cloud)"
+            )
+        states = gen.options(states, options)
+    sampler = gen.sampler(record, states, device)
     kinematics = torch.tensor(record.jet_kinematics, dtype=torch.float32)
     return TrainedSampler(record, sampler, kinematics, device)
 
@@ -431,11 +457,7 @@ def load_sampler(
         check_provenance(states[name], path / name, path.name)
     inputs = {name: states[name] for name, _ in gen.inputs}
     check_provenance(state, path / "flow.pt", path.name, **inputs)
-    if options:
-        if gen.options is None:
-            raise ValueError(
-                f"{path / 'flow.pt'}: a {gen.name} generator takes no sampling options "
-                f"({', '.join(options)}); they apply to set flows (target cloud)"
-            )
-        states = gen.options(states, options)
-    return build_sampler(states, device=device)
+    try:
+        return build_sampler(states, device=device, options=options)
+    except ValueError as err:
+        raise ValueError(f"{path / 'flow.pt'}: {err}") from None

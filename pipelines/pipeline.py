@@ -114,7 +114,11 @@ class ClassRun:
         last = path.with_suffix(".last.pt")
         resume = None
         if last.is_file():
-            state = load_checkpoint(last, kind)
+            try:
+                state = load_checkpoint(last, kind)
+            except ValueError as err:  # e.g. another target's partial flow.pt
+                LOG.info("%s: not resuming %s (%s)", self.jet_class, path.stem, err)
+                state = {}
             same = state.get("stage_key") == key and state.get("provenance", record) == record
             resume = state if same else None
             if resume is not None:
@@ -168,7 +172,8 @@ def _generate_stage(
     if run.stages.complete("generate", key, generated, real):
         return read_jetnet_file(generated), False
     write_jetnet_file(real, run.test, {"jet_class": run.jet_class, "split": "test"})
-    sampler = build_sampler(states, device=run.cfg.device)
+    options = GENERATORS[run.cfg.target].sampling(run.cfg)
+    sampler = build_sampler(states, device=run.cfg.device, options=options)
     seed = run.cfg.data.seed
     jets = sampled_jets(sampler, run.cfg.n_generate, seed=seed, progress=run.progress)
     attrs = {"run": str(run.directory.parent), "seed": seed, "batch_size": BATCH_SIZE}
@@ -198,7 +203,11 @@ def run_class(
     )
     write_json(directory / "history.json", run.stages.histories)
     curves = training_curves(run.stages.histories, directory / "plots")
-    keys = {"generate": digest(trained.keys["flow.pt"], cfg.n_generate)}
+    # a set flow's ODE (solver, steps) samples only: new steps, new jets, the same model; the
+    # other targets have no such options and keep their keys
+    sampling = generator.sampling(cfg)
+    generate = (trained.keys["flow.pt"], cfg.n_generate, *([sampling] if sampling else []))
+    keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], trained.states)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
     metrics = directory / "metrics.json"

@@ -45,7 +45,7 @@ from convae.diagnostics import reconstruct, reconstruction_diagnostics
 from convae.losses import PARTICLE_LOSSES
 from jetflows.classes import canonical_class
 from pipelines import stages
-from pipelines.config import PipelineConfig, digest
+from pipelines.config import PipelineConfig, digest, model_identity
 from pipelines.data import Jets
 from pipelines.evaluate import (
     EvalConfig,
@@ -300,7 +300,7 @@ def _class_cells(
     cells = {}
     for loss in study.losses:
         cfg = cell_config(base, loss)
-        key = digest(cfg, jet_class, study.n_jets, study.image_bins)
+        key = digest(model_identity(cfg), jet_class, study.n_jets, study.image_bins)
         path = directory / f"{loss}.json"
         done = json.loads(path.read_text()) if path.is_file() else {}
         if done.get("key") != key:

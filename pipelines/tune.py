@@ -272,32 +272,33 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
 
 class TrialTrainer:
-    """A trial's `pipelines.generators.Trainer`: trains each stage with ``report`` (epochs
-    numbered on from the stages before, so pruning sees one growing curve), and keeps the
-    last state of each checkpoint file by its stage key, so a flow-only study trains the ConVAE
-    (or the jet flow) once per worker."""
+    """A trial's `pipelines.generators.Trainer`: trains the ``reported`` stages with
+    ``report`` (each stage's epochs numbered on from the configured epoch budgets of the
+    reported stages before it: the ConVAE's, then the latent flow's, as one curve for the
+    pruner), the others silently, and keeps the last state of each checkpoint file by its stage
+    key, so a flow-only study trains the ConVAE (or the jet flow) once per worker."""
 
     cache: ClassVar[dict[str, tuple[str, dict[str, Any]]]] = {}  # file -> (key, state)
 
-    def __init__(self, report: OnEpoch) -> None:
-        self.report, self.offset = report, 0
+    def __init__(self, report: OnEpoch, reported: tuple[str, ...]) -> None:
+        self.report, self.reported, self.offset = report, reported, 0
 
     def __call__(
         self, name: str, kind: str, key: str, train: Callable[..., dict[str, Any]], **inputs: Any
     ) -> dict[str, Any]:
         cached = self.cache.get(name)
+        offset, reported = self.offset, name in self.reported and self.report is not None
+
+        def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
+            self.report(offset + epoch, row, state)
+
         if cached is not None and cached[0] == key:
             state = cached[1]
         else:
-            offset = self.offset
-
-            def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
-                if self.report is not None:
-                    self.report(offset + epoch, row, state)
-
-            state = train(resume=None, on_epoch=report, progress=False)
+            state = train(resume=None, on_epoch=report if reported else None, progress=False)
             self.cache[name] = (key, state)
-        self.offset += len(state["history"])
+        if name in self.reported:
+            self.offset += state["train_config"]["epochs"]
         return state
 
 
@@ -309,9 +310,13 @@ def score(
     jets' own (pt, eta)), and return their scaled observable EMDs against ``valid``."""
     generator = GENERATORS[cfg.target]
     trained = generator.train(
-        cfg, jet_class, (train, valid), digest(cfg.data, jet_class), TrialTrainer(report)
+        cfg,
+        jet_class,
+        (train, valid),
+        digest(cfg.data, jet_class),
+        TrialTrainer(report, generator.reported),
     )
-    sampler = build_sampler(trained.states, device=cfg.device)
+    sampler = build_sampler(trained.states, device=cfg.device, options=generator.sampling(cfg))
     kinematics = valid.jet_features[:, :2] if sampler.conditional else None
     gen = sampled_jets(sampler, len(valid), seed=cfg.data.seed, kinematics=kinematics)
     emds, _ = metrics.observable_emds(metrics.observables(valid), metrics.observables(gen))

@@ -126,3 +126,34 @@ def test_a_set_flow_checkpoint_beside_another_jet_flow_is_refused(cloud_run, tmp
     save_checkpoint(run / "g" / "jet_flow.pt", state)
     with pytest.raises(ValueError, match=r"was fitted on another jet_flow\.pt"):
         load_sampler(run, "g")
+
+
+def test_new_ode_steps_sample_again_without_retraining(cloud_run, data_dir):
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [*TINY, f"data.data_dir={data_dir}", "target=cloud", "set_flow.steps=2"],
+    )
+    run = run_pipeline(cfg, root=cloud_run.parent, progress=False)
+    log = (run / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: flow up to date" in log and "g: generate done" in log
+
+
+def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_path, monkeypatch):
+    def killed(path, state):  # the particle flow dies after its first epoch
+        save_checkpoint(path, state)
+        if path.name == "flow.last.pt":
+            raise KeyboardInterrupt
+
+    base = [*TINY, f"data.data_dir={data_dir}"]
+    monkeypatch.setattr("pipelines.pipeline.save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(
+            load_config("configs/quickstart.yaml", [*base, "target=particles"]),
+            root=tmp_path,
+            progress=False,
+        )
+    monkeypatch.undo()
+    cfg = load_config("configs/quickstart.yaml", [*base, "target=cloud"])
+    run = run_pipeline(cfg, root=tmp_path, progress=False)
+    assert "g: not resuming flow" in (run / "pipeline.log").read_text()
+    assert load_sampler(run, "g").record.target == "cloud"

@@ -46,6 +46,9 @@ from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 CHECKPOINT_KIND = "jetflows.setflow"
 SOLVERS = ("euler", "midpoint", "rk4")  # torchdiffeq's fixed-grid methods
 DIVERGENCES = ("exact", "hutchinson")
+#: jets integrated at once when sampling: on 2 CPU cores 500 ran 1.7x faster than 10,000 in
+#: one batch (the attention's working set stays in cache); on a GPU larger chunks may pay
+SAMPLE_CHUNK = 512
 TIME_FEATURES = 8  # t as cos/sin of 4 frequencies: smooth in t, spread over [0, 1]
 
 
@@ -274,17 +277,30 @@ class SetFlow(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Particles (B, P, F) for a mask (B, P): noise -> ODE (``config.solver``, ``steps``)."""
-        shape = (*mask.shape, self.features)
-        x0 = torch.randn(shape, generator=generator, device=mask.device)
-        solver = _ode_solver(self._flat_velocity(torch.Size(shape), mask, context))
+        """Particles (B, P, F) for a mask (B, P): noise -> ODE (``config.solver``, ``steps``).
+
+        The noise is drawn for the whole batch, then integrated in chunks of `SAMPLE_CHUNK`
+        jets, so the jets do not depend on the chunking.
+        """
+        x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
+        parts = []
+        for start in range(0, len(mask), SAMPLE_CHUNK):
+            rows = slice(start, start + SAMPLE_CHUNK)
+            c = None if context is None else context[rows]
+            parts.append(self._integrate(x0[rows], mask[rows], c))
+        return torch.cat(parts) * mask[..., None]
+
+    def _integrate(
+        self, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        solver = _ode_solver(self._flat_velocity(x0.shape, mask, context))
         x1 = solver.sample(
             x_init=x0.flatten(1),
             step_size=None,
             method=self.config.solver,
             time_grid=self._grid(0.0, mask.device),
         )
-        return x1.reshape(shape) * mask[..., None]
+        return x1.reshape(x0.shape)
 
     def log_prob(
         self,

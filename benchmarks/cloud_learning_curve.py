@@ -20,6 +20,7 @@ import glob
 from pathlib import Path
 
 import torch
+from cloud_solvers import states_of
 from common import machine_line
 
 from flows.setflow import CHECKPOINT_KIND
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(machine_line())
     class_dir = Path(args.run) / args.jet_class
-    jet = load_checkpoint(class_dir / "jet_flow.pt", "jetflows.flow")
+    states = states_of(class_dir)  # the finished flow.pt and what it was fitted on
     real = read_jetnet_file(class_dir / "real_test.hdf5")
     cfg = EvalConfig(n_jets=len(real) // 2, fpnd=False, cov_mmd=True)
     paths = [*sorted(glob.glob(args.snapshots)), str(class_dir / "flow.pt")]
@@ -55,7 +56,7 @@ def main() -> None:
     for path in paths:
         state = load_checkpoint(path, CHECKPOINT_KIND)
         minutes = sum(row["seconds"] for row in state["history"]) / 60
-        gen = build_sampler({"flow.pt": state, "jet_flow.pt": jet})
+        gen = build_sampler({**states, "flow.pt": state})
         jets = sampled_jets(gen, len(real) // 2, seed=1)
         metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
         cells = " | ".join(f"{metrics[k]['ratio']:.2f}x" for k in SHOWN)

@@ -198,9 +198,11 @@ def _ode_options(
 ) -> dict[str, dict[str, Any]]:
     """The checkpoints with the set flow's ODE ``options`` (solver, steps) replaced, checked
     as a config would be (ValueError: an unknown solver, steps < 1, another key)."""
-    unknown = sorted(set(options) - {"solver", "steps"})
+    unknown = sorted(set(options) - set(setflow.SAMPLING_FIELDS))
     if unknown:
-        raise ValueError(f"a set flow takes sampling options solver and steps, not {unknown}")
+        raise ValueError(
+            f"a set flow takes sampling options {', '.join(setflow.SAMPLING_FIELDS)}, not {unknown}"
+        )
     config = {**states["flow.pt"]["set_flow_config"], **options}
     setflow.SetFlowConfig(**config)  # validates
     return {**states, "flow.pt": {**states["flow.pt"], "set_flow_config": config}}
@@ -290,7 +292,7 @@ def _train_cloud(
         "jet_flow.pt", FLOW_KIND, jet_key, functools.partial(stages.train_jet_flow, cfg, jet_data)
     )
     # the ODE's solver and steps only sample: changing them re-samples, never retrains
-    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in ("solver", "steps")}
+    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in setflow.SAMPLING_FIELDS}
     key = digest(jet_key, network, cfg.flow_train)
     train = functools.partial(stages.train_set_flow, cfg, set_data, record)
     flow = trained("flow.pt", setflow.CHECKPOINT_KIND, key, train, **{"jet_flow.pt": jet})
@@ -367,7 +369,7 @@ GENERATORS: dict[str, Generator] = {
             _train_cloud,
             functools.partial(_jet_level_sampler, setflow.generate, setflow.set_flow_from_state),
             options=_ode_options,
-            sampling=lambda cfg: {"solver": cfg.set_flow.solver, "steps": cfg.set_flow.steps},
+            sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
                 "set_flow.layers": {"low": 2, "high": 6, "integer": True},

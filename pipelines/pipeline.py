@@ -162,7 +162,7 @@ def _reconstruction_stage(run: ClassRun, key: str, vae_state: dict[str, Any]) ->
 
 
 def _generate_stage(
-    run: ClassRun, key: str, states: dict[str, dict[str, Any]]
+    run: ClassRun, key: str, states: dict[str, dict[str, Any]], options: dict[str, Any]
 ) -> tuple[Jets, bool]:
     """n_generate jets from the trained models in memory, written to generated.hdf5 (with the
     real test jets beside them in real_test.hdf5) for the record; read back only when the
@@ -172,7 +172,6 @@ def _generate_stage(
     if run.stages.complete("generate", key, generated, real):
         return read_jetnet_file(generated), False
     write_jetnet_file(real, run.test, {"jet_class": run.jet_class, "split": "test"})
-    options = GENERATORS[run.cfg.target].sampling(run.cfg)
     sampler = build_sampler(states, device=run.cfg.device, options=options)
     seed = run.cfg.data.seed
     jets = sampled_jets(sampler, run.cfg.n_generate, seed=seed, progress=run.progress)
@@ -208,7 +207,7 @@ def run_class(
     sampling = generator.sampling(cfg)
     generate = (trained.keys["flow.pt"], cfg.n_generate, *([sampling] if sampling else []))
     keys = {"generate": digest(*generate)}
-    generated, regenerated = _generate_stage(run, keys["generate"], trained.states)
+    generated, regenerated = _generate_stage(run, keys["generate"], trained.states, sampling)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
     metrics = directory / "metrics.json"
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,7 @@ from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 CHECKPOINT_KIND = "jetflows.setflow"
 SOLVERS = ("euler", "midpoint", "rk4")  # torchdiffeq's fixed-grid methods
 DIVERGENCES = ("exact", "hutchinson")
+COUPLINGS = ("independent", "particles")
 #: `SetFlowConfig` fields that only sample (the ODE): changing them needs no retraining
 SAMPLING_FIELDS = ("solver", "steps")
 #: jets integrated at once when sampling: on 2 CPU cores 500 ran 1.7x faster than 10,000 in
@@ -69,6 +71,17 @@ class SetFlowConfig:
         steps: ODE steps from noise to jet (network calls: x1 euler, x2 midpoint, x4 rk4).
         divergence: log_prob's trace of dv/dx: "exact" (P x F backward passes per call; fine at
             30 x 3) or "hutchinson" (one, unbiased; for 150 particles).
+        time_power: training draws t with density (1 + a) t^a (a = ``time_power``; 0:
+            uniform). a > 0 spends more of the training near the data end (t -> 1), where the
+            last, sub-0.01-rad placement of particles inside a prong is decided: tau32 of real top
+            jets moves from 0.39 to 0.44 under 0.01 rad of position noise. Any a keeps the
+            flow-matching minimizer (the loss is a regression at every t); it moves capacity.
+        coupling: how training pairs each jet's noise with its particles. "independent": noise
+            particle i goes to particle i. "particles": within every jet, the noise particles
+            are assigned to the real ones by the assignment of least total squared distance
+            (equivariant flow matching, Klein et al. arXiv:2306.15030). Permuting i.i.d. noise
+            leaves its distribution as a set unchanged, so the flow's target is the same; the
+            paths get shorter and cross less, so the regression target varies less.
     """
 
     network: str = "epic"
@@ -79,17 +92,23 @@ class SetFlowConfig:
     solver: str = "midpoint"
     steps: int = 20
     divergence: str = "exact"
+    time_power: float = 0.0
+    coupling: str = "independent"
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
             raise ValueError(f"unknown set_flow.network {self.network!r}: use {sorted(NETWORKS)}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown set_flow.solver {self.solver!r}: use one of {SOLVERS}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"unknown set_flow.coupling {self.coupling!r}: use one of {COUPLINGS}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(
                 f"unknown set_flow.divergence {self.divergence!r}: use one of {DIVERGENCES}"
             )
         require(self, ("width", "layers", "global_width", "heads", "steps"), low=1)
+        if not 0.0 <= self.time_power <= 10.0:
+            raise ValueError(f"set_flow.time_power must lie in [0, 10], got {self.time_power}")
         if self.network == "transformer" and self.width % self.heads:
             raise ValueError(f"set_flow.width {self.width} must divide by heads {self.heads}")
 
@@ -190,6 +209,27 @@ def _ode_solver(field: Callable[..., torch.Tensor]) -> Any:
     return ODESolver(velocity_model=field)
 
 
+def pair_noise(x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x0 with each jet's real noise particles permuted onto its real particles by the assignment
+    of least total squared distance: x0, x1 (B, P, F), mask (B, P) -> (B, P, F); padded slots
+    stay where they are.
+
+    scipy's Hungarian solver runs per jet (~7 ms for 256 jets of 30): torchcfm's and POT's
+    optimal-transport samplers pair whole samples of a batch, not the particles inside each.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cost = (torch.cdist(x1.detach().double(), x0.detach().double()) ** 2).cpu().numpy()
+    order = torch.arange(x0.shape[1]).repeat(len(x0), 1)  # (B, P): padding keeps its noise
+    for b, real in enumerate(mask.cpu().numpy()):
+        slots = real.nonzero()[0]  # the real particles alone: no large costs fencing off padding
+        columns = linear_sum_assignment(cost[b][np.ix_(slots, slots)])[1]
+        order[b, slots] = torch.from_numpy(slots[columns])
+    # particle i of x1 takes noise particle order[b, i]
+    order = order.to(x0.device)
+    return x0.gather(1, order[..., None].expand_as(x0))
+
+
 def _real_log_normal(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the real particles' coordinates: z (B, P, F) -> (B,)."""
     per = -0.5 * (z**2 + math.log(2 * math.pi))
@@ -244,13 +284,17 @@ class SetFlow(nn.Module):
         """The conditional flow-matching loss: mean squared error of v(t, x_t) against the
         straight path's velocity x1 - x0, over the real particles' coordinates only.
 
-        x: (B, P, F) data (x1); noise x0 and t ~ U(0, 1) from torch's global stream while
+        x: (B, P, F) data (x1); noise x0 (paired with x1 as ``config.coupling`` says) and t
+        (density (1 + a) t^a, a = ``config.time_power``) from torch's global stream while
         training, from a fixed seed in eval mode (a validation loss that does not jitter with
         the draw, nor consume the training stream).
         """
         g = None if self.training else torch.Generator(device=x.device).manual_seed(0)
         x0 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        t = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
+        u = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
+        t = u ** (1.0 / (1.0 + self.config.time_power))  # density (1 + a) t^a
+        if self.config.coupling == "particles":
+            x0 = pair_noise(x0, x, mask)
         path = self.path.sample(x_0=x0, x_1=x, t=t)
         error = ((self.velocity(path.x_t, t, mask, context) - path.dx_t) ** 2).sum(-1)  # (B, P)
         real = mask.to(x.dtype)

@@ -375,6 +375,8 @@ GENERATORS: dict[str, Generator] = {
                 "set_flow.layers": {"low": 2, "high": 6, "integer": True},
                 "set_flow.steps": {"low": 4, "high": 40, "log": True, "integer": True},
                 "set_flow.solver": {"choices": ["euler", "midpoint", "rk4"]},
+                "set_flow.time_power": {"low": 0.0, "high": 2.0},
+                "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
             },
         ),
     )

@@ -91,6 +91,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"network": "mlp"}, "network"),
         ({"network": "transformer", "width": 10, "heads": 4}, "divide"),
         ({"coupling": "sinkhorn"}, "coupling"),
+        ({"predict": "noise"}, "predict"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],
@@ -119,7 +120,9 @@ def test_pairing_permutes_each_jets_noise_onto_its_particles_at_least_cost():
     assert ((paired - x1) ** 2)[mask].sum() < 0.8 * ((x0 - x1) ** 2)[mask].sum()
 
 
-@pytest.mark.parametrize("values", [{"coupling": "particles"}, {"time_power": 1.0}])
+@pytest.mark.parametrize(
+    "values", [{"coupling": "particles"}, {"time_power": 1.0}, {"predict": "data"}]
+)
 def test_training_options_keep_the_loss_masked_and_finite(values):
     """Padded particles stay out of the loss under every training option."""
     flow = SetFlow(SetFlowConfig(**TINY, **values), context=2).eval()

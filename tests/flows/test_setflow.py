@@ -39,6 +39,11 @@ def test_velocity_is_permutation_equivariant_and_blind_to_padding(network):
     other[:, 0] += 1.0
     two = mask.sum(1) >= 2
     assert not torch.allclose(flow.velocity(other, t, mask, c)[two, 1], v[two, 1], atol=1e-4)
+    # a batch of full jets alone (no key mask taken) moves as it does beside padded ones
+    full = mask.all(1)
+    assert full.any() and not full.all()
+    alone = flow.velocity(x[full], t[full], mask[full], c[full])
+    assert torch.allclose(alone, v[full], atol=1e-5)
 
 
 class _Linear(torch.nn.Module):

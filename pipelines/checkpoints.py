@@ -36,9 +36,20 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        # weights_only=False: our own files hold configs and RNG states besides tensors
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        # weights_only: a checkpoint is a pickle, and a crafted one runs code when fully
+        # unpickled; ours hold only tensors, containers, numbers and strings, which the
+        # restricted unpickler allows, and it refuses any other object unread
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # junk bytes, not a foreign object
+            raise ValueError(
+                f"{path}: not a readable checkpoint (truncated or corrupt): {err}"
+            ) from err
+        raise ValueError(
+            f"{path}: holds objects no jetflows checkpoint holds (refused unread: loading "
+            "them could run code); was it made by jetflows?"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"{path}: not a readable checkpoint (truncated or corrupt): {err}"
         ) from err

@@ -1,4 +1,5 @@
-"""Checkpoint provenance: fingerprints name the model itself; old checkpoints warn."""
+"""Checkpoint provenance: fingerprints name the model itself; old checkpoints warn; a crafted
+pickle is refused without running it."""
 
 import pytest
 import torch
@@ -36,3 +37,28 @@ def test_provenance_is_checked_and_its_absence_said():
         check_provenance(model, "flow.pt", "t", **{"convae.pt": other})
     with pytest.warns(UserWarning, match="so neither can be checked"):
         check_provenance(_state(3), "old.pt", "t", **{"convae.pt": first})
+
+
+class _Payload:
+    """Unpickling this runs a shell command (what a hostile "checkpoint" would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "flow.pt"
+    torch.save({"kind": "jetflows.flow", "best_state_dict": {}, "x": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match="refused unread"):
+        load_checkpoint(path, "jetflows.flow")
+    assert not marker.exists()
+    # while a real checkpoint, with its optimizer, RNG state and history, still loads
+    good = _state(0) | {"history": [{"epoch": 0, "seconds": 1.5}], "rng": torch.get_rng_state()}
+    save_checkpoint(tmp_path / "ok.pt", good)
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt", "jetflows.flow")["rng"], good["rng"])

@@ -42,6 +42,21 @@ SOURCES = ("auto", "jetnet", "pythia")
 #: this one)
 TARGETS = ("latent", "particles", "cloud")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a plain directory name (letters, digits, . _ -; not . or ..), the
+    only kind of name that becomes a folder or file under --root/--runs: a slash, .. or an
+    absolute path would write outside it.
+
+    Raises:
+        ValueError: anything else; the message names ``what`` (the key or option).
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"{what} {value!r} must be a plain folder name (letters, digits, . _ -)")
+    return value
+
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -195,10 +210,7 @@ class PipelineConfig:
             raise ValueError(
                 f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
             )
-        if not _NAME.fullmatch(self.name) or self.name in (".", ".."):
-            raise ValueError(
-                f"name {self.name!r} must be a plain directory name (letters, digits, . _ -)"
-            )
+        check_name(self.name, "name")
         self._check_models()
         object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))
         if self.n_generate < 100:

@@ -32,7 +32,15 @@ from tqdm import tqdm
 from convae.diagnostics import reconstruct
 from convae.losses import PARTICLE_LOSSES, chamfer
 from pipelines import images, stages
-from pipelines.config import PipelineConfig, build, digest, model_identity, read_yaml, set_value
+from pipelines.config import (
+    PipelineConfig,
+    build,
+    check_name,
+    digest,
+    model_identity,
+    read_yaml,
+    set_value,
+)
 from pipelines.data import Jets
 from pipelines.generators import GENERATORS, build_sampler, direct_trainer
 from pipelines.io import markdown_table, write_json, write_text
@@ -73,6 +81,7 @@ class DigitsConfig:
     overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_name(self.name, "name")
         for digit in self.digits:
             images.check_digit(digit)
         if not self.digits:

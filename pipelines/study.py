@@ -45,7 +45,7 @@ from convae.diagnostics import reconstruct, reconstruction_diagnostics
 from convae.losses import PARTICLE_LOSSES
 from jetflows.classes import canonical_class
 from pipelines import stages
-from pipelines.config import PipelineConfig, digest, model_identity
+from pipelines.config import PipelineConfig, check_name, digest, model_identity
 from pipelines.data import Jets
 from pipelines.evaluate import (
     EvalConfig,
@@ -114,6 +114,7 @@ class StudyConfig:
     image_bins: int = BINS
 
     def __post_init__(self) -> None:
+        check_name(self.study, "study")
         unknown = sorted(set(self.losses) - set(PARTICLE_LOSSES))
         if unknown or not self.losses:
             raise ValueError(

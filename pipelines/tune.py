@@ -34,7 +34,15 @@ import optuna
 from tqdm import tqdm
 
 from pipelines import metrics, stages
-from pipelines.config import PipelineConfig, build, digest, read_yaml, set_value, to_yaml
+from pipelines.config import (
+    PipelineConfig,
+    build,
+    check_name,
+    digest,
+    read_yaml,
+    set_value,
+    to_yaml,
+)
 from pipelines.data import Jets
 from pipelines.generators import GENERATORS, build_sampler
 from pipelines.io import markdown_table, write_json, write_text
@@ -121,6 +129,7 @@ class TuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_name(self.study, "study")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: use {sorted(OBJECTIVES)}")
         if self.pruner not in PRUNERS:
@@ -403,7 +412,7 @@ def tune(
     cfg, base = load_tune_config(config_path)
     if storage_env:
         cfg = dataclasses.replace(cfg, storage_env=storage_env)
-    name = study_name or cfg.study
+    name = check_name(study_name, "--study") if study_name else cfg.study
     out = Path(root) / name
     rdb = open_storage(storage, cfg, Path(root) / f"{name}.db")
     study = optuna.create_study(

@@ -117,7 +117,7 @@ def test_overrides_are_typed_and_nested():
         (["flow.num_classes=2"], "flow.num_classes must be 0"),
         (["particle.jet_flow.num_classes=5"], "particle.jet_flow.num_classes must be 0"),
         (["normalization=robust"], "unknown normalization 'robust'"),
-        (["name=../elsewhere"], "must be a plain directory name"),
+        (["name=../elsewhere"], "must be a plain folder name"),
         (["convae.num_particles=150"], r"convae\.num_particles \(150\) must equal"),
         (["convae.num_features=4"], "convae.num_features must be 3"),
         (["set_flow.steps=0"], "set_flow: steps must be a finite number >= 1"),

@@ -83,6 +83,8 @@ def test_a_collapsed_reconstruction_scores_about_one():
         ({"losses": ["l1"]}, "losses must name losses"),
         ({"overrides": ["convae.filterz=3"]}, "unknown config key convae.filterz"),
         ({"n_images": 50}, ">= 20 test images"),
+        ({"name": "../escaped"}, "name '../escaped' must be a plain folder name"),
+        ({"name": "/tmp/escaped"}, "must be a plain folder name"),
     ],
 )
 def test_bad_digits_config_is_one_line_and_exit_2(tmp_path, capsys, changes, match):

@@ -131,6 +131,7 @@ def test_a_tiny_study_end_to_end_and_resumed(study_config, tmp_path, capsys, mon
         ({"colour": "red"}, "unknown config key colour"),
         ({"base": "missing.yaml"}, "base config missing.yaml not found"),
         ({"overrides": ["flow.transformz=2"]}, "unknown config key flow.transformz"),
+        ({"study": "../escaped"}, "study '../escaped' must be a plain folder name"),
     ],
 )
 def test_bad_study_input_is_one_line_and_exit_2(study_config, tmp_path, capsys, change, match):

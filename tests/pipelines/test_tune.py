@@ -202,6 +202,8 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
         ({"objective": "fastest"}, [], "unknown objective"),
         ({"space": {"loss.alpha": {"low": 2, "high": 1}}}, [], "low <= high"),
         ({}, ["--trials", "0"], "--trials must be >= 1"),
+        ({}, ["--study", "../escaped"], "--study '../escaped' must be a plain folder name"),
+        ({"study": "../escaped"}, [], "study '../escaped' must be a plain folder name"),
         (
             {},
             ["--storage", "sqlite:///x.db", "--storage-env", "JETFLOWS_TEST_URL"],
@@ -214,6 +216,7 @@ def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, cha
     args = ["tune", "--config", str(config), "--trials", "1", "--root", str(tmp_path / "t")]
     err = assert_one_line_error(capsys, [*args, *argv, "--quiet"], match)
     assert "hunter2" not in err
+    assert not list(tmp_path.glob("escaped*"))  # nothing written outside --root
 
 
 def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir):

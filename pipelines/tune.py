@@ -22,12 +22,14 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import optuna
@@ -195,6 +197,29 @@ def pipeline_config(base: dict[str, Any], values: dict[str, Any]) -> PipelineCon
 _CREATION_RACES = ("already exists", "UNIQUE constraint failed", "database is locked")
 
 
+#: query keys of a storage URL whose values are secrets (password=, sslpassword=, token= ...)
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+
+
+def mask_secrets(url: str, text: str) -> str:
+    """``text`` with every credential of storage ``url`` replaced by ***: the password of
+    user:password@host and the value of any secret-named query parameter (?password=...).
+
+    Example:
+        >>> mask_secrets("postgresql://me:pw1@db/x?sslpassword=pw2", "at me:pw1@db, pw2")
+        'at me:***@db, ***'
+    """
+    parts = urlsplit(url)
+    secrets = [
+        v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)
+    ]
+    if parts.password:
+        secrets.append(parts.password)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats and retries; URL: given, else $storage_env, else SQLite."""
     if url is None and cfg.storage_env:
@@ -222,10 +247,8 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
             if any(race in str(err) for race in _CREATION_RACES) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            shown = url.split("@")[-1]  # never print credentials
-            raise ValueError(
-                f"cannot open the storage {shown!r}: {str(err).splitlines()[0]}"
-            ) from err
+            shown, why = mask_secrets(url, url), mask_secrets(url, str(err).splitlines()[0])
+            raise ValueError(f"cannot open the storage {shown!r}: {why}") from err
     raise AssertionError("unreachable")
 
 

@@ -196,6 +196,12 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
     ("changes", "argv", "match"),
     [
         ({}, ["--storage", "postgresql://user:hunter2@localhost:1/db"], "cannot open the storage"),
+        ({}, ["--storage", "postgresql://localhost:1/db?password=hunter2"], "db?password=***'"),
+        (
+            {},
+            ["--storage", "postgresql://me:hunter2@localhost:1/db?sslpassword=hunter2x&a=b"],
+            "me:***@localhost:1/db?sslpassword=***&a=b",
+        ),
         ({}, ["--storage", "sqlite:////nonexistent/dir/x.db"], "cannot open the storage"),
         ({}, ["--storage-env", "JETFLOWS_TEST_UNSET_URL"], "JETFLOWS_TEST_UNSET_URL"),
         ({"space": {"convae.filterz": {"low": 1, "high": 2}}}, [], "unknown config key"),

@@ -237,8 +237,11 @@ def fit_loop(
     )
     for epoch in bar:
         start = time.perf_counter()
-        fitted = _epoch(module, train, opt, config, run.generator, epoch)
-        checked = _epoch(module, valid, None, config, None, epoch)
+        try:
+            fitted = _epoch(module, train, opt, config, run.generator, epoch)
+            checked = _epoch(module, valid, None, config, None, epoch)
+        except FloatingPointError as err:  # say which model: a pipeline trains several
+            raise FloatingPointError(f"training {desc} ({kind}) stopped at {err}") from None
         row = {f"train_{k}": v for k, v in fitted.items()}
         row.update({f"valid_{k}": v for k, v in checked.items()})
         row["seconds"] = time.perf_counter() - start  # wall time of the epoch, for benchmarks

@@ -599,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except FloatingPointError as err:  # a diverged training: the settings, not the code
+        print(f"jetflows: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except Terminated:
         print("jetflows: terminated (SIGTERM); no partial output was written", file=sys.stderr)
         return 128 + signal.SIGTERM

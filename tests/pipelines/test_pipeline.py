@@ -525,3 +525,22 @@ def test_a_partial_checkpoint_that_cannot_resume_trains_from_scratch(tiny_run, d
     run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)
     assert "g: cannot resume convae" in (run / "pipeline.log").read_text()
     assert (run / "g" / "convae.pt").is_file() and not (run / "g" / "convae.last.pt").exists()
+
+
+def test_a_diverged_training_is_one_line_naming_the_model_epoch_and_cure(
+    tmp_path, capsys, data_dir
+):
+    """A learning rate of 1e30 makes the ConVAE's loss inf in its first epoch: one line, exit
+    2, that names the model, the epoch and what to change (it was a FloatingPointError
+    traceback)."""
+    sets = [
+        *TINY,
+        f"data.data_dir={data_dir}",
+        "convae_train.lr=1e30",
+        "convae_train.clip_norm=null",
+    ]
+    argv = ["pipeline", "--runs", str(tmp_path), "--classes", "g", "--quiet"]
+    argv += [a for s in sets for a in ("--set", s)]
+    err = assert_one_line_error(capsys, argv, "lower the learning rate")
+    assert "ConVAE" in err or "convae" in err
+    assert "epoch" in err

@@ -36,6 +36,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**63 - 1  # numpy, torch and HDF5 attributes all take a 64-bit seed
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
+    return value
+
+
 def cmd_data_generate(args: argparse.Namespace) -> None:
     """Generate jets of one class with Pythia8 + FastJet into a JetNet-layout file."""
     from pipelines.data import check_num_particles, jetnet_filename
@@ -341,7 +354,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
         help="a pipeline run directory, relative to the working directory",
     )
     smp.add_argument("--out", type=Path, help="output HDF5 (default: <class>_generated.hdf5)")
-    smp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same jets)")
+    smp.add_argument("--seed", type=_seed, default=0, help="random seed (same seed, same jets)")
     smp.add_argument(
         "--pt",
         type=float,
@@ -389,7 +402,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         default=50_000,
         help="jets per sample (jetnet's convention: 50,000)",
     )
-    ev.add_argument("--seed", type=int, default=42, help="seed of the samples and bootstraps")
+    ev.add_argument("--seed", type=_seed, default=42, help="seed of the samples and bootstraps")
     ev.add_argument("--no-fpnd", action="store_true", help="skip FPND (a graph network)")
     ev.add_argument("--no-cov-mmd", action="store_true", help="skip COV/MMD")
     ev.set_defaults(func=cmd_evaluate)
@@ -415,7 +428,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     img.add_argument(
         "--n", type=_positive_int, help="images (default: every MNIST one; 6,000 drawn)"
     )
-    img.add_argument("--seed", type=int, default=0, help="seed of the drawn digits and of ties")
+    img.add_argument("--seed", type=_seed, default=0, help="seed of the drawn digits and of ties")
     img.add_argument("--out", type=Path, required=True, help="output HDF5")
     img.add_argument("--overwrite", action="store_true", help="replace an existing output")
     img.set_defaults(func=cmd_data_images)
@@ -434,7 +447,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=int, required=True, help="number of jets")
     gen.add_argument("--particles", type=int, default=30, help="particles per jet, 1..150")
     gen.add_argument("--out", type=Path, help="output file (default: data/<class>[150].hdf5)")
-    gen.add_argument("--seed", type=int, default=42, help="random seed")
+    gen.add_argument("--seed", type=_seed, default=42, help="random seed")
     gen.add_argument("--jobs", type=_positive_int, help="processes (default: every core)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")

@@ -100,6 +100,14 @@ def test_generate_usage_errors_are_one_line(capsys):
     _fail(capsys, "frobnicate", match="invalid choice")
 
 
+@pytest.mark.parametrize("seed", ["-3", "99999999999999999999", "x"])
+@pytest.mark.parametrize("command", ["data generate --class t --n 2", "sample --n 2", "evaluate"])
+def test_a_bad_seed_names_the_option(capsys, command, seed):
+    """--seed outside 0..2**63-1 is refused by the parser, naming the option (it was
+    "expected non-negative integer" from numpy, or an h5py TypeError after sampling)."""
+    _fail(capsys, f"{command} --seed {seed}", match="argument --seed: must be")
+
+
 def test_check_names_the_recipe_and_phi_unit(tmp_path, capsys, fake_pythia):
     out = tmp_path / "t.hdf5"
     cache = tmp_path / "c"

@@ -19,7 +19,6 @@ A cell whose metrics.json holds the same config hash is skipped, so a rerun resu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from pipelines.config import (
 )
 from pipelines.data import Jets
 from pipelines.generators import GENERATORS, build_sampler, direct_trainer
-from pipelines.io import markdown_table, write_json, write_text
+from pipelines.io import markdown_table, read_json, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import sampled_jets
 from pipelines.tune import pipeline_config
@@ -317,7 +316,7 @@ def run_digits(
             data = (cfg.source, cfg.mnist_dir, cfg.pixels, cfg.n_images, list(cfg.split), cfg.seed)
             key = digest(model_identity(model_config(cfg, loss)), digit, *data)
             path = cell / "metrics.json"
-            done = json.loads(path.read_text()) if path.is_file() else {}
+            done = read_json(path) if path.is_file() else {}
             if done.get("key") != key:
                 done = {"key": key, **run_cell(cfg, digit, loss, jets, cell, progress=False)}
                 write_json(path, done)

@@ -8,7 +8,6 @@ model / floor states quality honestly: ~1 is as good as real data of that size.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from jetflows.spread import spread_ratio
 from pipelines import metrics as m
 from pipelines.data import Jets, read_jetnet_file
 from pipelines.fpnd import fpnd, fpnd_unavailable
-from pipelines.io import write_json
+from pipelines.io import read_json, write_json
 
 MIN_JETS = 100  # fewest jets per sample that the metrics (FPD covariances, COV/MMD) can use
 
@@ -262,7 +261,7 @@ def _row(model: tuple[float, float], floor: tuple[float, float]) -> dict[str, An
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """metrics.json as `evaluate` returns it: the nulls of undefined numbers back to NaN."""
-    results = json.loads(Path(path).read_text())
+    results = read_json(path)
     for row in results.get("metrics", {}).values():
         row.update({k: math.nan for k, v in row.items() if v is None})
     return results

@@ -234,3 +234,32 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as strict, indented JSON (NaN and inf -> null), atomically."""
     return write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False))
+
+
+def parse_json(text: str, source: str | Path) -> Any:
+    """``text`` as JSON; a ValueError that names ``source`` (a file, or where the text came
+    from) and where the text breaks, instead of json's bare "Expecting value: line 1"."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{source}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
+            "a damaged record: delete it and rerun to write it again"
+        ) from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON file at ``path``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON (truncated, damaged, not text); the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file, so not the JSON record expected") from None
+    return parse_json(text, path)

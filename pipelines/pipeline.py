@@ -15,7 +15,6 @@ every epoch and resume from it, so a killed pipeline re-run continues where it s
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -30,7 +29,7 @@ from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
 from pipelines.config import PipelineConfig, digest, to_yaml
 from pipelines.data import Jets, read_jetnet_file, stored, write_jetnet_file
 from pipelines.generators import GENERATORS, build_sampler
-from pipelines.io import markdown_table, write_json, write_text
+from pipelines.io import markdown_table, read_json, write_json, write_text
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 from pipelines.report import summary_figure, training_curves
@@ -47,7 +46,7 @@ class Stages:
 
     def __init__(self, directory: Path) -> None:
         self.path, self.name = directory / "stages.json", directory.name
-        self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.done: dict[str, str] = read_json(self.path) if self.path.is_file() else {}
         self.clock = time.perf_counter()
         self.histories: dict[str, list[dict[str, float]]] = {}
 
@@ -153,7 +152,7 @@ def _reconstruction_stage(run: ClassRun, key: str, vae_state: dict[str, Any]) ->
     """reconstruction.json and its plots: the trained ConVAE on the held-out test jets."""
     path = run.directory / "reconstruction.json"
     if run.stages.complete("reconstruction", key, path):
-        return json.loads(path.read_text())
+        return read_json(path)
     vae, norm = convae_of(vae_state, resolve_device(run.cfg.device))
     result = reconstruction_plots(vae, norm, run.test, run.directory)
     write_json(path, result)

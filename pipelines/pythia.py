@@ -42,7 +42,7 @@ from pipelines.data import (
     stored,
     write_jetnet_file,
 )
-from pipelines.io import atomic_path, check_writable, stable_hash
+from pipelines.io import atomic_path, check_writable, parse_json, stable_hash
 
 PYTHIA_CACHE_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
 
@@ -601,7 +601,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: boo
         stored = _stored_request(Path(path))
         if not stored:
             raise ValueError(f"{path}: not a file written by `jetflows data generate`")
-        records.append(json.loads(stored))
+        records.append(parse_json(stored, f"{path} (its request attribute)"))
     shards = [tuple(r.pop("shard", (0, 1))) for r in records]
     if any(r != records[0] for r in records):
         raise ValueError("the files come from different generation requests")

@@ -56,7 +56,7 @@ from pipelines.evaluate import (
     sample_observables,
 )
 from pipelines.generators import GENERATORS, build_sampler, direct_trainer
-from pipelines.io import markdown_table, strict_json, write_json, write_text
+from pipelines.io import markdown_table, read_json, strict_json, write_json, write_text
 from pipelines.report import fmt, pyplot, save_figure
 from pipelines.sample import sampled_jets
 from pipelines.tune import based_config, pipeline_config
@@ -303,7 +303,7 @@ def _class_cells(
         cfg = cell_config(base, loss)
         key = digest(model_identity(cfg), jet_class, study.n_jets, study.image_bins)
         path = directory / f"{loss}.json"
-        done = json.loads(path.read_text()) if path.is_file() else {}
+        done = read_json(path) if path.is_file() else {}
         if done.get("key") != key:
             if parts is None:  # the class's jets, once: every loss sees the same split
                 jets = stages.class_jets(cfg, jet_class, directory, progress)

@@ -63,3 +63,18 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
         tmp.write_text("whole")
     assert not stale.exists() and alive.exists()
     assert (tmp_path / "x.txt").read_text() == "whole"
+
+
+def test_a_json_record_that_cannot_be_read_is_named(tmp_path):
+    from pipelines.io import read_json
+
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "cut.json").write_text('{"flow": "ab')
+    with pytest.raises(ValueError, match=r"cut\.json: not valid JSON \(.*line 1"):
+        read_json(tmp_path / "cut.json")
+    (tmp_path / "bytes.json").write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(ValueError, match=r"bytes\.json: not a text file"):
+        read_json(tmp_path / "bytes.json")
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}

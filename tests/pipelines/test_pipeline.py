@@ -544,3 +544,16 @@ def test_a_diverged_training_is_one_line_naming_the_model_epoch_and_cure(
     err = assert_one_line_error(capsys, argv, "lower the learning rate")
     assert "ConVAE" in err or "convae" in err
     assert "epoch" in err
+
+
+def test_a_damaged_stage_record_is_one_line_naming_it(tiny_run, data_dir, tmp_path, capsys):
+    """A truncated stages.json: one line naming the file (it was json's bare "Expecting
+    value: line 1 column 1"), exit 2. (A damaged metrics.json is simply scored again.)"""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "tiny")
+    (run / "g" / "stages.json").write_text("{")
+    sets = [*TINY, f"data.data_dir={data_dir}"]
+    argv = ["pipeline", "--runs", str(tmp_path), "--classes", "g", "--quiet"]
+    argv += [a for s in sets for a in ("--set", s)]
+    assert_one_line_error(capsys, argv, "stages.json: not valid JSON")

@@ -153,12 +153,12 @@ def cmd_data_images(args: argparse.Namespace) -> None:
 
 def cmd_data_download(args: argparse.Namespace) -> None:
     """Fetch a JetNet file from Zenodo (needs the network); a no-op when it is on disk."""
-    from pipelines.data import check_num_particles, locate_jetnet_file
+    from pipelines.data import check_num_particles, locate_jetnet_file, read_jetnet_file
 
-    path = locate_jetnet_file(
-        args.jet_class, args.dir, check_num_particles(args.particles), download=True
-    )
-    print(f"{path} ready")
+    particles = check_num_particles(args.particles)
+    path = locate_jetnet_file(args.jet_class, args.dir, particles, download=True)
+    jets = read_jetnet_file(path, particles)  # a file already there may be empty or damaged
+    print(f"{path} ready ({len(jets)} jets)")
 
 
 EVALUATION_OUTPUTS = ("metrics.json", "report.md", "plots")

@@ -205,6 +205,19 @@ def test_download_offline(tmp_path, capsys, monkeypatch):
     _error(capsys, f"data download --class top --dir {tmp_path}", match="zenodo.org is unreachable")
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00random bytes" * 40])
+def test_download_refuses_an_empty_or_damaged_file_already_there(tmp_path, capsys, content):
+    """It printed "ready" for any file of the right name."""
+    from pipelines.data import jetnet_filename
+
+    path = tmp_path / jetnet_filename("t", 30)
+    path.write_bytes(content)
+    _error(capsys, f"data download --class top --dir {tmp_path}", match=path.name)
+    write_jetnet_file(path, random_jets(12, seed=1))
+    code, out, _ = _run(capsys, f"data download --class top --dir {tmp_path}")
+    assert code == 0 and "ready (12 jets)" in out
+
+
 def test_every_command_help_shows_defaults_and_an_example(capsys):
     from pipelines.cli import EXAMPLES, _leaf_parsers, build_parser
 

@@ -103,12 +103,26 @@ def cmd_data_merge(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(args.files)} shards)")
 
 
+def _labels(files: Sequence[str]) -> list[str]:
+    """A row label per file: its name, or its path as given where two names are alike
+    (a/t.hdf5 and b/t.hdf5 must not share one row).
+
+    Raises:
+        ValueError: the same file given twice.
+    """
+    if len({Path(f).resolve() for f in files}) < len(files):
+        raise ValueError(f"a file is given twice: {' '.join(files)}")
+    names = [Path(f).name for f in files]
+    return names if len(set(names)) == len(names) else [str(f) for f in files]
+
+
 def cmd_data_summary(args: argparse.Namespace) -> None:
     """Print and plot a summary (mass peak, multiplicity, ...) of JetNet-layout files."""
     from pipelines.data import read_jetnet_file
     from pipelines.summary import summary_table, write_summary
 
-    datasets = {Path(f).name: read_jetnet_file(f) for f in args.files}
+    labels = _labels(args.files)
+    datasets = {label: read_jetnet_file(f) for label, f in zip(labels, args.files, strict=True)}
     rows = write_summary(datasets, args.out)
     print(summary_table(rows), end="")
     print(f"summary, mass.png and multiplicity.png in {args.out}")

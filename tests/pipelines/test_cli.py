@@ -166,6 +166,20 @@ def test_check_and_summary(tmp_path, capsys):
         assert (tmp_path / "s" / name).stat().st_size > 0
 
 
+def test_summary_of_two_files_of_one_name_keeps_both(tmp_path, capsys):
+    """a/t.hdf5 and b/t.hdf5 were one row (keyed by base name), b's numbers labelled t."""
+    import json
+
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        write_jetnet_file(tmp_path / folder / "t.hdf5", random_jets(30, 30, seed=seed))
+    a, b = tmp_path / "a" / "t.hdf5", tmp_path / "b" / "t.hdf5"
+    code, _, _ = _run(capsys, f"data summary {a} {b} --out {tmp_path}/s")
+    rows = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert code == 0 and len(rows) == 2, rows
+    _error(capsys, f"data summary {a} {a} --out {tmp_path}/s2", match="given twice")
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [

@@ -278,7 +278,10 @@ def _file_class(real: Jets, gen_path: str | Path) -> str | None:
 
     with h5py.File(gen_path, "r") as f:
         stored = f.attrs.get("jet_class")
-    gen_class = canonical_class(str(stored)) if stored is not None else None
+    try:
+        gen_class = canonical_class(str(stored)) if stored is not None else None
+    except ValueError as err:  # say where the name came from: the user never typed it
+        raise ValueError(f"{gen_path}: its jet_class attribute: {err}") from None
     real_class = JET_TYPES[int(real.labels[0])] if len(real) and real.labels[0] >= 0 else None
     if gen_class and real_class and gen_class != real_class:
         raise ValueError(

@@ -25,7 +25,7 @@ def _fail(capsys, command, match):
 
 
 def _error(capsys, command, match):
-    assert_one_line_error(capsys, command.split(), match)
+    return assert_one_line_error(capsys, command.split(), match)
 
 
 @pytest.fixture
@@ -290,6 +290,18 @@ def test_evaluate_checks_class_and_out_before_any_work(tmp_path, capsys, monkeyp
     _error(capsys, f"{base} --out {tmp_path / 'o'} --class higgs", match="unknown jet class")
     _error(capsys, f"{base} --out {blocker}", match="is a file, not a directory")
     _error(capsys, f"{base} --out {blocker}/sub", match="not a writable directory")
+
+
+def test_an_unknown_class_in_a_file_is_said_to_come_from_the_file(tmp_path, capsys):
+    import h5py
+
+    real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
+    gen = write_jetnet_file(tmp_path / "gen.hdf5", random_jets(300, 30))
+    with h5py.File(gen, "a") as f:
+        f.attrs["jet_class"] = "zebra"
+    err = _error(capsys, f"evaluate --real {real} --gen {gen} --out {tmp_path / 'o'}", "zebra")
+    assert "gen.hdf5: its jet_class attribute" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_replaces_its_folder_whole_and_only_when_asked(tmp_path, capsys, monkeypatch):

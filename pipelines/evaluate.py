@@ -54,6 +54,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         require(self, ("n_jets", "num_batches", "fpnd_batch", "efp_batch"), low=1)
         require(self, ("seed",))
+        if self.n_jets < MIN_JETS:  # said here, not later as "too few jets" in the files
+            raise ValueError(
+                f"n_jets (evaluate --n) must be >= {MIN_JETS} jets per sample, got {self.n_jets}"
+            )
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,7 @@ def test_evaluate_checks_class_and_out_before_any_work(tmp_path, capsys, monkeyp
     _error(capsys, f"{base} --out {tmp_path / 'o'} --class higgs", match="unknown jet class")
     _error(capsys, f"{base} --out {blocker}", match="is a file, not a directory")
     _error(capsys, f"{base} --out {blocker}/sub", match="not a writable directory")
+    _error(capsys, f"{base} --out {tmp_path / 'o'} --n 5", match="(evaluate --n) must be >= 100")
 
 
 def test_an_unknown_class_in_a_file_is_said_to_come_from_the_file(tmp_path, capsys):

@@ -240,8 +240,10 @@ def _requested_kinematics(args: argparse.Namespace) -> Any:
             raise ValueError(f"{args.kinematics} has {table.shape[0]} rows, --n is {args.n}")
         return table
     if args.pt is None:
+        if args.eta is not None:  # it was silently ignored
+            raise ValueError("--eta needs --pt (or a --kinematics file of pt,eta rows)")
         return None
-    return np.tile([args.pt, args.eta], (args.n, 1))
+    return np.tile([args.pt, 0.0 if args.eta is None else args.eta], (args.n, 1))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -375,7 +377,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
         help="jet pt [GeV] every jet is generated for (a run trained with latent.kinematics or "
         "particle.kinematics); default: each jet's (pt, eta) drawn from the training jets",
     )
-    smp.add_argument("--eta", type=float, default=0.0, help="jet eta, with --pt")
+    smp.add_argument("--eta", type=float, default=None, help="jet eta, with --pt (default 0)")
     smp.add_argument(
         "--kinematics",
         type=Path,

@@ -16,6 +16,8 @@ command starts fast.
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,31 @@ def check_kinematics(gen: TrainedSampler, kinematics: Any, n: int) -> torch.Tens
         raise ValueError(f"kinematics must be (n, 2) = ({n}, 2) (pt, eta), got {tuple(kin.shape)}")
     if not torch.isfinite(kin).all() or (kin[:, 0] <= 0).any():
         raise ValueError("kinematics must be finite with pt > 0")
+    _check_range(kin, gen.kinematics)
     return kin
+
+
+def _check_range(kin: torch.Tensor, pool: torch.Tensor) -> None:
+    """Refuse (pt, eta) more than one standard deviation (of log pt, of eta) beyond the
+    training jets' range, where the flows' context is extrapolated blindly; warn, with the
+    range, for anything outside the range but within that margin. kin, pool: (n, 2), (M, 2)."""
+    asked = torch.stack([kin[:, 0].log(), kin[:, 1]], 1).double()
+    seen = torch.stack([pool[:, 0].log(), pool[:, 1]], 1).double()
+    lo, hi, margin = seen.min(0).values, seen.max(0).values, seen.std(0).nan_to_num(0.0)
+    for col, (name, show) in enumerate((("pt", math.exp), ("eta", float))):
+        low, high = float(asked[:, col].min()), float(asked[:, col].max())
+        span = f"{show(float(lo[col])):.4g}..{show(float(hi[col])):.4g}"
+        if low < lo[col] - margin[col] or high > hi[col] + margin[col]:
+            raise ValueError(
+                f"{name} {show(low):.4g}..{show(high):.4g} asked, but this generator was trained "
+                f"on jets of {name} {span}: it cannot say what such jets look like"
+            )
+        if low < lo[col] or high > hi[col]:
+            warnings.warn(
+                f"{name} {show(low):.4g}..{show(high):.4g} reaches beyond the training jets' "
+                f"{span}: an extrapolation",
+                stacklevel=2,  # one place for every caller: shown once
+            )
 
 
 BATCH_SIZE = 10_000  # jets per generator call (and per streamed write)

@@ -449,7 +449,7 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
     cfg = _config(data_dir, f"target={target}", option, f"name=kin_{target}")
     run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     outs = {}
-    for pt in (600.0, 1400.0):
+    for pt in (920.0, 1080.0):  # within the fixture jets' 900-1100 GeV
         outs[pt] = tmp_path / f"g_{int(pt)}.hdf5"
         argv = ["sample", "--n", "64", "--class", "g", "--run", str(run), "--quiet"]
         assert main([*argv, "--out", str(outs[pt]), "--pt", str(pt), "--eta", "0.5"]) == 0
@@ -457,16 +457,27 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
         assert np.allclose(jets.jet_features[:, 0], pt) and np.allclose(
             jets.jet_features[:, 1], 0.5
         )
-    low, high = (read_jetnet_file(outs[pt]).particles for pt in (600.0, 1400.0))
+    low, high = (read_jetnet_file(outs[pt]).particles for pt in (920.0, 1080.0))
     assert not np.allclose(low, high)  # same seed, other condition: other jets
     table = tmp_path / "kin.csv"
     table.write_text("900,0.1\n1100,-0.2\n1000,0.0\n")
     out = tmp_path / "g_table.hdf5"
     argv = ["sample", "--n", "3", "--class", "g", "--run", str(run), "--quiet", "--out", str(out)]
+    capsys.readouterr()
     assert main([*argv, "--kinematics", str(table)]) == 0
     np.testing.assert_allclose(read_jetnet_file(out).jet_features[:, 0], [900, 1100, 1000])
+    # 900 and 1100 lie just beyond the fixture's training range: one warning line, with it
+    warned = capsys.readouterr().err.strip().splitlines()
+    assert len(warned) == 1 and "an extrapolation" in warned[0], warned
     other = ["sample", "--n", "4", "--class", "g", "--run", str(run), "--out", str(out) + "4"]
     assert_one_line_error(capsys, [*other, "--kinematics", str(table)], "has 3 rows, --n is 4")
+    # far outside the training jets' (pt, eta): refused, naming the range; no file
+    for asked in (["--pt", "1e30"], ["--pt", "1e-30"], ["--pt", "1000", "--eta", "1e30"]):
+        bad = [*argv[:-1], str(tmp_path / "far.hdf5"), *asked]
+        assert_one_line_error(capsys, bad, "this generator was trained on jets of")
+        assert not (tmp_path / "far.hdf5").exists()
+    bad = [*argv[:-1], str(tmp_path / "far.hdf5"), "--eta", "0.5"]
+    assert_one_line_error(capsys, bad, "--eta needs --pt")
 
 
 def test_sigterm_to_sample_cleans_up_and_exits_143(tiny_run, tmp_path):

@@ -207,6 +207,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"metrics.json, report.md and plots/ in {args.out}")
 
 
+def _class_list(text: str | None) -> tuple[str, ...] | None:
+    """--classes "g, t" -> ("g", "t"); None (not given): the config's classes.
+
+    Raises:
+        ValueError: given but naming no class ("," or ""), which meant every class.
+    """
+    if text is None:
+        return None
+    classes = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not classes:
+        raise ValueError(f"--classes {text!r} names no class: e.g. --classes g,t")
+    return classes
+
+
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """Per class: data -> ConVAE -> flow -> generated jets -> evaluation; skips finished stages."""
     from jetflows.distributed import init_from_env, is_main, resolve_device
@@ -214,7 +228,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from pipelines.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
-    classes = tuple(c for c in args.classes.split(",") if c) if args.classes else None
+    classes = _class_list(args.classes)
     device = resolve_device(cfg.device)
     init_from_env("nccl" if device.type == "cuda" else "gloo")  # under torchrun: join the rest
     run = run_pipeline(cfg, root=args.runs, classes=classes, progress=not args.quiet)
@@ -305,7 +319,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     metric: a loss x metric table, heat maps, and whether the metrics agree (Kendall's tau)."""
     from pipelines.study import run_study
 
-    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    classes = _class_list(args.classes)
     out = run_study(args.config, root=args.root, classes=classes, progress=not args.quiet)
     print((out / "results.md").read_text(), end="")
     print(f"results.json, results.md, heatmap.png and kendall.png in {out}")

@@ -344,6 +344,7 @@ def test_sample_never_overwrites_the_run_s_own_model(tiny_run, capsys):
         (["--set", "flow.transformz=3"], "unknown config key flow.transformz"),
         (["--set", "flow.transforms=many"], "expected int"),
         (["--classes", "g,muon"], "unknown jet class"),
+        (["--classes", ","], "names no class"),
         (["--set", "device=tpu"], "unknown device 'tpu'"),
         (["--set", "loss.space=latent"], "unknown loss space"),
         (["--set", "loss.feature_weights=[1, -1, 5]"], "3 positive numbers"),

@@ -125,6 +125,9 @@ def _validate(path: Path, pf: np.ndarray, jf: np.ndarray) -> None:
             raise ValueError(f"{path}: {name} holds {bad} NaN/inf values")
     if not np.isin(pf[..., 3], (0.0, 1.0)).all():
         raise ValueError(f"{path}: the mask (particle_features[..., 3]) is not 0/1")
+    bad = int((jf[:, 0] <= 0).sum())  # a generator's context takes log pt: caught here, not
+    if bad:  # after training as "context contains NaN"
+        raise ValueError(f"{path}: {bad} jets with pt <= 0 in jet_features[:, 0]")
 
 
 def read_jetnet_file(path: str | Path, num_particles: int | None = None) -> Jets:

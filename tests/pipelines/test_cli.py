@@ -194,6 +194,10 @@ def test_summary_of_two_files_of_one_name_keeps_both(tmp_path, capsys):
             lambda p: _raw_file(p, np.ones((2, 30, 4), np.int64), np.ones((2, 4))),
             "particle_features has dtype int64, expected floating point",
         ),
+        (
+            lambda p: _raw_file(p, np.ones((2, 30, 4)), np.array([[-900.0, 0, 80, 30]] * 2)),
+            "2 jets with pt <= 0",
+        ),
     ],
 )
 def test_check_bad_files(tmp_path, capsys, make, match):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, require_file
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -32,9 +32,7 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
         FileNotFoundError: no such file.
         ValueError: not a checkpoint (truncated, corrupt) or one of another model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+    path = require_file(path, "checkpoint")
     try:
         # weights_only: a checkpoint is a pickle, and a crafted one runs code when fully
         # unpickled; ours hold only tensors, containers, numbers and strings, which the

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from jetflows.classes import JET_TYPES, canonical_class
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, require_file
 
 MAX_PARTICLES = 150
 SPLITS = ("train", "valid", "test", "all")
@@ -76,15 +76,25 @@ def check_num_particles(num_particles: int) -> int:
     return int(num_particles)
 
 
+def _dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """f[key] as an array: a dataset, not a group nor a link to nothing."""
+    try:
+        obj = f[key]
+    except KeyError:  # a soft or external link whose target is missing
+        raise ValueError(f"{path}: {key} is a link to nothing (soft or external)") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"{path}: {key} is an HDF5 group, not a dataset")
+    return np.asarray(obj)
+
+
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    require_file(path)
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("particle_features", "jet_features") if k not in f]
+            missing = [k for k in ("particle_features", "jet_features") if k not in f.keys()]
             if missing:
                 raise ValueError(f"{path}: not a JetNet file, missing dataset(s) {missing}")
-            return np.asarray(f["particle_features"]), np.asarray(f["jet_features"])
+            return _dataset(f, "particle_features", path), _dataset(f, "jet_features", path)
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 file (truncated or corrupt): {err}") from err
 
@@ -96,9 +106,7 @@ def jetnet_file_size(path: str | Path) -> int:
         FileNotFoundError: no such file.
         ValueError: not HDF5 or no particle_features dataset.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         with h5py.File(path, "r") as f:
             if "particle_features" not in f:

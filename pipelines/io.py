@@ -263,3 +263,18 @@ def read_json(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file, so not the JSON record expected") from None
     return parse_json(text, path)
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a regular file (links followed).
+
+    Raises:
+        FileNotFoundError: nothing there, or a link to nothing; "is a directory" where a
+            directory stands in its place (it said "no such file").
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a directory, not a {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    return path

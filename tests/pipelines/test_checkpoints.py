@@ -62,3 +62,9 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     good = _state(0) | {"history": [{"epoch": 0, "seconds": 1.5}], "rng": torch.get_rng_state()}
     save_checkpoint(tmp_path / "ok.pt", good)
     assert torch.equal(load_checkpoint(tmp_path / "ok.pt", "jetflows.flow")["rng"], good["rng"])
+
+
+def test_a_directory_in_a_checkpoints_place_is_named_as_such(tmp_path):
+    (tmp_path / "flow.pt").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"flow\.pt: is a directory, not a checkpoint"):
+        load_checkpoint(tmp_path / "flow.pt", "jetflows.flow")

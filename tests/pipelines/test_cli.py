@@ -198,6 +198,12 @@ def test_summary_of_two_files_of_one_name_keeps_both(tmp_path, capsys):
             lambda p: _raw_file(p, np.ones((2, 30, 4)), np.array([[-900.0, 0, 80, 30]] * 2)),
             "2 jets with pt <= 0",
         ),
+        (lambda p: p.mkdir(), "is a directory, not a file"),
+        (lambda p: _linked(p, lambda f: f.create_group("particle_features")), "is an HDF5 group"),
+        (
+            lambda p: _linked(p, lambda f: f.__setitem__("particle_features", _soft("/nowhere"))),
+            "particle_features is a link to nothing",
+        ),
     ],
 )
 def test_check_bad_files(tmp_path, capsys, make, match):
@@ -255,6 +261,21 @@ def test_every_command_help_shows_defaults_and_an_example(capsys):
 def test_sample_names_where_a_relative_run_was_looked_for(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _error(capsys, "sample --n 5 --class t --run runs/nowhere", match=str(tmp_path / "runs"))
+
+
+def _soft(target):
+    import h5py
+
+    return h5py.SoftLink(target)
+
+
+def _linked(path, add):
+    """An HDF5 file with jet_features and, in place of particle_features, what ``add`` puts."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["jet_features"] = np.ones((2, 4))
+        add(f)
 
 
 def _raw_file(path, particle_features, jet_features):

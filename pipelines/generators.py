@@ -423,8 +423,10 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
             f"{run}: no such run directory{where}; train one with jetflows pipeline"
         )
     path = run / jet_class
+    if (path / "flow.pt").is_dir():
+        raise ValueError(f"{path / 'flow.pt'} is a directory, not a model checkpoint")
     if not (path / "flow.pt").is_file():
-        have = sorted(p.parent.name for p in run.glob("*/flow.pt"))
+        have = sorted(p.parent.name for p in run.glob("*/flow.pt") if p.is_file())
         raise ValueError(
             f"run {run} has no model for class {jet_class!r} (no {path / 'flow.pt'}); "
             f"it has {have or 'none'}"

@@ -157,3 +157,12 @@ def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_pat
     run = run_pipeline(cfg, root=tmp_path, progress=False)
     assert "g: not resuming flow" in (run / "pipeline.log").read_text()
     assert load_sampler(run, "g").record.target == "cloud"
+
+
+def test_a_directory_where_a_class_model_belongs_is_named(tmp_path):
+    """It said "no model for class 't' ... it has ['t']"."""
+    from pipelines.generators import class_dir
+
+    (tmp_path / "t" / "flow.pt").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"t/flow\.pt is a directory, not a model checkpoint"):
+        class_dir(tmp_path, "t")

@@ -35,6 +35,7 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
+from jetflows.classes import canonical_class
 from pipelines import metrics, stages
 from pipelines.config import (
     PipelineConfig,
@@ -86,6 +87,8 @@ class Param:
     choices: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.choices is not None and len(self.choices) == 0:
+            raise ValueError("a search parameter's choices must name at least one value")
         if self.choices is None and (self.low is None or self.high is None or self.low > self.high):
             raise ValueError("a search parameter needs low <= high, or choices")
 
@@ -132,6 +135,7 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check_name(self.study, "study")
+        object.__setattr__(self, "jet_class", canonical_class(self.jet_class))  # before any file
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: use {sorted(OBJECTIVES)}")
         if self.pruner not in PRUNERS:

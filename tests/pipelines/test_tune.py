@@ -210,6 +210,8 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, data_dir):
         ({}, ["--trials", "0"], "--trials must be >= 1"),
         ({}, ["--study", "../escaped"], "--study '../escaped' must be a plain folder name"),
         ({"study": "../escaped"}, [], "study '../escaped' must be a plain folder name"),
+        ({"space": {"flow.transforms": {"choices": []}}}, [], "choices must name at least one"),
+        ({"jet_class": "zebra"}, [], "unknown jet class 'zebra'"),
         (
             {},
             ["--storage", "sqlite:///x.db", "--storage-env", "JETFLOWS_TEST_URL"],
@@ -223,6 +225,7 @@ def test_bad_tuning_input_is_one_line_and_exit_2(tmp_path, data_dir, capsys, cha
     err = assert_one_line_error(capsys, [*args, *argv, "--quiet"], match)
     assert "hunter2" not in err
     assert not list(tmp_path.glob("escaped*"))  # nothing written outside --root
+    assert not list(tmp_path.glob("t/*.db"))  # nor a study database for a refused config
 
 
 def test_a_trial_started_after_the_total_is_taken_never_runs(tmp_path, data_dir):

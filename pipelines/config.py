@@ -299,7 +299,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         raise ValueError(f"{path or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # a YAML key may be a number: 1: x
     if unknown:
         where = f"{path}." if path else ""
         raise ValueError(

@@ -155,3 +155,11 @@ def test_digest_changes_with_what_a_stage_depends_on():
     a, b = PipelineConfig(), load_config(None, ["flow.bins=4"])
     assert digest(a.convae, a.loss) == digest(b.convae, b.loss)
     assert digest(a.flow) != digest(b.flow)
+
+
+def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):
+    """It was a TypeError from sorting 1 beside "colour"."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("1: x\ncolour: red\n")
+    with pytest.raises(ValueError, match="unknown config key 1"):
+        load_config(bad)

@@ -323,7 +323,11 @@ def set_value(tree: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"--set {key}: {part} is not a section")
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # a traceback before; safe_load also refuses !!python tags
+        why = str(err).splitlines()[0]
+        raise ValueError(f"--set {key}: the value {text!r} is not valid YAML ({why})") from None
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -126,6 +126,8 @@ def test_overrides_are_typed_and_nested():
         (["set_flow.network=mlp"], "unknown set_flow.network 'mlp'"),
         (["set_flow.divergence=guess"], "unknown set_flow.divergence 'guess'"),
         (["set_flow.stepz=3"], "unknown config key set_flow.stepz"),
+        (["flow.transforms=["], r"--set flow.transforms: the value '\[' is not valid YAML"),
+        (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
         (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
     ],
 )

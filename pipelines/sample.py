@@ -43,6 +43,27 @@ def jet_features(
     return torch.stack([pt, eta, rel_mass * pt, mask.sum(1).float()], 1)
 
 
+#: what a pipeline writes at a run's top level (beside one folder per class)
+RUN_FILES = ("config.yaml", "summary.md", "summary.json", "summary.png", "pipeline.log")
+
+
+def _refuse_run_files(out: Path, run: Path) -> None:
+    """Refuse an output that would replace a file the run owns: anything inside a class
+    folder (models, its data, real_test.hdf5, metrics) or the run's own top-level files. New
+    files beside them (runs/<name>/top_generated.hdf5) are fine.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    target, root = out.resolve(), run.resolve()
+    owned = target.parent != root and root in target.parents  # inside a class folder
+    if owned or (target.parent == root and target.name in RUN_FILES):
+        raise ValueError(
+            f"{out} belongs to the run {run} (its models, data or results): write the jets "
+            "somewhere else"
+        )
+
+
 def check_kinematics(gen: TrainedSampler, kinematics: Any, n: int) -> torch.Tensor:
     """Requested (pt, eta) per jet as an (n, 2) float32 tensor, checked.
 
@@ -170,10 +191,9 @@ def sample_to_file(
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
     jet_class = canonical_class(jet_class)
+    class_dir(run, jet_class)  # checked before the output: it names what is missing
+    _refuse_run_files(Path(out), Path(run))
     out = check_writable(Path(out), overwrite=overwrite)
-    inputs = sorted(class_dir(run, jet_class).glob("*.pt"))
-    if any(out.resolve() == path.resolve() for path in inputs):
-        raise ValueError(f"{out} is one of the run's models: write the jets somewhere else")
     gen = load_sampler(run, jet_class, device=device, options=options)
     if kinematics is not None:
         kinematics = check_kinematics(gen, kinematics, n)

@@ -329,12 +329,24 @@ def test_sample_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys, arg
     assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.h5*"))
 
 
-def test_sample_never_overwrites_the_run_s_own_model(tiny_run, capsys):
-    model = tiny_run / "t" / "flow.pt"
-    before = model.read_bytes()
-    args = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--out", str(model)]
-    assert_one_line_error(capsys, [*args, "--overwrite", "--quiet"], "one of the run's models")
-    assert model.read_bytes() == before
+@pytest.mark.parametrize(
+    "owned", ["t/flow.pt", "t/real_test.hdf5", "t/metrics.json", "g/new.hdf5", "config.yaml"]
+)
+def test_sample_never_writes_over_what_the_run_owns(tiny_run, capsys, owned):
+    """Only *.pt files were protected: `--out R/t/real_test.hdf5 --overwrite` replaced the
+    run's test jets, and the pipeline then called every stage up to date."""
+    path = tiny_run / owned
+    before = path.read_bytes() if path.exists() else None
+    args = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--out", str(path)]
+    assert_one_line_error(capsys, [*args, "--overwrite", "--quiet"], "belongs to the run")
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_sample_may_write_a_new_file_beside_the_run_s_folders(tiny_run, tmp_path):
+    out = tiny_run / "top_generated.hdf5"  # what the main job does
+    args = ["sample", "--n", "5", "--class", "t", "--run", str(tiny_run), "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0 and read_jetnet_file(out).particles.shape[0] == 5
+    out.unlink()
 
 
 @pytest.mark.parametrize(

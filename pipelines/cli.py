@@ -116,11 +116,17 @@ def _labels(files: Sequence[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(f) for f in files]
 
 
+SUMMARY_OUTPUTS = ("summary.json", "summary.md", "mass.png", "multiplicity.png")
+
+
 def cmd_data_summary(args: argparse.Namespace) -> None:
     """Print and plot a summary (mass peak, multiplicity, ...) of JetNet-layout files."""
     from pipelines.data import read_jetnet_file
+    from pipelines.io import check_output_dir
     from pipelines.summary import summary_table, write_summary
 
+    # a folder of its own: a run's folder holds its own summary.md, never to be replaced here
+    check_output_dir(args.out, overwrite=args.overwrite, replaceable=SUMMARY_OUTPUTS)
     labels = _labels(args.files)
     datasets = {label: read_jetnet_file(f) for label, f in zip(labels, args.files, strict=True)}
     rows = write_summary(datasets, args.out)
@@ -515,6 +521,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     )
     summ.add_argument("files", nargs="+", help="JetNet-layout HDF5 files")
     summ.add_argument("--out", type=Path, default=Path("runs/data_summary"), help="output dir")
+    summ.add_argument("--overwrite", action="store_true", help="replace a summary already there")
     summ.set_defaults(func=cmd_data_summary)
 
     check = verbs.add_parser(

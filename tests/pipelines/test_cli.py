@@ -178,6 +178,11 @@ def test_summary_of_two_files_of_one_name_keeps_both(tmp_path, capsys):
     rows = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert code == 0 and len(rows) == 2, rows
     _error(capsys, f"data summary {a} {a} --out {tmp_path}/s2", match="given twice")
+    # a summary is replaced only when asked, and never inside a folder holding anything else
+    _error(capsys, f"data summary {a} --out {tmp_path}/s", match="pass --overwrite")
+    assert _run(capsys, f"data summary {a} --out {tmp_path}/s --overwrite")[0] == 0
+    _error(capsys, f"data summary {a} --out {tmp_path}/a --overwrite", match="besides results")
+    assert (tmp_path / "a" / "t.hdf5").is_file() and not (tmp_path / "a" / "summary.md").exists()
 
 
 @pytest.mark.parametrize(

@@ -357,11 +357,15 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what} file")
     try:
-        tree = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+        tree = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+    if tree is None:  # it silently meant every built-in default
+        raise ValueError(
+            f"{path}: the {what} file is empty; for the built-in defaults give no --config"
+        )
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(tree).__name__}")
     return tree

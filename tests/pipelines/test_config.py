@@ -148,6 +148,9 @@ def test_bad_files(tmp_path):
     bad.write_text("flow: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("# nothing but a comment\n")
+    with pytest.raises(ValueError, match="file is empty"):
+        load_config(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         load_config(bad)

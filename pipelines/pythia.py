@@ -21,6 +21,8 @@ import json
 import math
 import multiprocessing
 import os
+import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -385,11 +387,23 @@ def _chunk_path(cache: Path, cfg: PythiaConfig, chunk: int) -> Path:
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    """A cached chunk's arrays; None when it is missing, or damaged (truncated, empty, not a
+    chunk, wrong shapes: then a warning says it is generated again)."""
+    if not path.is_file():
+        return None
     try:
         with np.load(path) as data:
-            return {k: data[k] for k in ("particles", "jet_features")}
-    except (OSError, ValueError, KeyError):  # missing, or damaged outside our atomic writes
+            arrays = {k: data[k] for k in ("particles", "jet_features")}
+    # damaged outside our atomic writes (a full disk, a copy cut short, a hand edit)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"{path}: unreadable cache chunk ({err}); generating it again", stacklevel=2)
         return None
+    pf, jf = arrays["particles"], arrays["jet_features"]
+    if pf.ndim != 3 or jf.ndim != 2 or len(pf) != len(jf) or len(pf) == 0:
+        shapes = f"{pf.shape} and {jf.shape}"
+        warnings.warn(f"{path}: a chunk of shapes {shapes}; generating it again", stacklevel=2)
+        return None
+    return arrays
 
 
 def _work(args: tuple[PythiaConfig, int, Path]) -> int:

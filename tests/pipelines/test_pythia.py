@@ -313,3 +313,30 @@ def test_jetnet_recipe_is_closer_to_jetnet_than_radians(tmp_path):
     radians = generate_jets(PythiaConfig("t", seed=42, recipe="particle"), 200, **kwargs)
     jetnet = generate_jets(PythiaConfig("t", seed=42, recipe="jetnet"), 200, **kwargs)
     assert fpnd(jetnet.particles, "t") < 0.6 * fpnd(radians.particles, "t")
+
+
+def test_a_damaged_cache_chunk_is_generated_again_and_said(tmp_path, monkeypatch):
+    """A truncated, empty or misshapen chunk raised BadZipFile/EOFError (or a raw numpy error)
+    on every rerun until deleted by hand."""
+    made = []
+
+    def fake(cfg, chunk):
+        made.append(chunk)
+        rng = np.random.default_rng(chunk)
+        return {
+            "particles": rng.uniform(0.01, 0.5, (2, 150, 3)).astype(np.float32),
+            "jet_features": rng.uniform(100, 900, (2, 4)).astype(np.float32),
+        }
+
+    monkeypatch.setattr(pythia, "generate_chunk", fake)
+    cfg = PythiaConfig("t", chunk_size=2, seed=3, recipe="particle")
+    first = generate_jets(cfg, 6, jobs=1, cache_dir=tmp_path, progress=False)
+    chunks = sorted((tmp_path / "pythia").rglob("chunk_*.npz"))
+    chunks[0].write_bytes(chunks[0].read_bytes()[:50])  # cut short
+    chunks[1].write_bytes(b"")  # empty
+    np.savez(chunks[2], particles=np.zeros(3), jet_features=np.zeros(3))  # wrong shapes
+    made.clear()
+    with pytest.warns(UserWarning, match="generating it again"):
+        again = generate_jets(cfg, 6, jobs=1, cache_dir=tmp_path, progress=False)
+    assert sorted(made) == [0, 1, 2]
+    np.testing.assert_array_equal(again.particles, first.particles)

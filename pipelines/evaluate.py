@@ -239,6 +239,8 @@ UNDEFINED = {
     "is undefined: read the value",
     "value": "not a finite number (e.g. a scaled EMD of an observable that is constant in the "
     "real sample divides by a zero spread)",
+    "ratio of a bad value": "the value is not a finite number (see its reason), so value / "
+    "floor is undefined though the floor is fine",
 }
 
 
@@ -253,8 +255,11 @@ def _row(model: tuple[float, float], floor: tuple[float, float]) -> dict[str, An
         "floor_std": floor[1],
         "ratio": ratio,
     }
+    # the ratio's reason is the floor's only where the floor is <= 0; it was said even for a
+    # floor of 1.03 beside a NaN value (all-empty generated jets)
+    ratio_why = "ratio" if not floor[0] > 0 else "ratio of a bad value"
     undefined = {
-        key: UNDEFINED["ratio" if key == "ratio" else "value"]
+        key: UNDEFINED[ratio_why if key == "ratio" else "value"]
         for key, number in row.items()
         if not math.isfinite(number)
     }

@@ -156,8 +156,11 @@ def test_ratio_reasons_and_strict_json_round_trip(tmp_path):
     row = _row((1e-4, 0.0), (-2e-5, 0.0))
     assert set(row["undefined"]) == {"ratio"} and "floor is <= 0" in row["undefined"]["ratio"]
     assert "undefined" not in _row((2.0, 0.1), (4.0, 0.2))
-    nan_value = _row((float("nan"), 0.0), (1.0, 0.0))
+    nan_value = _row((float("nan"), 0.0), (1.03, 0.0))
     assert set(nan_value["undefined"]) == {"value", "ratio"}
+    # the floor of 1.03 is fine: the ratio is undefined because the value is (issue 25 #32)
+    assert "floor is <= 0" not in nan_value["undefined"]["ratio"]
+    assert "value is not a finite number" in nan_value["undefined"]["ratio"]
     path = write_json(tmp_path / "metrics.json", {"metrics": {"kpd": row}})
     assert '"ratio": null' in path.read_text() and "NaN" not in path.read_text()
     assert np.isnan(read_metrics(path)["metrics"]["kpd"]["ratio"])

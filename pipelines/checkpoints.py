@@ -16,11 +16,37 @@ import torch
 
 from pipelines.io import atomic_path, require_file
 
+HASH_KEY = "content_sha256"
+
+
+def _walk(obj: Any, name: str = "") -> Any:
+    """(name, tensor) of every tensor in a nested state, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            if key != HASH_KEY:
+                yield from _walk(obj[key], f"{name}/{key}")
+    elif isinstance(obj, list | tuple):
+        for i, item in enumerate(obj):
+            yield from _walk(item, f"{name}/{i}")
+
+
+def content_hash(state: dict[str, Any]) -> str:
+    """SHA-256 of every tensor in ``state`` (weights, best weights, optimizer, RNG), by name."""
+    h = hashlib.sha256()
+    for name, tensor in _walk(state):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` with torch.save to a temporary name, then rename it into place."""
+    """Write ``state`` with torch.save to a temporary name, then rename it into place, with a
+    content hash of its tensors that `load_checkpoint` checks (flipped bytes inside a tensor
+    leave a loadable file: only the hash tells)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, HASH_KEY: content_hash(state)}, tmp)
     return Path(path)
 
 
@@ -54,6 +80,12 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
     found = state.get("kind") if isinstance(state, dict) else type(state).__name__
     if found not in ((kind,) if isinstance(kind, str) else kind):
         raise ValueError(f"{path}: a checkpoint of {found!r}, expected {kind!r}")
+    stored = state.pop(HASH_KEY, None)  # absent in checkpoints written before it was stored
+    if stored is not None and stored != content_hash(state):
+        raise ValueError(
+            f"{path}: damaged (its tensors no longer match the hash written with them); "
+            "delete it and rerun to train it again"
+        )
     return state
 
 

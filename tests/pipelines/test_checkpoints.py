@@ -68,3 +68,17 @@ def test_a_directory_in_a_checkpoints_place_is_named_as_such(tmp_path):
     (tmp_path / "flow.pt").mkdir()
     with pytest.raises(FileNotFoundError, match=r"flow\.pt: is a directory, not a checkpoint"):
         load_checkpoint(tmp_path / "flow.pt", "jetflows.flow")
+
+
+def test_flipped_bytes_inside_a_tensor_are_caught(tmp_path):
+    """A damaged flow.pt went unnoticed: the file still unpickles, only its numbers changed."""
+    state = _state(0) | {"optimizer": {"state": {0: {"step": torch.tensor(3.0)}}}}
+    path = save_checkpoint(tmp_path / "flow.pt", state)
+    assert "content_sha256" not in load_checkpoint(path, "jetflows.flow")
+    raw = bytearray(path.read_bytes())
+    weights = state["best_state_dict"]["layer.weight"].numpy().tobytes()
+    at = bytes(raw).index(weights[:8])  # the tensor's bytes sit verbatim in the zip
+    raw[at + 3] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged"):
+        load_checkpoint(path, "jetflows.flow")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.checkpoints import HASH_KEY, save_checkpoint
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.data import read_jetnet_file, write_jetnet_file
@@ -222,7 +223,7 @@ def _retrained(path):
     state = torch.load(path, weights_only=False)
     name = next(iter(state["best_state_dict"]))
     state["best_state_dict"][name] = state["best_state_dict"][name] + 0.01
-    torch.save(state, path)
+    save_checkpoint(path, state)  # as a retraining writes it (a content hash of its own)
 
 
 def _assert_models_belong_together(run, first_stage, tmp_path, capsys):
@@ -252,7 +253,7 @@ def test_checkpoints_from_before_provenance_warn_once_then_a_rerun_records_it(
     shutil.copytree(tiny_run, run)
     for name in ("convae.pt", "flow.pt"):  # as an older jetflows wrote them
         state = torch.load(run / "g" / name, weights_only=False)
-        del state["provenance"]
+        del state["provenance"], state[HASH_KEY]
         torch.save(state, run / "g" / name)
     argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "a.h5")]) == 0
@@ -543,6 +544,7 @@ def test_a_partial_checkpoint_that_cannot_resume_trains_from_scratch(tiny_run, d
     stages = json.loads((run / "g" / "stages.json").read_text())
     state = torch.load(run / "g" / "convae.pt", weights_only=False)
     state["gamma_2"] += 1.0  # as written by an older jetflows: its settings differ
+    del state[HASH_KEY]  # (nor had it a content hash)
     torch.save(state, run / "g" / "convae.last.pt")
     (run / "g" / "convae.pt").unlink()
     assert state["stage_key"] == stages["convae"]

@@ -646,10 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt(), _one_line_warnings():
             func(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"jetflows: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except FloatingPointError as err:  # a diverged training: the settings, not the code
+    # FloatingPointError: a diverged training, whose cure is in the settings, not the code
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:

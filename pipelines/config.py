@@ -33,7 +33,7 @@ from jetflows.distributed import DEVICES
 from jetflows.normalize import STATISTICS
 from jetflows.training import TrainConfig
 from pipelines.evaluate import EvalConfig
-from pipelines.io import stable_hash
+from pipelines.io import require_file, stable_hash
 
 SOURCES = ("auto", "jetnet", "pythia")
 
@@ -353,9 +353,7 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         FileNotFoundError: no such file.
         ValueError: not YAML, not a mapping, or a duplicate key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {what} file")
+    path = require_file(path, f"{what} file")
     try:
         tree = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as err:

@@ -255,9 +255,7 @@ def read_json(path: str | Path) -> Any:
         FileNotFoundError: no such file.
         ValueError: not JSON (truncated, damaged, not text); the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         text = path.read_text()
     except UnicodeDecodeError:

@@ -5,7 +5,13 @@ decodes every jet to one average jet still lowers its loss. These figures show t
 
 - per-jet exact EMD(input, reconstruction) against EMD(input, another real jet of the set):
   a collapsed model reconstructs a jet no better than a random other jet does (ratio ~1);
-- Pearson correlation of input vs reconstructed jet mass, sum of pt_rel and D2 (0 if collapsed);
+- Pearson correlation of input vs reconstructed jet mass, sum of pt_rel, the N-subjettiness
+  ratios tau21 and tau32 and D2 (0 if collapsed): mass and spread can be right while the prongs
+  are lost (a three-prong top jet decoded as one smeared blob keeps its mass, not its tau32);
+- per observable, the medians of inputs and reconstructions and the W1 distance between the
+  reconstructions of half the jets and the inputs of the other half, over the same W1 between
+  the two halves' inputs (the truth floor): ~1 when the reconstructions are distributed as
+  real jets are, however each jet is reconstructed;
 - the spread ratio per feature: std across jets of each pt-ordered particle slot, reconstruction
   over input, averaged over slots (0 if every jet decodes to the same jet, 1 if the variation
   is kept). The same ratio between generated and real jets measures a generator's spread.
@@ -21,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,11 +35,11 @@ import torch
 from convae.losses import emd
 from convae.model import ConVAE, decoded_particles
 from jetflows.normalize import Normalization
-from jetflows.physics import PT, d2, jet_observables, sort_by_pt
+from jetflows.physics import PT, d2, jet_observables, sort_by_pt, tau_ratios
 from jetflows.spread import spread_ratio
 
 #: Jet quantities whose input-vs-reconstruction correlation is reported.
-CORRELATED: tuple[str, ...] = ("mass", "pt_sum", "d2")
+CORRELATED: tuple[str, ...] = ("mass", "pt_sum", "tau21", "tau32", "d2")
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,12 @@ class ReconstructionDiagnostics:
         emd_reconstruction: median per-jet EMD(input, its reconstruction).
         emd_other: median per-jet EMD(input, another random input jet).
         emd_ratio: emd_reconstruction / emd_other (a collapsed model: ~1; target < 1/3).
-        correlation: {mass, pt_sum, d2}: Pearson r of input vs reconstruction.
+        correlation: {mass, pt_sum, tau21, tau32, d2}: Pearson r of input vs reconstruction.
         rank_correlation: the same as Spearman rank correlations (robust to D2's long tail,
             where a few jets with a tiny e2 dominate Pearson's r).
+        median: {quantity: {"input": .., "reconstruction": ..}}.
+        w1: {quantity: {"value", "floor", "ratio"}}: W1(reconstructions of one half, inputs of
+            the other half), W1 between the halves' inputs, and their ratio (target <= 3).
         spread: {eta, phi, pt}: std across jets per particle slot, reconstruction / input,
             averaged over slots (a collapsed model: ~0; target >= 0.8).
     """
@@ -57,6 +67,8 @@ class ReconstructionDiagnostics:
     emd_ratio: float
     correlation: dict[str, float]
     rank_correlation: dict[str, float]
+    median: dict[str, dict[str, float]]
+    w1: dict[str, dict[str, float]]
     spread: dict[str, float]
 
     def to_dict(self) -> dict[str, object]:
@@ -65,13 +77,32 @@ class ReconstructionDiagnostics:
 
 
 def jet_quantities(particles: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Relative-frame jet mass, sum of pt_rel and D2: particles (N, P, 3) -> {name: (N,)}."""
+    """Relative-frame jet mass, sum of pt_rel, tau21, tau32 and D2: particles (N, P, 3) ->
+    {name: (N,)} float64, in the order of `CORRELATED`."""
     x = particles.double()
+    tau21, tau32 = tau_ratios(x, mask).unbind(1)
     return {
         "mass": jet_observables(x, mask)["mass"],
         "pt_sum": (x[..., PT] * mask).sum(1),
+        "tau21": tau21,
+        "tau32": tau32,
         "d2": d2(x, mask),
     }
+
+
+def _w1(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(a.numpy(), b.numpy()))
+
+
+def _w1_to_floor(
+    q_in: torch.Tensor, q_rec: torch.Tensor, half: torch.Tensor, other: torch.Tensor
+) -> dict[str, float]:
+    """W1(reconstructions of ``half``, inputs of ``other``) against W1 of the two halves'
+    inputs: the same sample sizes on both sides, so the ratio is ~1 for a faithful model."""
+    value, floor = _w1(q_rec[half], q_in[other]), _w1(q_in[half], q_in[other])
+    return {"value": value, "floor": floor, "ratio": value / floor if floor > 0 else math.nan}
 
 
 def _constant(a: torch.Tensor) -> bool:
@@ -171,6 +202,7 @@ def reconstruction_diagnostics(
     rec = emd(x, y, mask, recon_mask, method="exact").median().item()
     rand = emd(x, x[other], mask, mask[other], method="exact").median().item()
     q_in, q_rec = jet_quantities(x, mask), jet_quantities(y, recon_mask)
+    half, rest = order[: len(x) // 2], order[len(x) // 2 :]
     return ReconstructionDiagnostics(
         n_jets=len(x),
         emd_reconstruction=rec,
@@ -178,5 +210,10 @@ def reconstruction_diagnostics(
         emd_ratio=rec / rand if rand > 0 else float("nan"),
         correlation={k: _pearson(q_in[k], q_rec[k]) for k in CORRELATED},
         rank_correlation={k: _spearman(q_in[k], q_rec[k]) for k in CORRELATED},
+        median={
+            k: {"input": q_in[k].median().item(), "reconstruction": q_rec[k].median().item()}
+            for k in CORRELATED
+        },
+        w1={k: _w1_to_floor(q_in[k], q_rec[k], half, rest) for k in CORRELATED},
         spread=spread_ratio(y, recon_mask, x, mask),
     )

@@ -237,26 +237,62 @@ def nsubjettiness(
     return tau.numpy() if as_numpy else tau
 
 
-def _nsub_chunk(x: Any, m: Any, n_max: int) -> Any:
-    """`nsubjettiness` of one chunk of jets: (B, n_max)."""
+def tau_ratios(particles: Any, mask: Any | None = None) -> Any:
+    """tau21 = tau2/tau1 and tau32 = tau3/tau2 of each jet (`nsubjettiness`), torch float64.
+
+    Arguments:
+        particles: (N, P, 3) torch (eta_rel, phi_rel, pt_rel); mask (N, P), default pt_rel > 0.
+
+    Returns:
+        (N, 2): tau21, tau32; 0 where the denominator is 0 (a jet with too few particles).
+    """
     import torch
 
+    tau = nsubjettiness(particles, mask, n_max=3)
+    return torch.where(tau[:, :2] > 0, tau[:, 1:] / tau[:, :2].clamp_min(1e-300), 0.0)
+
+
+def kt_axes(particles: Any, mask: Any | None = None, *, n: int = 3) -> Any:
+    """The ``n`` exclusive-kT axes of each jet, the ones `nsubjettiness` measures tau_n from.
+
+    Arguments:
+        particles: (N, P, 3) torch (eta_rel, phi_rel, pt_rel); mask (N, P), default pt_rel > 0.
+        n: axes per jet.
+
+    Returns:
+        (N, n, 2) float64 (rapidity, phi) of the axes (massless particles: rapidity = eta_rel);
+        NaN for a jet with fewer than n particles.
+    """
+    import torch
+
+    x = particles.double()
+    m = (x[..., PT] > 0 if mask is None else mask).bool()
+    axes = torch.full((len(x), n, 2), math.nan, dtype=torch.float64)
+    for count, p4, alive in _kt_merges(x, m):
+        rows = (count == n).nonzero().squeeze(-1)
+        if len(rows):
+            which = alive[rows].to(p4.dtype).topk(n, dim=1).indices
+            rap, phi, _ = _rap_phi_pt(p4[rows].gather(1, which[..., None].expand(-1, -1, 4)))
+            axes[rows] = torch.stack([rap, phi], -1)
+    return axes
+
+
+def _kt_merges(x: Any, m: Any) -> Any:
+    """Exclusive-kT clustering of a chunk of jets (B, P, 3), one merge per jet and step.
+
+    Yields (alive pseudojets per jet (B,), four-vectors (B, P, 4), alive (B, P)) before every
+    step, until each jet is one pseudojet; the tensors are updated in place between yields.
+    """
     eta, phi, pt = x[..., ETA], x[..., PHI], x[..., PT] * m
-    p4 = torch.stack([pt * phi.cos(), pt * phi.sin(), pt * eta.sinh(), pt * eta.cosh()], -1)
+    p4 = pt[..., None] * _directions(eta, phi)
     alive, size = m.clone(), m.shape[1]
     d = _kt_distances(p4, alive)  # (B, P, P), inf off the alive pairs
-    tau = torch.zeros(len(x), n_max, dtype=torch.float64)
-    total = pt.sum(-1).clamp_min(1e-300)
     while True:
         count = alive.sum(-1)
-        for n in range(1, n_max + 1):
-            rows = (count == n).nonzero().squeeze(-1)
-            if len(rows):
-                tau[rows, n - 1] = _tau(eta[rows], phi[rows], pt[rows], p4[rows], alive[rows], n)
-                tau[rows, n - 1] /= total[rows]
+        yield count, p4, alive
         rows = (count > 1).nonzero().squeeze(-1)
         if not len(rows):
-            return tau
+            return
         flat = d.flatten(1).argmin(-1)[rows]
         i, j = flat // size, flat % size
         p4[rows, i] += p4[rows, j]
@@ -266,6 +302,29 @@ def _nsub_chunk(x: Any, m: Any, n_max: int) -> Any:
         row = _kt_row(p4[rows], alive[rows], i)  # the merged pseudojet's new distances
         d[rows, i, :] = row
         d[rows, :, i] = row
+
+
+def _directions(eta: Any, phi: Any) -> Any:
+    """Massless four-vectors per unit pt: (..., 4) = (cos phi, sin phi, sinh eta, cosh eta)."""
+    import torch
+
+    return torch.stack([phi.cos(), phi.sin(), eta.sinh(), eta.cosh()], -1)
+
+
+def _nsub_chunk(x: Any, m: Any, n_max: int) -> Any:
+    """`nsubjettiness` of one chunk of jets: (B, n_max)."""
+    import torch
+
+    eta, phi, pt = x[..., ETA], x[..., PHI], x[..., PT] * m
+    tau = torch.zeros(len(x), n_max, dtype=torch.float64)
+    total = pt.sum(-1).clamp_min(1e-300)
+    for count, p4, alive in _kt_merges(x, m):
+        for n in range(1, n_max + 1):
+            rows = (count == n).nonzero().squeeze(-1)
+            if len(rows):
+                tau[rows, n - 1] = _tau(eta[rows], phi[rows], pt[rows], p4[rows], alive[rows], n)
+                tau[rows, n - 1] /= total[rows]
+    return tau
 
 
 def _rap_phi_pt(p4: Any) -> tuple[Any, Any, Any]:

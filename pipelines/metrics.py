@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from jetflows.physics import d2, jet_observables, nsubjettiness
+from jetflows.physics import d2, jet_observables, tau_ratios
 from pipelines.data import Jets
 
 #: Jet kinematics from the particles, in the frame of the file's jet (pt, eta).
@@ -92,9 +92,7 @@ def substructure(particles: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarra
     import torch  # batched in torch: several times faster than numpy here
 
     x, m = torch.from_numpy(np.asarray(particles, np.float64)), torch.from_numpy(mask)
-    tau = nsubjettiness(x, m, n_max=3).numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(tau[:, :2] > 0, tau[:, 1:] / tau[:, :2], 0.0)
+    ratios = tau_ratios(x, m).numpy()
     return {"tau21": ratios[:, 0], "tau32": ratios[:, 1], "d2": d2(x, m).numpy()}
 
 

@@ -4,7 +4,8 @@ A physicist must see a collapsed autoencoder at once: the figures of
 `convae.diagnostics.reconstruction_diagnostics` (EMD to the input vs to another jet, input vs
 reconstruction correlations, spread ratios) on held-out jets, a picture of a few jets beside
 their reconstructions in (eta, phi) with marker area proportional to pt (as the research slides
-show them), and 2-D histograms of input vs reconstructed jet mass, sum of pt_rel and D2.
+show them) and each jet's three exclusive-kT axes (the prongs tau32 measures), and 2-D histograms
+of input vs reconstructed jet mass, sum of pt_rel, tau21, tau32 and D2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from convae.diagnostics import jet_quantities, reconstruct, reconstruction_diagnostics
 from convae.model import ConVAE
 from jetflows.normalize import Normalization
+from jetflows.physics import kt_axes, tau_ratios
 from pipelines.data import Jets
 from pipelines.io import markdown_table
 from pipelines.report import pyplot, save_figure
@@ -27,7 +29,20 @@ SHOWN_JETS = 6
 TARGETS: dict[str, str] = {
     "emd_ratio": "< 0.33",
     "correlation.mass": ">= 0.9",
+    "correlation.tau21": ">= 0.8",
+    "correlation.tau32": ">= 0.8",
+    "correlation.d2": ">= 0.8",
+    "w1.tau21": "<= 3",
+    "w1.tau32": "<= 3",
+    "w1.d2": "<= 3",
     "spread.*": ">= 0.8",
+}
+LABELS = {
+    "mass": r"$m_{jet} / p_{T,jet}$",
+    "pt_sum": r"$\sum p_{T,rel}$",
+    "tau21": r"$\tau_{21}$",
+    "tau32": r"$\tau_{32}$",
+    "d2": "$D_2$",
 }
 
 
@@ -35,9 +50,14 @@ def plot_jets(
     inputs: np.ndarray, in_mask: np.ndarray, recon: np.ndarray, rec_mask: np.ndarray, path: Path
 ) -> Path:
     """Input jets (top row) above their reconstructions (bottom row) in (eta_rel, phi_rel);
-    marker area proportional to pt_rel. inputs, recon: (n, P, 3); masks (n, P)."""
+    marker area proportional to pt_rel, red crosses at the three exclusive-kT axes, tau32 in
+    the title. inputs, recon: (n, P, 3); masks (n, P)."""
     plt = pyplot()
     n = len(inputs)
+    axes_of = {}
+    for name, x, m in (("input", inputs, in_mask), ("reconstruction", recon, rec_mask)):
+        t, mm = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(m))
+        axes_of[name] = (kt_axes(t, mm, n=3).numpy(), tau_ratios(t, mm)[:, 1].numpy())
     fig, axes = plt.subplots(2, n, figsize=(3 * n, 6.4), sharex=True, sharey=True, squeeze=False)
     for k in range(n):
         for row, (x, m, label) in enumerate(
@@ -45,7 +65,9 @@ def plot_jets(
         ):
             ax = axes[row, k]
             ax.scatter(x[m, 0], x[m, 1], s=3000 * x[m, 2], alpha=0.6, edgecolors="k")
-            ax.set_title(f"jet {k}: {label}", fontsize=11)
+            prongs, tau32 = axes_of[label][0][k], axes_of[label][1][k]
+            ax.scatter(prongs[:, 0], prongs[:, 1], marker="x", s=120, color="red", zorder=3)
+            ax.set_title(f"jet {k}: {label}\n" + rf"$\tau_{{32}}$ = {tau32:.2f}", fontsize=11)
             ax.set_xlim(-0.8, 0.8)
             ax.set_ylim(-0.8, 0.8)
     for ax in axes[1]:
@@ -58,11 +80,10 @@ def plot_jets(
 def plot_correlations(
     inputs: dict[str, np.ndarray], recon: dict[str, np.ndarray], path: Path
 ) -> Path:
-    """2-D histograms of input vs reconstructed jet quantities (mass, sum pt_rel, D2)."""
+    """2-D histograms of input vs reconstructed jet quantities (`LABELS`)."""
     plt = pyplot()
-    labels = {"mass": r"$m_{jet} / p_{T,jet}$", "pt_sum": r"$\sum p_{T,rel}$", "d2": "$D_2$"}
-    fig, axes = plt.subplots(1, len(labels), figsize=(7 * len(labels), 6.5))
-    for ax, (name, label) in zip(axes, labels.items(), strict=True):
+    fig, axes = plt.subplots(1, len(LABELS), figsize=(6.5 * len(LABELS), 6.5))
+    for ax, (name, label) in zip(axes, LABELS.items(), strict=True):
         a, b = inputs[name], recon[name]
         both = np.concatenate([a, b])
         log = name == "d2"  # long-tailed: most jets sit near 1, some at 10+
@@ -111,12 +132,18 @@ def reconstruction_plots(
 def markdown(result: dict[str, Any]) -> list[str]:
     """The report.md section of a reconstruction.json."""
     corr, ranks, spread = result["correlation"], result["rank_correlation"], result["spread"]
+    # reconstruction.json files written before the substructure figures lack them
+    medians, w1 = result.get("median", {}), result.get("w1", {})
     return [
         "## ConVAE reconstruction (held-out real jets)",
         "",
         f"{result['n_jets']} test jets encoded (posterior mean) and decoded; each reconstruction "
         "keeps as many of its hardest particles as its input has. A collapsed ConVAE (every jet "
-        "decoded to one jet) shows an EMD ratio near 1, correlations near 0 and spreads near 0.",
+        "decoded to one jet) shows an EMD ratio near 1, correlations near 0 and spreads near 0; "
+        "one that keeps the mass but loses the prongs shows r(mass) near 1 with r(tau32) low, "
+        "a reconstructed tau32 median above the input's and a tau32 W1 far above its floor "
+        "(the floor: W1 between two halves of the inputs; the value: one half's "
+        "reconstructions against the other half's inputs).",
         "",
         *markdown_table(
             ["figure", "value", "target"],
@@ -131,6 +158,22 @@ def markdown(result: dict[str, Any]) -> list[str]:
                         TARGETS.get(f"correlation.{k}", ""),
                     ]
                     for k, v in corr.items()
+                ),
+                *(
+                    [
+                        f"{k}: median input / reconstruction",
+                        f"{v['input']:.3g} / {v['reconstruction']:.3g}",
+                        "",
+                    ]
+                    for k, v in medians.items()
+                ),
+                *(
+                    [
+                        f"{k}: W1(reconstructions, other inputs) / W1 floor",
+                        f"{v['ratio']:.2f} ({v['value']:.3g} / {v['floor']:.3g})",
+                        TARGETS.get(f"w1.{k}", ""),
+                    ]
+                    for k, v in w1.items()
                 ),
                 *(
                     [f"spread ratio {k}", f"{v:.3f}", TARGETS["spread.*"]]

@@ -39,6 +39,22 @@ def random_jets(n: int = 20, num_particles: int = 30, seed: int = 0):
     return Jets(particles, mask, jet_features, np.full(n, 2))
 
 
+def prong_jets(n: int, seed: int, *, prongs: int = 3, per_prong: int = 4):
+    """Toy jets of ``prongs`` narrow prongs (spread 0.02) at 0.3 from the axis, evenly spaced
+    in angle at a random orientation; pts summing to 1. Returns torch float32 particles
+    (n, prongs x per_prong, 3) (eta, phi, pt), not pt-sorted, and an all-true mask."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    turn = rng.uniform(0, 2 * np.pi, (n, 1)) + np.arange(prongs) * 2 * np.pi / prongs
+    centres = 0.3 * np.stack([np.cos(turn), np.sin(turn)], -1)  # (n, prongs, 2)
+    angles = centres[:, :, None] + rng.normal(0, 0.02, (n, prongs, per_prong, 2))
+    share = rng.dirichlet([4] * prongs, n)[:, :, None] * rng.dirichlet([2] * per_prong, (n, prongs))
+    jets = np.concatenate([angles, share[..., None]], -1).reshape(n, prongs * per_prong, 3)
+    mask = torch.ones(n, prongs * per_prong, dtype=torch.bool)
+    return torch.tensor(jets, dtype=torch.float32), mask
+
+
 #: pipeline overrides for models small enough to train in seconds (tests add data and epochs)
 TINY_MODELS = [
     "data.n_jets=400",

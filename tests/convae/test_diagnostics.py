@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from convae.diagnostics import keep_hardest, reconstruct, reconstruction_diagnostics
+from convae.diagnostics import CORRELATED, keep_hardest, reconstruct, reconstruction_diagnostics
 from convae.model import ConVAE, ConVAEConfig
 from jetflows.normalize import fit_normalization
-from tests.conftest import random_jets
+from tests.conftest import prong_jets, random_jets
 
 
 def _jets(n=200, seed=0):
@@ -30,7 +30,7 @@ def test_a_collapsed_reconstruction_is_caught():
     one = x[:1].expand_as(x).clone()
     d = reconstruction_diagnostics(x, m, *keep_hardest(one, m.sum(1)))
     assert d.n_jets > 10 and d.emd_ratio > 0.8
-    assert d.correlation == {"mass": 0.0, "pt_sum": 0.0, "d2": 0.0} == d.rank_correlation
+    assert d.correlation == dict.fromkeys(CORRELATED, 0.0) == d.rank_correlation
     assert max(d.spread.values()) < 1e-6
 
 
@@ -42,6 +42,28 @@ def test_a_noisy_reconstruction_sits_in_between():
     assert 0.05 < d.emd_ratio < 0.5
     assert d.correlation["pt_sum"] == pytest.approx(1)
     assert 0.9 < d.spread["eta"] < 1.2
+
+
+def test_lost_prongs_show_in_tau32_while_a_faithful_reconstruction_meets_its_floor():
+    """Two- and three-prong toy jets. Reconstructed as they are: r(tau32) = 1, W1 at the floor.
+    Reconstructed as rings (each particle keeps its distance from the jet axis and its pt but
+    takes a random azimuth: the prongs are lost, the jet's size is kept): tau32's correlation
+    drops near 0 and its W1 goes far above the floor."""
+    x2, _ = prong_jets(300, seed=1, prongs=2, per_prong=5)
+    x3, _ = prong_jets(300, seed=2, prongs=3, per_prong=5)
+    x = torch.cat([torch.cat([x2, torch.zeros(300, 5, 3)], 1), x3])  # 10 or 15 particles
+    x, m = keep_hardest(x, (x[..., 2] > 0).sum(1))
+    good = reconstruction_diagnostics(x, m, x.clone(), m)
+    assert good.correlation["tau32"] == pytest.approx(1)
+    assert all(w["ratio"] == pytest.approx(1) for w in good.w1.values())
+    assert good.median["tau32"]["input"] == good.median["tau32"]["reconstruction"]
+    g = torch.Generator().manual_seed(0)
+    radius = x[..., :2].norm(dim=-1)
+    turn = 2 * torch.pi * torch.rand(radius.shape, generator=g)
+    ring = torch.stack([radius * turn.cos(), radius * turn.sin(), x[..., 2]], -1) * m[..., None]
+    lost = reconstruction_diagnostics(x, m, ring, m)
+    assert lost.correlation["tau32"] < 0.5 and lost.w1["tau32"]["ratio"] > 5
+    assert lost.median["tau32"]["reconstruction"] > 1.5 * lost.median["tau32"]["input"]
 
 
 def test_reconstruct_keeps_the_input_multiplicity_in_physical_units():

@@ -10,6 +10,7 @@ import torch
 from flows.setflow import SetFlow, SetFlowConfig, fit, pair_noise, set_flow_from_state
 from jetflows.physics import nsubjettiness
 from jetflows.training import TrainConfig
+from tests.conftest import prong_jets
 
 TINY = {"width": 16, "layers": 2, "global_width": 8, "heads": 2, "steps": 4}
 
@@ -142,15 +143,8 @@ def test_training_options_keep_the_loss_masked_and_finite(values):
 
 
 def three_prong_jets(n: int, seed: int, per_prong: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Toy top jets: three narrow prongs (spread 0.02) at 0.3 from the axis, 120 degrees
-    apart, at a random orientation; pts (eta, phi, pt) summing to 1. (n, 3 x per_prong, 3)."""
-    rng = np.random.default_rng(seed)
-    turn = rng.uniform(0, 2 * np.pi, (n, 1)) + np.arange(3) * 2 * np.pi / 3  # (n, 3)
-    centres = 0.3 * np.stack([np.cos(turn), np.sin(turn)], -1)  # (n, 3, 2)
-    angles = centres[:, :, None] + rng.normal(0, 0.02, (n, 3, per_prong, 2))
-    share = rng.dirichlet([4, 4, 4], n)[:, :, None] * rng.dirichlet([2] * per_prong, (n, 3))
-    jets = np.concatenate([angles, share[..., None]], -1).reshape(n, 3 * per_prong, 3)
-    return torch.tensor(jets, dtype=torch.float32), torch.ones(n, 3 * per_prong, dtype=torch.bool)
+    """Toy top jets (`tests.conftest.prong_jets`): three prongs, (n, 3 x per_prong, 3)."""
+    return prong_jets(n, seed, prongs=3, per_prong=per_prong)
 
 
 def _to_flow(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -9,9 +9,11 @@ from jetflows.physics import (
     cartesian_to_relative,
     d2,
     jet_observables,
+    kt_axes,
     nsubjettiness,
     particle_mask,
     relative_to_cartesian,
+    tau_ratios,
     wrap_phi,
 )
 from tests.conftest import random_jets
@@ -178,3 +180,23 @@ def test_nsubjettiness_matches_fastjet_exclusive_kt_axes():
             axes = sequence.exclusive_jets(n) if len(parts) > n else parts
             ref = sum(q.pt() * min(q.delta_R(a) for a in axes) for q in parts) / total
             assert ours[k, n - 1] == pytest.approx(ref, abs=1e-12)
+        if len(parts) >= 3:  # the axes themselves: FastJet's three exclusive jets
+            found = kt_axes(torch.from_numpy(p[k : k + 1]), torch.from_numpy(mask[k : k + 1]))
+            ref_axes = sorted((a.rap(), a.phi_std()) for a in sequence.exclusive_jets(3))
+            np.testing.assert_allclose(sorted(map(tuple, found[0].numpy())), ref_axes, atol=1e-9)
+
+
+def test_kt_axes_find_three_prongs_and_tau_ratios_follow():
+    """Three tight prongs of four particles at known centres: the three axes are the prong
+    centres, and tau32 is far below tau21."""
+    centres = torch.tensor([[0.3, 0.0], [-0.15, 0.26], [-0.15, -0.26]], dtype=torch.float64)
+    offsets = 0.01 * torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]], dtype=torch.float64)
+    pos = (centres[:, None] + offsets[None]).reshape(12, 2)
+    jet = torch.cat([pos, torch.full((12, 1), 1 / 12, dtype=torch.float64)], -1)[None]
+    padded = torch.cat([jet, torch.zeros(1, 3, 3, dtype=torch.float64)], 1)  # 3 padding slots
+    axes = kt_axes(padded)[0]
+    got = sorted(map(tuple, axes.numpy()))
+    np.testing.assert_allclose(got, sorted(map(tuple, centres.numpy())), atol=2e-3)
+    tau21, tau32 = tau_ratios(padded)[0].tolist()
+    assert tau32 < 0.1 < tau21  # three prongs: tau3 << tau2
+    assert kt_axes(padded[:, :2]).isnan().all()  # two particles have no three axes

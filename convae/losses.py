@@ -9,12 +9,13 @@ the intensity (pt) the third.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from jetflows.physics import jet_observables
+from jetflows.physics import jet_observables, kt_members, tau_given_members, tau_ratios
 
 Loss = Callable[..., torch.Tensor]
 
@@ -241,6 +242,42 @@ def jet_terms(
     return gamma * (
         gamma_1 * (obs_x["pt"] - obs_y["pt"]) ** 2 + gamma_2 * (obs_x["mass"] - obs_y["mass"]) ** 2
     )
+
+
+def differentiable_tau_ratios(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """tau21 and tau32 (N, 2) with gradients to the particles (N, P, 3): the exclusive-kT
+    memberships are found once without gradient (`kt_members`), then the axes and distances
+    are recomputed from them; 0 where a ratio is undefined, as `tau_ratios`."""
+    real = mask.bool() & (particles[..., 2] > 0)
+    members = kt_members(particles, real, ns=(2, 3))
+    one = torch.where(real, 0, -1)[None]  # tau1's single axis: the whole jet
+    taus = [
+        tau_given_members(particles, m, n)
+        for m, n in zip(torch.cat([one, members]), (1, 2, 3), strict=True)
+    ]
+    ratios = [
+        torch.where(low > 0, high / low.clamp_min(1e-12), 0.0)
+        for low, high in itertools.pairwise(taus)
+    ]
+    return torch.stack(ratios, -1)
+
+
+def substructure_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(tau21 - tau21^)^2 + (tau32 - tau32^)^2 per jet (B,): the prong count as a jet term.
+
+    The mass term keeps a jet's size; these ask the reconstruction y (B, Q, 3) to keep how many
+    hard subjets the input x (B, P, 3) has. The gradient flows through y's subjet axes and
+    distances (`differentiable_tau_ratios`); the input's ratios are constants.
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    with torch.no_grad():
+        target = tau_ratios(x.double(), mask_x).to(y.dtype)
+    return ((differentiable_tau_ratios(y, mask_y) - target) ** 2).sum(1)
 
 
 def default_gamma_2(x: torch.Tensor, mask: torch.Tensor | None = None) -> float:

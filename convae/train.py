@@ -45,6 +45,9 @@ class LossConfig:
         alpha, beta: weights of the particle term and of the KL term.
         gamma, gamma_1, gamma_2: jet-term weights; gamma_2 None means mean(pT)/mean(m) of the
             training set. gamma 0 switches the jet terms off.
+        gamma_tau: weight of the substructure jet terms, (tau21 - tau21^)^2 + (tau32 -
+            tau32^)^2 (`losses.substructure_terms`): the prong count, as the mass term is the
+            size. 0 (default) leaves them out (they cost an exclusive-kT clustering per batch).
         space: where the particle term is computed: "physical" units (eta, phi, pt_rel) or the
             "normalized" features the network sees. The jet terms are always physical.
         feature_weights: (eta, phi, pt) multipliers of the features inside the particle term:
@@ -62,6 +65,7 @@ class LossConfig:
     gamma: float = 1.0
     gamma_1: float = 1.0
     gamma_2: float | None = None
+    gamma_tau: float = 0.0
     space: str = "physical"
     feature_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     reflect: bool = False
@@ -81,7 +85,7 @@ class LossConfig:
             raise ValueError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
             )
-        require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2"))
+        require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2", "gamma_tau"))
 
 
 @dataclass
@@ -126,8 +130,12 @@ class ConVAELoss:
             else x.new_zeros(len(x)),
             "kl": L.kl_divergence(mean, logvar),
         }
+        jet = terms["jet"]
+        if c.gamma_tau:
+            terms["substructure"] = L.substructure_terms(x, recon, mask, mask)
+            jet = jet + c.gamma_tau * terms["substructure"]
         total = L.WEIGHTINGS[c.weighting](
-            terms["particle"], terms["jet"], terms["kl"], alpha=c.alpha, beta=c.beta
+            terms["particle"], jet, terms["kl"], alpha=c.alpha, beta=c.beta
         )
         return total.mean(), {k: v.mean() for k, v in terms.items()}
 

@@ -268,7 +268,7 @@ def kt_axes(particles: Any, mask: Any | None = None, *, n: int = 3) -> Any:
     x = particles.double()
     m = (x[..., PT] > 0 if mask is None else mask).bool()
     axes = torch.full((len(x), n, 2), math.nan, dtype=torch.float64)
-    for count, p4, alive in _kt_merges(x, m):
+    for count, p4, alive, _ in _kt_merges(x, m):
         rows = (count == n).nonzero().squeeze(-1)
         if len(rows):
             which = alive[rows].to(p4.dtype).topk(n, dim=1).indices
@@ -277,19 +277,79 @@ def kt_axes(particles: Any, mask: Any | None = None, *, n: int = 3) -> Any:
     return axes
 
 
+def kt_members(particles: Any, mask: Any | None = None, *, ns: tuple[int, ...] = (3,)) -> Any:
+    """Which of the n exclusive-kT subjets each particle belongs to, for each n in ``ns``, from
+    one clustering (no gradient).
+
+    Arguments:
+        particles: (N, P, 3) torch; mask (N, P), default pt_rel > 0.
+        ns: the numbers of subjets.
+
+    Returns:
+        (len(ns), N, P) long: 0..n-1 for real particles of jets with >= n of them; -1 for
+        padding and for every particle of a jet with fewer than n particles.
+    """
+    import torch
+
+    with torch.no_grad():
+        x = particles.detach().double()
+        m = (x[..., PT] > 0 if mask is None else mask).bool()
+        members = torch.full((len(ns), *m.shape), -1, dtype=torch.long, device=x.device)
+        for count, _, alive, owner in _kt_merges(x, m):
+            for k, n in enumerate(ns):
+                rows = (count == n).nonzero().squeeze(-1)
+                if len(rows):
+                    slots = alive[rows].to(x.dtype).topk(n, dim=1).indices  # (R, n)
+                    which = (owner[rows, :, None] == slots[:, None, :]).long().argmax(-1)
+                    members[k, rows] = torch.where(m[rows], which, -1)
+        return members
+
+
+def tau_given_members(particles: Any, members: Any, n: int) -> Any:
+    """tau_n (N,) with the axes rebuilt from ``members`` (`kt_members`): differentiable in the
+    particles, so a loss can ask for a jet's prongs. Equals `nsubjettiness`'s tau_n when the
+    members come from the same particles; 0 for a jet without members.
+
+    Written beside `nsubjettiness` because its clustering is a sequence of discrete choices:
+    they are made once without gradient, and only the axes and distances carry it.
+
+    Arguments:
+        particles: (N, P, 3) torch (eta_rel, phi_rel, pt_rel); members: (N, P) long.
+    """
+    import torch
+
+    real = members >= 0
+    eta, phi = particles[..., ETA], particles[..., PHI]
+    pt = particles[..., PT].clamp_min(0) * real
+    onehot = torch.nn.functional.one_hot(members.clamp_min(0), n).to(particles.dtype)
+    axes = torch.einsum(
+        "bpn,bpk->bnk", onehot * real[..., None], pt[..., None] * _directions(eta, phi)
+    )
+    rap, axis_phi, _ = _rap_phi_pt(axes)
+    dr2 = (eta[:, :, None] - rap[:, None, :]) ** 2 + wrap_phi(
+        phi[:, :, None] - axis_phi[:, None, :]
+    ) ** 2
+    dr = (dr2 + 1e-12).sqrt()  # the epsilon keeps the gradient finite on an axis particle
+    return (pt * dr.min(-1).values).sum(-1) / pt.sum(-1).clamp_min(1e-12)
+
+
 def _kt_merges(x: Any, m: Any) -> Any:
     """Exclusive-kT clustering of a chunk of jets (B, P, 3), one merge per jet and step.
 
-    Yields (alive pseudojets per jet (B,), four-vectors (B, P, 4), alive (B, P)) before every
-    step, until each jet is one pseudojet; the tensors are updated in place between yields.
+    Yields (alive pseudojets per jet (B,), four-vectors (B, P, 4), alive (B, P), owner (B, P):
+    the slot of the pseudojet each particle is in) before every step, until each jet is one
+    pseudojet; the tensors are updated in place between yields.
     """
+    import torch
+
     eta, phi, pt = x[..., ETA], x[..., PHI], x[..., PT] * m
     p4 = pt[..., None] * _directions(eta, phi)
     alive, size = m.clone(), m.shape[1]
+    owner = torch.arange(size, device=x.device).expand(len(x), size).clone()
     d = _kt_distances(p4, alive)  # (B, P, P), inf off the alive pairs
     while True:
         count = alive.sum(-1)
-        yield count, p4, alive
+        yield count, p4, alive, owner
         rows = (count > 1).nonzero().squeeze(-1)
         if not len(rows):
             return
@@ -297,6 +357,7 @@ def _kt_merges(x: Any, m: Any) -> Any:
         i, j = flat // size, flat % size
         p4[rows, i] += p4[rows, j]
         alive[rows, j] = False
+        owner[rows] = torch.where(owner[rows] == j[:, None], i[:, None], owner[rows])
         d[rows, j, :] = math.inf
         d[rows, :, j] = math.inf
         row = _kt_row(p4[rows], alive[rows], i)  # the merged pseudojet's new distances
@@ -318,7 +379,7 @@ def _nsub_chunk(x: Any, m: Any, n_max: int) -> Any:
     eta, phi, pt = x[..., ETA], x[..., PHI], x[..., PT] * m
     tau = torch.zeros(len(x), n_max, dtype=torch.float64)
     total = pt.sum(-1).clamp_min(1e-300)
-    for count, p4, alive in _kt_merges(x, m):
+    for count, p4, alive, _ in _kt_merges(x, m):
         for n in range(1, n_max + 1):
             rows = (count == n).nonzero().squeeze(-1)
             if len(rows):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from convae import losses as L
-from tests.conftest import random_jets
+from jetflows.physics import tau_ratios
+from tests.conftest import prong_jets, random_jets
 
 
 def _clouds(seed=0, n=6, p=30):
@@ -107,4 +108,36 @@ def test_exact_emd_gradient_matches_finite_differences():
         up[idx] += eps
         down[idx] -= eps
         numeric[idx] = (L.emd(x, up) - L.emd(x, down)).item() / (2 * eps)
+    torch.testing.assert_close(y.grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_substructure_terms_are_zero_on_the_input_and_follow_the_prongs():
+    x, y, mask = _clouds(n=40)
+    ratios = L.differentiable_tau_ratios(x, mask)
+    torch.testing.assert_close(ratios, tau_ratios(x, mask), rtol=1e-3, atol=1e-4)
+    assert L.substructure_terms(x, x, mask, mask).max() < 1e-6
+    assert (L.substructure_terms(x, y, mask, mask) > 0).any()
+    two, _ = prong_jets(20, seed=0, prongs=2, per_prong=4)
+    three, _ = prong_jets(20, seed=1, prongs=3, per_prong=4)
+    far = L.substructure_terms(three[:, :8].double(), two.double())
+    near = L.substructure_terms(two.double(), two.flip(1).double())  # the same jets, reordered
+    assert near.max() < 1e-6 < far.min()
+
+
+def test_substructure_gradient_matches_finite_differences():
+    x, _, mask = _clouds(seed=3, n=4, p=8)
+    gen = torch.Generator().manual_seed(3)
+    y = (x + 0.05 * torch.randn(x.shape, generator=gen, dtype=torch.float64)) * mask[..., None]
+    y = y.abs().requires_grad_(True)  # positive pts, as the loss's particles have
+    L.substructure_terms(x, y, mask, mask).sum().backward()
+    numeric = torch.zeros_like(y)
+    eps = 1e-7
+    for idx in zip(*mask.nonzero(as_tuple=True), strict=True):
+        for f in range(3):
+            up, down = y.detach().clone(), y.detach().clone()
+            up[(*idx, f)] += eps
+            down[(*idx, f)] -= eps
+            terms = [L.substructure_terms(x, z, mask, mask).sum() for z in (up, down)]
+            numeric[(*idx, f)] = (terms[0] - terms[1]).item() / (2 * eps)
+    assert y.grad.abs().max() > 1e-3  # the terms do reach the particles
     torch.testing.assert_close(y.grad, numeric, rtol=1e-4, atol=1e-6)

@@ -148,6 +148,8 @@ def test_bad_checkpoints(tmp_path, data):
         ({"space": "latent"}, "unknown loss space"),
         ({"feature_weights": (1.0, 1.0)}, "3 positive numbers"),
         ({"feature_weights": (1.0, 0.0, 1.0)}, "3 positive numbers"),
+        ({"gamma_tau": -1.0}, "gamma_tau must be a finite number >= 0"),
+        ({"gamma_tau": float("nan")}, "gamma_tau must be a finite number >= 0"),
     ],
 )
 def test_bad_loss_config(kwargs, match):

@@ -248,18 +248,19 @@ def differentiable_tau_ratios(particles: torch.Tensor, mask: torch.Tensor) -> to
     """tau21 and tau32 (N, 2) with gradients to the particles (N, P, 3): the exclusive-kT
     memberships are found once without gradient (`kt_members`), then the axes and distances
     are recomputed from them; 0 where a ratio is undefined, as `tau_ratios`."""
-    real = mask.bool() & (particles[..., 2] > 0)
-    members = kt_members(particles, real, ns=(2, 3))
+    # float64: in float32 an axis's rapidity loses its E - pz to rounding at moderate eta
+    x, real = particles.double(), mask.bool() & (particles[..., 2] > 0)
+    members = kt_members(x, real, ns=(2, 3))
     one = torch.where(real, 0, -1)[None]  # tau1's single axis: the whole jet
     taus = [
-        tau_given_members(particles, m, n)
+        tau_given_members(x, m, n)
         for m, n in zip(torch.cat([one, members]), (1, 2, 3), strict=True)
     ]
     ratios = [
         torch.where(low > 0, high / low.clamp_min(1e-12), 0.0)
         for low, high in itertools.pairwise(taus)
     ]
-    return torch.stack(ratios, -1)
+    return torch.stack(ratios, -1).to(particles.dtype)
 
 
 def substructure_terms(
@@ -276,8 +277,9 @@ def substructure_terms(
     """
     mask_x, mask_y = _masks(x, y, mask_x, mask_y)
     with torch.no_grad():
-        target = tau_ratios(x.double(), mask_x).to(y.dtype)
-    return ((differentiable_tau_ratios(y, mask_y) - target) ** 2).sum(1)
+        target = tau_ratios(x.double(), mask_x)
+    got = differentiable_tau_ratios(y.double(), mask_y)
+    return ((got - target) ** 2).sum(1).to(y.dtype)
 
 
 def default_gamma_2(x: torch.Tensor, mask: torch.Tensor | None = None) -> float:

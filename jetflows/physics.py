@@ -322,10 +322,17 @@ def tau_given_members(particles: Any, members: Any, n: int) -> Any:
     eta, phi = particles[..., ETA], particles[..., PHI]
     pt = particles[..., PT].clamp_min(0) * real
     onehot = torch.nn.functional.one_hot(members.clamp_min(0), n).to(particles.dtype)
-    axes = torch.einsum(
-        "bpn,bpk->bnk", onehot * real[..., None], pt[..., None] * _directions(eta, phi)
-    )
-    rap, axis_phi, _ = _rap_phi_pt(axes)
+    weights = onehot * real[..., None]  # (N, P, n)
+    # light-cone components (px, py, E + pz, E - pz) = pt (cos phi, sin phi, e^eta, e^-eta):
+    # summed over an axis's particles they give its rapidity without E - pz cancelling
+    cone = torch.stack([phi.cos(), phi.sin(), eta.exp(), (-eta).exp()], -1)
+    axes = torch.einsum("bpn,bpk->bnk", weights, pt[..., None] * cone)  # (N, n, 4)
+    # an axis without particles (a jet with fewer than n) gets a finite dummy direction: its
+    # (rapidity, phi) would be 0/0, and NaN leaks into every gradient through the min below
+    empty = weights.sum(1) == 0  # (N, n)
+    axes = axes + empty[..., None] * axes.new_tensor([1.0, 0.0, 1.0, 1.0])
+    rap = 0.5 * (axes[..., 2].log() - axes[..., 3].log())
+    axis_phi = axes[..., 1].atan2(axes[..., 0])
     dr2 = (eta[:, :, None] - rap[:, None, :]) ** 2 + wrap_phi(
         phi[:, :, None] - axis_phi[:, None, :]
     ) ** 2

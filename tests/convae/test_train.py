@@ -3,12 +3,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from convae.diagnostics import keep_hardest, reconstruct, reconstruction_diagnostics
 from convae.losses import chamfer
 from convae.model import ConVAE, ConVAEConfig
 from convae.train import ConVAELoss, LossConfig, TrainConfig, fit, model_from_state
 from jetflows.normalize import fit_normalization
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
-from tests.conftest import random_jets, without_times
+from tests.conftest import prong_jets, random_jets, without_times
 
 SMALL = ConVAEConfig(n_filter=4, dense_width=64, latent_dim=8)
 
@@ -229,3 +230,35 @@ def test_reflections_are_a_symmetry_applied_in_training_only(data):
     model.eval()
     objective(model, phys, mask)
     assert torch.equal(model.seen, x)
+
+
+def _prong_toys(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half two-prong jets of 10 particles, half three-prong jets of 15, pt-sorted, (n, 15, 3)."""
+    two, _ = prong_jets(n // 2, seed=seed, prongs=2, per_prong=5)
+    three, _ = prong_jets(n - n // 2, seed=seed + 100, prongs=3, per_prong=5)
+    x = torch.cat([torch.cat([two, torch.zeros(len(two), 5, 3)], 1), three])
+    x = x[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+    return keep_hardest(x, (x[..., 2] > 0).sum(1))
+
+
+@pytest.mark.parametrize(("gamma_tau", "keeps_prongs"), [(0.0, False), (1.0, True)])
+def test_substructure_terms_make_the_convae_keep_the_prongs(gamma_tau, keeps_prongs):
+    """The standard config's ConVAE (Chamfer with pt x5, mass terms, reflections; latent 8) on
+    toy two- and three-prong jets, 40 epochs of 4,000 jets (~10 s alone on one thread without
+    the substructure terms, ~25 s with them). Without them it decodes prongs it cannot count:
+    r(tau32) -0.20, reconstructed tau32 median 0.64 against the inputs' 0.35. With
+    gamma_tau = 1: r(tau32) 0.86, r(tau21) 0.95."""
+    train, valid, test = _prong_toys(4000, 0), _prong_toys(500, 1), _prong_toys(1000, 2)
+    torch.manual_seed(0)
+    model = ConVAE(
+        ConVAEConfig(num_particles=15, n_filter=16, conv_layers=2, dense_width=128, latent_dim=8)
+    )
+    norm = fit_normalization(*train, kind="standard")
+    loss = LossConfig(
+        beta=1e-4, gamma=20.0, gamma_tau=gamma_tau, feature_weights=(1.0, 1.0, 5.0), reflect=True
+    )
+    cfg = TrainConfig(epochs=40, batch_size=128, lr=1e-3, schedule="cosine", patience=0)
+    fit(model, train, valid, loss=loss, config=cfg, normalization=norm, progress=False)
+    rec = reconstruct(model, *test, normalization=norm)
+    d = reconstruction_diagnostics(*test, *rec, generator=torch.Generator().manual_seed(0))
+    assert (d.correlation["tau32"] >= 0.8) is keeps_prongs, d.correlation

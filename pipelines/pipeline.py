@@ -291,8 +291,54 @@ def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
             ["metric", *classes],
             ([k, *(_cell(results[c]["metrics"].get(k)) for c in classes)] for k in everything),
         ),
+        *reconstruction_summary(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def reconstruction_summary(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A summary.md section: per class, does the ConVAE keep the mass and the prongs? (Only
+    for targets with a ConVAE, and reconstruction.json files that have the substructure.)"""
+    rows = [
+        (c, r["reconstruction"])
+        for c, r in results.items()
+        if "w1" in (r.get("reconstruction") or {})
+    ]
+    if not rows:
+        return []
+    subs = ("tau21", "tau32", "d2")
+    return [
+        "",
+        "## ConVAE reconstruction of held-out jets: are the prongs kept?",
+        "",
+        "Pearson r (rank r) of input vs reconstruction (target >= 0.8 for tau21, tau32, D2; "
+        ">= 0.9 for the mass; D2's long tail can hold Pearson's r down where the rank r is high) "
+        "and W1 of reconstructions against inputs over its floor (target <= 3): a "
+        "generator can only generate the prongs its ConVAE reconstructs.",
+        "",
+        *markdown_table(
+            [
+                "class",
+                "r(mass)",
+                *(f"r({k})" for k in subs),
+                "tau32 median input / rec.",
+                *(f"W1 {k} (x floor)" for k in subs),
+            ],
+            (
+                [
+                    c,
+                    *(
+                        f"{rec['correlation'][k]:.2f} ({rec['rank_correlation'][k]:.2f})"
+                        for k in ("mass", *subs)
+                    ),
+                    f"{rec['median']['tau32']['input']:.2f} / "
+                    f"{rec['median']['tau32']['reconstruction']:.2f}",
+                    *(f"{rec['w1'][k]['ratio']:.1f}" for k in subs),
+                ]
+                for c, rec in rows
+            ),
+        ),
+    ]
 
 
 def _remove_empty(run: Path, created: bool) -> None:

@@ -70,6 +70,8 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
     md = (tiny_run / "summary.md").read_text()
     assert "| g | 120 |" in md and "| t | 120 |" in md and "emd_sum" in md  # 240 test jets / 2
     assert "![summary](summary.png)" in md and (tiny_run / "summary.png").stat().st_size > 5000
+    prongs = md.split("are the prongs kept?")[1]  # the ConVAE's reconstruction, per class
+    assert "| g |" in prongs and "| t |" in prongs and "r(tau32)" in prongs
     for jet_class in ("g", "t"):
         directory = tiny_run / jet_class
         for name in CLASS_FILES:
@@ -83,6 +85,8 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
         assert results["reconstruction"] == reconstruction and reconstruction["n_jets"] == 240
         report = (directory / "report.md").read_text()
         assert "## ConVAE reconstruction" in report and "reconstruction_jets.png" in report
+        assert "tau32: W1(reconstructions, other inputs) / W1 floor" in report
+        assert set(reconstruction["w1"]) == {"mass", "pt_sum", "tau21", "tau32", "d2"}
         history = json.loads((directory / "history.json").read_text())
         assert [len(history[k]) for k in ("convae", "flow")] == [2, 2]
         for stage in ("convae", "flow"):  # a training curve per stage, linked from the report

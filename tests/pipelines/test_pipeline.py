@@ -365,6 +365,7 @@ def test_sample_may_write_a_new_file_beside_the_run_s_folders(tiny_run, tmp_path
         (["--set", "device=tpu"], "unknown device 'tpu'"),
         (["--set", "loss.space=latent"], "unknown loss space"),
         (["--set", "loss.feature_weights=[1, -1, 5]"], "3 positive numbers"),
+        (["--set", "loss.gamma_tau=-0.5"], "gamma_tau must be a finite number >= 0"),
         pytest.param(
             ["--set", "device=cuda"],
             "no CUDA device",

@@ -237,7 +237,9 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     classes = _class_list(args.classes)
     device = resolve_device(cfg.device)
     init_from_env("nccl" if device.type == "cuda" else "gloo")  # under torchrun: join the rest
-    run = run_pipeline(cfg, root=args.runs, classes=classes, progress=not args.quiet)
+    run = run_pipeline(
+        cfg, root=args.runs, classes=classes, progress=not args.quiet, overwrite=args.overwrite
+    )
     if is_main():
         print((run / "summary.md").read_text(), end="")
         print(f"reports: {run}/<class>/report.md, plots: {run}/<class>/plots/, summary: {run}")
@@ -376,6 +378,11 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     )
     pipe.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     pipe.add_argument("--quiet", action="store_true", help="no progress bars")
+    pipe.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo a run made with other settings (its stages whose inputs changed)",
+    )
     pipe.set_defaults(func=cmd_pipeline)
 
     smp = sub.add_parser(

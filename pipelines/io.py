@@ -93,6 +93,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def folder_lock(directory: str | Path) -> Iterator[Path]:
+    """Hold ``directory/.lock`` (the holder's pid, host and start time) while the block runs.
+
+    A second holder is refused with one line (ValueError) naming the first. A lock whose
+    process is gone (same host, pid not running) or that is unreadable (a holder killed while
+    writing it) is stale: it is taken over. A lock from another host cannot be checked from
+    here: it is refused, and the message says which file to remove if that run is over.
+    """
+    import socket
+    import time
+
+    path = Path(directory) / ".lock"
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):  # a stale lock is removed, then taken; losing that race is refused
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _check_stale_lock(path, host)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise ValueError(f"{directory} is being locked by another process: try again")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _check_stale_lock(path: Path, host: str) -> None:
+    """Remove ``path`` if its holder is gone; raise ValueError if it may still run."""
+    try:
+        holder = json.loads(path.read_text())
+        pid, where, since = int(holder["pid"]), str(holder["host"]), holder["started"]
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)  # unreadable: its writer died before finishing it
+        return
+    if where == host and not _alive(pid):
+        path.unlink(missing_ok=True)
+        return
+    gone = f"; if that run is over, remove {path}" if where != host else ""
+    raise ValueError(
+        f"{path.parent} is in use by process {pid} on {where} since {since}: wait for it to "
+        f"finish, or use another name{gone}"
+    )
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)

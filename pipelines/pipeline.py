@@ -15,21 +15,22 @@ every epoch and resume from it, so a killed pipeline re-run continues where it s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
-from pipelines.config import PipelineConfig, digest, to_yaml
+from pipelines.config import PipelineConfig, digest, load_config, to_yaml
 from pipelines.data import Jets, read_jetnet_file, stored, write_jetnet_file
 from pipelines.generators import GENERATORS, build_sampler
-from pipelines.io import markdown_table, read_json, write_json, write_text
+from pipelines.io import folder_lock, markdown_table, read_json, write_json, write_text
 from pipelines.reconstruction import markdown as reconstruction_markdown
 from pipelines.reconstruction import reconstruction_plots
 from pipelines.report import summary_figure, training_curves
@@ -341,6 +342,20 @@ def reconstruction_summary(results: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def _every_class(
+    cfg: PipelineConfig, run: Path, results: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``results`` and every other class the run folder has metrics for, in the config's
+    class order then by name: a run of a class subset keeps the others in the summary."""
+    from pipelines.evaluate import read_metrics
+
+    found = {d.name for d in run.iterdir() if (d / "metrics.json").is_file()} | set(results)
+    order = [c for c in cfg.classes if c in found] + sorted(found - set(cfg.classes))
+    return {
+        c: results[c] if c in results else read_metrics(run / c / "metrics.json") for c in order
+    }
+
+
 def _remove_empty(run: Path, created: bool) -> None:
     """After a failed run: remove class folders left empty and, when this call created the run
     folder and nothing but its config and log is in it, the run folder. Anything trained stays
@@ -348,7 +363,7 @@ def _remove_empty(run: Path, created: bool) -> None:
     for folder in run.iterdir():
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    if created and {p.name for p in run.iterdir()} <= {"config.yaml", "pipeline.log"}:
+    if created and {p.name for p in run.iterdir()} <= {"config.yaml", "pipeline.log", ".lock"}:
         shutil.rmtree(run)
 
 
@@ -358,8 +373,17 @@ def run_pipeline(
     root: str | Path = "runs",
     classes: tuple[str, ...] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Run every class of ``cfg`` (or ``classes``) into ``root/<name>``; returns that path."""
+    """Run every class of ``cfg`` (or ``classes``) into ``root/<name>``; returns that path.
+
+    The run folder is locked while it runs (`pipelines.io.folder_lock`: a second pipeline on
+    it is refused). A folder made with other settings is refused, naming the keys that differ,
+    unless ``overwrite``: then stages whose inputs changed are redone with these settings.
+
+    Raises:
+        ValueError: the folder is in use, or holds a run with other settings.
+    """
     classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
     for jet_class in classes:  # a missing or short JetNet file fails before anything is written
         jetnet_source(cfg, jet_class)
@@ -367,8 +391,48 @@ def run_pipeline(
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     main = is_main()
-    if main:
-        write_text(run / "config.yaml", to_yaml(cfg))
+    with folder_lock(run) if main else contextlib.nullcontext():
+        if main:
+            if not created:
+                check_same_settings(run, cfg, overwrite=overwrite)
+            write_text(run / "config.yaml", to_yaml(cfg))
+        return _run_classes(cfg, run, classes, created=created, progress=progress)
+
+
+def check_same_settings(run: Path, cfg: PipelineConfig, *, overwrite: bool) -> None:
+    """Raise ValueError if ``run/config.yaml`` holds other settings than ``cfg`` (the device
+    aside: it changes where, not what) and ``overwrite`` is off; the message names the keys."""
+    path = run / "config.yaml"
+    if overwrite or not path.is_file():
+        return
+    before, now = _flat(asdict(load_config(path))), _flat(asdict(cfg))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    changed = [k for k in changed if k != "device"]
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ValueError(
+            f"{run} was run with other settings ({shown}{more}): pass --overwrite to redo it "
+            "with these, or choose another name"
+        )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and tuples compare as lists."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _run_classes(
+    cfg: PipelineConfig, run: Path, classes: tuple[str, ...], *, created: bool, progress: bool
+) -> Path:
+    """`run_pipeline`'s body, in the locked folder."""
+    main = is_main()
     handler = logging.FileHandler(run / "pipeline.log") if main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
@@ -389,6 +453,7 @@ def run_pipeline(
             _remove_empty(run, created)
     if not main:
         return run
+    results = _every_class(cfg, run, results)
     write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     figure = summary_figure(results, SUMMARY_FIGURE, run / "summary.png")
     write_text(

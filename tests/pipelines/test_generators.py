@@ -133,7 +133,7 @@ def test_new_ode_steps_sample_again_without_retraining(cloud_run, data_dir):
         "configs/quickstart.yaml",
         [*TINY, f"data.data_dir={data_dir}", "target=cloud", "set_flow.steps=2"],
     )
-    run = run_pipeline(cfg, root=cloud_run.parent, progress=False)
+    run = run_pipeline(cfg, root=cloud_run.parent, progress=False, overwrite=True)
     log = (run / "pipeline.log").read_text().split("class g")[-1]
     assert "g: flow up to date" in log and "g: generate done" in log
 
@@ -154,7 +154,7 @@ def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_pat
         )
     monkeypatch.undo()
     cfg = load_config("configs/quickstart.yaml", [*base, "target=cloud"])
-    run = run_pipeline(cfg, root=tmp_path, progress=False)
+    run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
     assert "g: not resuming flow" in (run / "pipeline.log").read_text()
     assert load_sampler(run, "g").record.target == "cloud"
 

@@ -78,3 +78,27 @@ def test_a_json_record_that_cannot_be_read_is_named(tmp_path):
         read_json(tmp_path / "bytes.json")
     (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
     assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+
+
+def test_folder_lock_refuses_a_second_holder_and_takes_over_dead_ones(tmp_path):
+    import json
+    import os
+    import socket
+
+    from pipelines.io import folder_lock
+
+    with folder_lock(tmp_path) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(ValueError, match="in use by process"):
+            with folder_lock(tmp_path):
+                pass
+    assert not lock.exists()  # released
+    lock.write_text('{"pid": 1')  # unreadable: its writer died while writing it
+    with folder_lock(tmp_path):
+        pass
+    elsewhere = {"pid": 1, "host": socket.gethostname() + "-other", "started": "then"}
+    lock.write_text(json.dumps(elsewhere))  # another machine's: cannot be checked from here
+    with pytest.raises(ValueError, match="if that run is over, remove"):
+        with folder_lock(tmp_path):
+            pass
+    assert lock.exists()  # not ours to remove

@@ -109,6 +109,54 @@ def test_a_rerun_skips_every_finished_stage(tiny_run, data_dir, monkeypatch):
     run_pipeline(_config(data_dir), root=tiny_run.parent, classes=("g",), progress=False)
     log = (tiny_run / "pipeline.log").read_text()
     assert "g: convae up to date" in log and "g: evaluate up to date" in log
+    # a class subset keeps every class of the folder in the summary (it kept only g)
+    assert set(json.loads((tiny_run / "summary.json").read_text())) == {"g", "t"}
+    assert "| t | 120 |" in (tiny_run / "summary.md").read_text()
+
+
+def test_a_run_with_other_settings_needs_overwrite(tiny_run, tmp_path, capsys):
+    """Rerunning a run's name with other settings retrained and replaced its models, config
+    and metrics without a word (issue 25 #2): now one line naming the keys, exit 2, nothing
+    touched; --overwrite goes ahead."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "tiny")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = str(run / "config.yaml")
+    argv = ["pipeline", "--config", config, "--runs", str(tmp_path), "--classes", "g", "--quiet"]
+    err = assert_one_line_error(
+        capsys, [*argv, "--set", "flow_train.epochs=3"], "flow_train.epochs 2 -> 3"
+    )
+    assert "--overwrite" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (run / ".lock").exists()
+    assert main([*argv, "--set", "flow_train.epochs=3", "--overwrite"]) == 0
+    assert load_config(run / "config.yaml").flow_train.epochs == 3
+    assert len(json.loads((run / "g" / "history.json").read_text())["flow"]) == 3
+
+
+def test_a_run_in_use_is_refused_and_a_stale_lock_is_taken_over(tiny_run, tmp_path, capsys):
+    """Two pipelines on one run folder both ran and the last writer won (issue 25 #6)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = shutil.copytree(tiny_run, tmp_path / "tiny")
+    config = str(run / "config.yaml")
+    argv = ["pipeline", "--config", config, "--runs", str(tmp_path), "--classes", "g", "--quiet"]
+    host = socket.gethostname()
+    holder = {"pid": os.getpid(), "host": host, "started": "2026-12-02 10:00:00"}
+    (run / ".lock").write_text(json.dumps(holder))  # a live process holds it
+    assert_one_line_error(capsys, argv, f"in use by process {os.getpid()} on {host}")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    (run / ".lock").write_text(json.dumps({**holder, "pid": int(gone.stdout)}))
+    assert main(argv) == 0 and not (run / ".lock").exists()  # stale: taken over, released
 
 
 def test_redrawn_jets_are_scored_again(tiny_run, data_dir, monkeypatch):
@@ -584,7 +632,6 @@ def test_a_damaged_stage_record_is_one_line_naming_it(tiny_run, data_dir, tmp_pa
 
     run = shutil.copytree(tiny_run, tmp_path / "tiny")
     (run / "g" / "stages.json").write_text("{")
-    sets = [*TINY, f"data.data_dir={data_dir}"]
-    argv = ["pipeline", "--runs", str(tmp_path), "--classes", "g", "--quiet"]
-    argv += [a for s in sets for a in ("--set", s)]
+    config = str(run / "config.yaml")  # the run's own settings
+    argv = ["pipeline", "--config", config, "--runs", str(tmp_path), "--classes", "g", "--quiet"]
     assert_one_line_error(capsys, argv, "stages.json: not valid JSON")

@@ -314,9 +314,17 @@ def jetnet_metrics(
 def _fpd_kpd(gm: Any, real_efps: np.ndarray, gen_efps: np.ndarray, seed: int) -> dict:
     """jetnet's FPD (fit over batch sizes 20k..50k, shrunk to the sample) and KPD."""
     n = min(len(real_efps), len(gen_efps))
-    fpd = gm.fpd(
-        real_efps, gen_efps, min_samples=min(20_000, n // 2), max_samples=min(50_000, n), seed=seed
-    )
+    with warnings.catch_warnings():
+        # jetnet calls scipy's sqrtm(disp=False), deprecated in SciPy 1.16: one warning per
+        # batch size, nothing the user can act on
+        warnings.filterwarnings("ignore", "The `disp` argument is deprecated", DeprecationWarning)
+        fpd = gm.fpd(
+            real_efps,
+            gen_efps,
+            min_samples=min(20_000, n // 2),
+            max_samples=min(50_000, n),
+            seed=seed,
+        )
     # serial: numba's parallel KPD was no faster on 2 cores and OpenBLAS warns it may hang
     kpd = gm.kpd(real_efps, gen_efps, batch_size=min(5_000, n), seed=seed)
     return {"fpd": (float(fpd[0]), float(fpd[1])), "kpd": (float(kpd[0]), float(kpd[1]))}

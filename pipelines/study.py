@@ -215,6 +215,13 @@ def score_cell(
     recon = reconstruction_diagnostics(x, m, rec, rec_mask).emd_reconstruction
     eval_cfg = EvalConfig(n_jets=study.n_jets, fpnd=False, seed=cfg.data.seed)
     samples = draw_samples(test, generated, eval_cfg.n_jets, eval_cfg.seed)
+    used = len(samples.reference)
+    if used < study.n_jets:  # the floor needs two disjoint real halves of the test split
+        warnings.warn(
+            f"{jet_class}: n_jets {study.n_jets} asked, {used} used: the test split holds "
+            f"{len(test)} jets (two halves for the floor); raise data.n_jets for more",
+            stacklevel=2,
+        )
     obs = sample_observables(samples)
     efps = sample_efps(samples, eval_cfg, progress=False)
     rows = evaluate_samples(samples, efps, jet_class=jet_class, cfg=eval_cfg, obs=obs)["metrics"]
@@ -225,7 +232,10 @@ def score_cell(
         "kl_sum": _summed(rows, "kl_"),
         "recon_emd": {"value": recon, "floor": None},
     }
-    return {name: _with_ratio(rows[name]) for name in METRICS}
+    return {
+        **{name: _with_ratio(rows[name]) for name in METRICS},
+        "n_jets": {"value": float(used), "floor": None, "ratio": None},
+    }
 
 
 # --------------------------------------------------------------------------------- a study
@@ -346,11 +356,25 @@ def _cell_text(row: dict[str, float]) -> str:
 def _markdown(
     study: StudyConfig, cells: dict, tau: np.ndarray, heatmap: Path, kendall: Path
 ) -> str:
+    used = sorted(
+        {
+            int(rows["n_jets"]["value"])
+            for losses in cells.values()
+            for rows in losses.values()
+            if "n_jets" in rows
+        }
+    )
+    size = "/".join(map(str, used)) or str(study.n_jets)  # cells written before: as asked
+    asked = (
+        f" (asked: {study.n_jets}; the test split holds fewer)"
+        if used and used[0] < study.n_jets
+        else ""
+    )
     lines = [
         f"# Study {study.study}: ConVAE loss x metric",
         "",
         "Each cell: the metric's ratio to its truth floor (two disjoint real samples of "
-        f"{study.n_jets} jets); recon_emd is the median EMD between held-out jets and their "
+        f"{size} jets{asked}); recon_emd is the median EMD between held-out jets and their "
         "reconstructions (no floor). Lower is better, except cov (higher).",
         "",
     ]

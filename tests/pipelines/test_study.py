@@ -94,7 +94,7 @@ def test_a_tiny_study_end_to_end_and_resumed(study_config, tmp_path, capsys, mon
     cells = results["cells"]["g"]
     assert set(cells) == {"chamfer", "chamfer_positions"}
     for rows in cells.values():
-        assert set(rows) == set(METRICS)
+        assert set(rows) == {*METRICS, "n_jets"} and rows["n_jets"]["value"] == 150
         assert all(np.isfinite(rows[m]["value"]) for m in METRICS)
         assert rows["recon_emd"]["floor"] is None and rows["w1m"]["floor"] > 0
     # two different losses train two different models
@@ -119,6 +119,18 @@ def test_a_tiny_study_end_to_end_and_resumed(study_config, tmp_path, capsys, mon
     assert (
         json.loads((out / "results.json").read_text())["cells"]["g"]["chamfer"] == cells["chamfer"]
     )
+
+
+def test_a_study_says_how_many_jets_it_scored(study_config, tmp_path, capsys):
+    """n_jets 400 asked of a test split of 360 jets: 180 per sample (two real halves for the
+    floor). It said 400 in results.md (issue 25 #7); now it warns and says what was used."""
+    config = {**yaml.safe_load(study_config.read_text()), "n_jets": 400, "losses": ["chamfer"]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["study", "--config", str(path), "--root", str(tmp_path), "--quiet"]) == 0
+    assert "warning: g: n_jets 400 asked, 180 used" in capsys.readouterr().err
+    md = (tmp_path / "tiny" / "results.md").read_text()
+    assert "two disjoint real samples of 180 jets (asked: 400" in md
 
 
 @pytest.mark.parametrize(

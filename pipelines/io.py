@@ -83,6 +83,44 @@ def check_disk_space(path: str | Path, needed: int, *, margin: float = 1.05) -> 
         )
 
 
+def available_memory(device: Any = "cpu") -> int:
+    """Bytes a new allocation can get on ``device``: a CUDA device's free memory, else the
+    system's MemAvailable (free + reclaimable cache; Linux), else its free pages."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+#: Bytes per float32 parameter while training with Adam: the weights, their gradient, Adam's
+#: two moments and the best weights kept for early stopping (activations come on top).
+TRAINING_BYTES_PER_PARAMETER = 5 * 4
+
+
+def check_model_memory(parameters: int, what: str, device: Any = "cpu") -> None:
+    """Refuse, before allocating it, a model whose training cannot fit in memory.
+
+    Raises:
+        ValueError: ``parameters`` x `TRAINING_BYTES_PER_PARAMETER` exceeds what ``device``
+            has available.
+    """
+    needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
+    if needed > free:
+        raise ValueError(
+            f"the {what} would have {parameters:.3g} parameters, {needed / 1e9:.3g} GB to train, "
+            f"but {free / 1e9:.3g} GB are available on {device}: make its sizes smaller"
+        )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

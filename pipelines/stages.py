@@ -32,6 +32,7 @@ from jetflows.training import TrainConfig
 from pipelines.config import PipelineConfig, to_dict
 from pipelines.data import Jets, jetnet_file_size, locate_jetnet_file, read_jetnet_file
 from pipelines.generators import SamplerRecord, kinematics_context, kinematics_norm
+from pipelines.io import check_model_memory
 
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
 
@@ -124,7 +125,7 @@ def train_convae(
     train, valid = (_tensors(j, device) for j in parts)
     norm = fit_normalization(*train, kind=cfg.normalization)
     torch.manual_seed(cfg.convae_train.seed)
-    model = ConVAE(cfg.convae).to(device)
+    model = built(lambda: ConVAE(cfg.convae), "ConVAE", device)
     return fit_convae(
         model,
         train,
@@ -136,6 +137,37 @@ def train_convae(
         on_epoch=on_epoch,
         progress=progress,
     ).state
+
+
+def built(build: Callable[[], torch.nn.Module], what: str, device: torch.device) -> torch.nn.Module:
+    """``build()`` on ``device``, once its parameters are known to fit (`check_model_memory`),
+    so an impossible size is one line (ValueError), not an out-of-memory traceback.
+
+    The parameters are counted on torch's meta device first (no memory; the random stream
+    left as it was). A model that computes with its tensors while it is built (zuko's coupling
+    masks call .item()) cannot be built there: it is built for real, a failed allocation
+    becoming the same ValueError, and checked before it moves to ``device``.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            count: int | None = _parameters(build())
+    except (RuntimeError, NotImplementedError):
+        count = None
+    if count is not None:
+        check_model_memory(count, what, device)
+    try:
+        model = build()
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(err, RuntimeError) and "alloc" not in str(err):
+            raise
+        raise ValueError(f"the {what} does not fit in memory: make its sizes smaller") from err
+    if count is None:
+        check_model_memory(_parameters(model), what, device)
+    return model.to(device)
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def convae_of(state: dict[str, Any], device: torch.device) -> tuple[ConVAE, Normalization]:
@@ -159,11 +191,10 @@ def train_flow(
     data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
     x, context = data[0][0], data[0][1]
     torch.manual_seed(train_cfg.seed)
-    flow = build_flow(
-        flow_cfg, features=x.shape[1], context=0 if context is None else context.shape[1]
-    )
+    width = 0 if context is None else context.shape[1]
+    flow = built(lambda: build_flow(flow_cfg, features=x.shape[1], context=width), "flow", device)
     return fit_flow(
-        flow.to(device),
+        flow,
         data[0],
         data[1],
         config=train_cfg,
@@ -342,7 +373,8 @@ def train_set_flow(
     data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
     torch.manual_seed(cfg.flow_train.seed)
     context = data[0][2]
-    flow = setflow.SetFlow(cfg.set_flow, context=0 if context is None else context.shape[1])
+    width = 0 if context is None else context.shape[1]
+    flow = built(lambda: setflow.SetFlow(cfg.set_flow, context=width), "set flow", device)
     return setflow.fit(
-        flow.to(device), data[0], data[1], config=cfg.flow_train, extra=record.to_dict(), **fit
+        flow, data[0], data[1], config=cfg.flow_train, extra=record.to_dict(), **fit
     ).state

@@ -606,6 +606,19 @@ def test_a_partial_checkpoint_that_cannot_resume_trains_from_scratch(tiny_run, d
     assert (run / "g" / "convae.pt").is_file() and not (run / "g" / "convae.last.pt").exists()
 
 
+@pytest.mark.parametrize("size", ["convae.latent_dim=100000000", "flow.hidden_features=10000000"])
+def test_an_impossible_model_size_is_one_line_before_any_allocation(
+    tmp_path, capsys, data_dir, size
+):
+    """A 10^8-wide latent or flow layer: a torch out-of-memory traceback before (issue 25
+    #17); now one line naming the model and the memory, exit 2, no checkpoint of it."""
+    sets = [*TINY, f"data.data_dir={data_dir}", size]
+    argv = ["pipeline", "--runs", str(tmp_path), "--classes", "g", "--quiet"]
+    argv += [a for s in sets for a in ("--set", s)]
+    assert_one_line_error(capsys, argv, "make its sizes smaller")
+    assert not list(tmp_path.rglob("flow*.pt"))  # (the ConVAE before a too-large flow trains)
+
+
 def test_a_diverged_training_is_one_line_naming_the_model_epoch_and_cure(
     tmp_path, capsys, data_dir
 ):

@@ -69,6 +69,26 @@ class Samples:
     gen: Jets
 
 
+#: What a particle of a jet in the relative frame can hold, with room for a poor generator:
+#: (eta_rel, phi_rel) within +-PARTICLE_RANGE rad of the axis and pt_rel in [0, PARTICLE_RANGE].
+#: Beyond it the values are not a jet (1e30 once failed in the plots after every metric).
+PARTICLE_RANGE = 10.0
+
+
+def _check_ranges(name: str, jets: Jets) -> None:
+    """ValueError naming the feature and its extreme if a real particle is outside the range."""
+    x = jets.particles[jets.mask]
+    for k, feature in enumerate(("eta_rel", "phi_rel", "pt_rel")):
+        low = 0.0 if feature == "pt_rel" else -PARTICLE_RANGE
+        values = x[:, k] if len(x) else np.zeros(1)
+        worst = values[np.argmax(np.abs(values))]
+        if values.min() < low or values.max() > PARTICLE_RANGE:
+            raise ValueError(
+                f"{name} particles have {feature} {worst:.3g}, outside [{low:g}, "
+                f"{PARTICLE_RANGE:g}]: not jets in the relative frame"
+            )
+
+
 def _check(real: Jets, gen: Jets, n_jets: int) -> int:
     """Validate the inputs; the number of jets per sample."""
     if real.particles.shape[1:] != gen.particles.shape[1:]:
@@ -80,6 +100,7 @@ def _check(real: Jets, gen: Jets, n_jets: int) -> int:
         for what in ("particles", "jet_features"):
             if not np.isfinite(getattr(jets, what)).all():
                 raise ValueError(f"{name} {what} contain NaN or inf")
+        _check_ranges(name, jets)
     n = min(n_jets, len(gen), len(real) // 2)
     if n < MIN_JETS:
         raise ValueError(

@@ -43,12 +43,21 @@ def test_fpnd_skipped_with_reason_for_w():
     assert "g, q, t only" in out["skipped"]["fpnd"] and "fpnd" not in out["metrics"]
 
 
+def _far(jets, feature, value):
+    """``jets`` with the first particle's ``feature`` set to ``value`` (issue 25 #30: eta_rel
+    1e30 failed in the plots, after every metric was computed)."""
+    jets.particles[0, 0, feature] = value
+    return jets
+
+
 @pytest.mark.parametrize(
     ("real", "gen", "match"),
     [
         (random_jets(300, 30), random_jets(150, 20), "same particle count"),
         (random_jets(150, 30), random_jets(150, 30), "too few jets"),
         (random_jets(300, 30), random_jets(50, 30), "too few jets"),
+        (random_jets(300, 30), _far(random_jets(150, 30), 0, 1e30), "eta_rel 1e\\+30, outside"),
+        (_far(random_jets(300, 30), 2, -0.5), random_jets(150, 30), "real particles have pt_rel"),
     ],
 )
 def test_bad_inputs(real, gen, match):

@@ -75,6 +75,9 @@ def check_disk_space(path: str | Path, needed: int, *, margin: float = 1.05) -> 
     """
     path = Path(path)
     existing = _nearest_existing(path.parent)
+    if hasattr(os, "statvfs") and os.statvfs(existing).f_blocks == 0:
+        # /proc, /sys: no disk behind them ("0 GB free" would send one looking for space)
+        raise ValueError(f"{path}: {existing} is a virtual filesystem, not a disk: write elsewhere")
     free = shutil.disk_usage(existing).free
     if needed * margin > free:
         raise ValueError(

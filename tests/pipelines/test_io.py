@@ -1,5 +1,6 @@
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,14 @@ def test_folder_lock_refuses_a_second_holder_and_takes_over_dead_ones(tmp_path):
         with folder_lock(tmp_path):
             pass
     assert lock.exists()  # not ours to remove
+
+
+def test_a_virtual_filesystem_is_named_as_such_not_as_full(tmp_path):
+    """It said "/proc has 0 GB free" (issue 25 #35)."""
+    from pipelines.io import check_disk_space
+
+    if not Path("/proc/self").exists() or os.statvfs("/proc").f_blocks != 0:
+        pytest.skip("no /proc pseudo-filesystem here")
+    with pytest.raises(ValueError, match="/proc is a virtual filesystem, not a disk"):
+        check_disk_space("/proc/jets.hdf5", 1000)
+    check_disk_space(tmp_path / "jets.hdf5", 1000)  # a real disk with room passes

@@ -126,10 +126,10 @@ def cmd_data_summary(args: argparse.Namespace) -> None:
     from pipelines.summary import summary_table, write_summary
 
     # a folder of its own: a run's folder holds its own summary.md, never to be replaced here
-    check_output_dir(args.out, overwrite=args.overwrite, replaceable=SUMMARY_OUTPUTS)
+    out = check_output_dir(args.out, overwrite=args.overwrite, replaceable=SUMMARY_OUTPUTS)
     labels = _labels(args.files)
     datasets = {label: read_jetnet_file(f) for label, f in zip(labels, args.files, strict=True)}
-    rows = write_summary(datasets, args.out)
+    rows = write_summary(datasets, out)
     print(summary_table(rows), end="")
     print(f"summary, mass.png and multiplicity.png in {args.out}")
 
@@ -195,12 +195,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.jet_class:
         canonical_class(args.jet_class)
     # the folder is replaced whole: never one that holds anything but an evaluation's outputs
-    check_output_dir(args.out, overwrite=args.overwrite, replaceable=EVALUATION_OUTPUTS)
+    out = check_output_dir(args.out, overwrite=args.overwrite, replaceable=EVALUATION_OUTPUTS)
 
     cfg = EvalConfig(
         n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd
     )
-    with atomic_dir(args.out) as tmp:  # the old report stays whole until the new one is
+    with atomic_dir(out) as tmp:  # the old report stays whole until the new one is
         results = evaluate_files(args.real, args.gen, tmp, jet_class=args.jet_class, cfg=cfg)
     rows = results["metrics"]
     for name in ("emd_sum", "w1m", "w1p", "w1efp", "fpd", "kpd", "fpnd"):

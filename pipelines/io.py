@@ -44,12 +44,18 @@ def check_output_dir(
     ``replaceable``: the only names an existing folder may hold to be replaced whole (None:
     anything), so that replacing a report never deletes a run's models beside it.
 
+    Returns:
+        The directory to write: ``path``, or where it points if it is a symbolic link (the
+        link stays; replacing the folder whole must not replace the link by a folder).
+
     Raises:
         ValueError: it is an existing file, a non-empty directory and ``overwrite`` is False,
             a directory holding other things than ``replaceable``, or no directory above it is
             writable.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
     held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []

@@ -25,3 +25,18 @@ def test_particle_level_figures_ignore_what_the_file_says_about_the_clustered_je
     text = (tmp_path / "summary.md").read_text()
     assert "not comparable" in text and np.isfinite(rows["gen"]["particle_mass_peak"])
     assert (tmp_path / "mass.png").stat().st_size > 1000
+
+
+def test_data_summary_writes_through_a_symlinked_out_and_keeps_the_link(tmp_path):
+    """--out a symbolic link to a folder: the results go into the folder and the link stays
+    (issue 25 #39: the link was replaced by a folder and a .link.old-PID left beside it)."""
+    from pipelines.cli import main
+    from pipelines.data import write_jetnet_file
+
+    write_jetnet_file(tmp_path / "t.hdf5", random_jets(50, 30, seed=1))
+    target, link = tmp_path / "reports", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    assert main(["data", "summary", str(tmp_path / "t.hdf5"), "--out", str(link)]) == 0
+    assert link.is_symlink() and (target / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "reports", "t.hdf5"]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -220,6 +221,11 @@ def _beside(path: Path, *kinds: str) -> Iterator[list[Path]]:
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise ValueError(f"cannot write {path}: no space left on device") from err
+        raise
+    except RuntimeError as err:  # h5py reports a failed write(2) or extend as RuntimeError
+        reason = re.search(r"errno = \d+, error message = '([^']*)'", str(err))
+        if reason:  # e.g. 'File too large' (a file size limit), 'Disk quota exceeded'
+            raise ValueError(f"cannot write {path}: {reason.group(1)}") from err
         raise
     finally:
         for tmp in temporaries:

@@ -323,6 +323,25 @@ def test_checkpoints_from_before_provenance_warn_once_then_a_rerun_records_it(
     assert capsys.readouterr().err == ""  # recorded: nothing left to warn about
 
 
+def test_a_failed_write_is_one_line_and_leaves_nothing(tiny_run, tmp_path):
+    """A file size limit (ulimit -f) stops the write: h5py's RuntimeError traceback before
+    (issue 25 #23); now one line naming the file and the reason, exit 2, no file left."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "top.h5"
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+        "from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["sample", "--n", "5000", "--class", "t", "--run", str(tiny_run), "--out", str(out)]
+    argv.append("--quiet")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"jetflows: error: cannot write {out}: File too large"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sample_cli_writes_a_reproducible_jetnet_file(tiny_run, tmp_path):
     outs = [tmp_path / f"top{i}.h5" for i in range(3)]
     for out, seed in zip(outs, (5, 5, 6), strict=True):

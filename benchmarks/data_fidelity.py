@@ -11,7 +11,7 @@ Prints, per recipe and class:
 - the CPU, and jets/s where jets had to be generated (cached chunks are reused).
 Writes fidelity.json (strict JSON) and fidelity.md to --out.
 
-    python benchmarks/data_fidelity.py [--n 20000] [--small 5000] [--recipes particle,jetnet]
+    python benchmarks/data_fidelity.py [--n 20000] [--small 5000] [--recipes particle,fpnd-matched]
         [--classes gqtwz] [--seed 42] [--jobs 2] [--out runs/benchmarks/data_fidelity]
 """
 

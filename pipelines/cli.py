@@ -496,9 +496,11 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-mpi", action="store_true", help="switch off multiparton interactions")
     gen.add_argument(
         "--recipe",
-        help="jetnet (default; particle level, phi_rel stored as delta phi / pi like JetNet's "
-        "files), particle (particle level, phi_rel in radians) or detector (tracks + ECAL/HCAL "
-        "cells, radians); see README 'The embedded data and JetNet'",
+        help="particle (default; every visible particle, phi_rel in radians), fpnd-matched (the "
+        "same particles with phi_rel compressed to delta phi / pi: FPND against JetNet's "
+        "statistics comes closest, but masses and substructure from its particles are not the "
+        "jet's) or detector (tracks + ECAL/HCAL cells, radians); see README 'The embedded data "
+        "and JetNet'",
     )
     gen.add_argument(
         "--chunk-size",

@@ -73,8 +73,8 @@ class DataConfig:
         split: train, validation, test fractions; the test part is the evaluation's real set.
         seed: Pythia seed and split seed.
         jobs: Pythia processes.
-        recipe: Pythia jets: a key of `pipelines.pythia.RECIPES` (jetnet: phi_rel as
-            delta phi / pi like JetNet's files; particle: radians).
+        recipe: Pythia jets: a key of `pipelines.pythia.RECIPES` (particle, the default:
+            radians; fpnd-matched: phi_rel compressed to delta phi / pi).
     """
 
     source: str = "auto"
@@ -84,13 +84,12 @@ class DataConfig:
     split: tuple[float, ...] = (0.7, 0.15, 0.15)
     seed: int = 0
     jobs: int = 2
-    recipe: str = "jetnet"
+    recipe: str = "particle"
 
     def __post_init__(self) -> None:
-        from pipelines.pythia import RECIPES  # numpy + h5py only
+        from pipelines.pythia import check_recipe  # numpy + h5py only
 
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown data.recipe {self.recipe!r}: use one of {sorted(RECIPES)}")
+        check_recipe(self.recipe, "data.recipe")
         if self.source not in SOURCES:
             raise ValueError(f"unknown data source {self.source!r}: use one of {SOURCES}")
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:

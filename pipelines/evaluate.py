@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,21 @@ def evaluate_to_dir(
     return results
 
 
+def _warn_if_compressed_phi(path: str | Path) -> None:
+    """Warn when a file says its phi_rel is delta phi / pi (the `fpnd-matched` recipe): the
+    masses, tau_N and EFPs computed from its particles are then not the jet's."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        unit = str(f.attrs.get("phi_rel", ""))
+    if unit.startswith("delta phi / pi"):
+        warnings.warn(
+            f"{path}: phi_rel is stored as delta phi / pi ({unit}), not radians: observables "
+            "from its particles (mass, tau_N, D2, EFPs) are not the jet's",
+            stacklevel=2,
+        )
+
+
 def evaluate_files(
     real_path: str | Path,
     gen_path: str | Path,
@@ -380,6 +396,8 @@ def evaluate_files(
     `jetflows sample` writes), else the real file's JetNet name (t.hdf5 -> t).
     """
     real, gen = read_jetnet_file(real_path), read_jetnet_file(gen_path)
+    for path in (real_path, gen_path):
+        _warn_if_compressed_phi(path)
     return evaluate_to_dir(
         real,
         gen,

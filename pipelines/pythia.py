@@ -5,8 +5,9 @@ narrow window around 1 TeV (JetNet: delta pt / pt = 0.01); anti-kT R = 0.8 on wh
 clusters (`RECIPES`: every visible final-state particle, or a simplified detector's objects);
 per event, the first jet with 0.8 < pT < 1.6 TeV that carries a hard object of the class (for t,
 W, Z: within R of the resonance and holding all its decay quarks). Each jet keeps its 150
-hardest constituents; files are cut to the requested count. The default recipe, `jetnet`,
-stores phi_rel as delta phi / pi, the convention JetNet's files follow (see `RECIPES`).
+hardest constituents; files are cut to the requested count. The default recipe, `particle`,
+stores phi_rel in radians; `fpnd-matched` compresses it to delta phi / pi, which brings FPND
+against JetNet's statistics closest (an inference, not JetNet's documentation: see `RECIPES`).
 
 Work is split in fixed chunks of jets; Pythia is initialised once per process and reseeded from
 (seed, chunk index) for each chunk. So the output depends on the seed only, never on the number
@@ -195,9 +196,11 @@ RECIPES: dict[str, Recipe] = {
     # |eta_rel| reaches 1.621. FPND against jetnet's statistics prefers our delta phi
     # compressed by 0.25-0.40 for g, q and t, ~3x lower at 1/pi (a slip of units): so delta phi
     # / pi (inferred, not documented; README "The embedded data and JetNet").
-    "jetnet": Recipe(
+    "fpnd-matched": Recipe(
         "particle",
-        "as particle, phi_rel stored as delta phi / pi like JetNet's files (closest to JetNet)",
+        "as particle, but phi_rel stored compressed as delta phi / pi (not an azimuth: masses "
+        "and substructure from these particles are not the jet's), which matches FPND's JetNet "
+        "statistics best",
         phi_scale=1 / np.pi,
     ),
     "detector": Recipe(
@@ -205,7 +208,20 @@ RECIPES: dict[str, Recipe] = {
         "tracks + photons in ECAL cells 0.0175 + neutral hadrons in HCAL cells 0.022, radians",
     ),
 }
-DEFAULT_RECIPE = "jetnet"
+DEFAULT_RECIPE = "particle"
+#: Former recipe names: refused with the new name (files written under them still merge).
+RENAMED_RECIPES = {"jetnet": "fpnd-matched"}
+
+
+def check_recipe(recipe: str, what: str = "recipe") -> None:
+    """ValueError unless ``recipe`` is a key of `RECIPES`; a former name is told its new one."""
+    if recipe in RENAMED_RECIPES:
+        raise ValueError(
+            f"{what} {recipe!r} is now called {RENAMED_RECIPES[recipe]!r} (phi_rel stored as "
+            "delta phi / pi); 'particle' (radians) is the default"
+        )
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown {what} {recipe!r}: use one of {sorted(RECIPES)}")
 
 
 @dataclass(frozen=True)
@@ -239,8 +255,7 @@ class PythiaConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "jet_class", canonical_class(self.jet_class))
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}: use one of {sorted(RECIPES)}")
+        check_recipe(self.recipe)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -590,9 +605,14 @@ def request_jets(
     return read_jetnet_file(out) if jets is None else stored(jets, out)
 
 
+#: The phi_rel attribute of a file whose phi_rel is delta phi / pi (`fpnd-matched`).
+COMPRESSED_PHI = "delta phi / pi (compressed, not radians)"
+
+
 def _attributes(record: str, recipe: str) -> dict[str, str]:
     """A generated file's attributes: the request, the source and the recipe in words."""
-    unit = "radians" if RECIPES[recipe].phi_scale == 1.0 else "delta phi / pi (JetNet's files)"
+    recipe = RENAMED_RECIPES.get(recipe, recipe)  # shards written before the rename
+    unit = "radians" if RECIPES[recipe].phi_scale == 1.0 else COMPRESSED_PHI
     return {
         "jetflows_request": record,
         "source": "Pythia8 + FastJet (jetflows)",

@@ -113,14 +113,18 @@ def test_check_names_the_recipe_and_phi_unit(tmp_path, capsys, fake_pythia):
     cache = tmp_path / "c"
     code, _, _ = _run(capsys, f"data generate --class t --n 2 --out {out} --jobs 1 --cache {cache}")
     assert code == 0
-    code, stdout, _ = _run(capsys, f"data check {out}")
-    assert code == 0 and "recipe: jetnet" in stdout and "phi_rel: delta phi / pi" in stdout
-    particle = tmp_path / "p.hdf5"
-    _run(
-        capsys, f"data generate --class t --n 2 --out {particle} --recipe particle --cache {cache}"
-    )
-    code, stdout, _ = _run(capsys, f"data check {particle}")
+    code, stdout, _ = _run(capsys, f"data check {out}")  # the default: radians
     assert code == 0 and "recipe: particle" in stdout and "phi_rel: radians" in stdout
+    matched = tmp_path / "m.hdf5"
+    generate = f"data generate --class t --n 2 --out {matched} --cache {cache}"
+    _run(capsys, f"{generate} --recipe fpnd-matched")
+    code, stdout, _ = _run(capsys, f"data check {matched}")
+    assert (
+        code == 0 and "recipe: fpnd-matched: as particle, but phi_rel stored compressed" in stdout
+    )
+    assert "phi_rel: delta phi / pi (compressed, not radians)" in stdout
+    # the former name of the compressed recipe (the default before) is told its new one
+    _error(capsys, f"{generate} --recipe jetnet", match="'jetnet' is now called 'fpnd-matched'")
 
 
 def test_existing_output_needs_overwrite(tmp_path, capsys, fake_pythia):

@@ -193,12 +193,15 @@ def test_cli_evaluate_takes_the_class_from_the_generated_file(pythia_top_files, 
     renamed = tmp_path / "real" / "jets.hdf5"  # no JetNet name: the attribute decides
     renamed.parent.mkdir()
     renamed.write_bytes(real.read_bytes())
+    with h5py.File(renamed, "a") as f:  # an fpnd-matched file: its phi_rel is compressed
+        f.attrs["phi_rel"] = "delta phi / pi (compressed, not radians)"
     (tmp_path / "reports").mkdir()  # --out a link: written through it, the link kept (#39)
     (tmp_path / "p").symlink_to(tmp_path / "reports", target_is_directory=True)
     args = ["evaluate", "--real", str(renamed), "--gen", str(tagged), "--out", str(tmp_path / "p")]
     assert main([*args, "--n", "100000", "--no-fpnd", "--no-cov-mmd"]) == 0
     captured = capsys.readouterr()
     assert "evaluating 300 jets per sample, not 100000" in captured.err
+    assert f"{renamed}: phi_rel is stored as delta phi / pi" in captured.err  # issue 25 #40
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["jet_class"] == "g"
     assert (tmp_path / "p").is_symlink() and (tmp_path / "reports" / "metrics.json").is_file()
     assert not [p for p in tmp_path.iterdir() if ".old-" in p.name or ".tmp-" in p.name]

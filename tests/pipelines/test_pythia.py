@@ -264,20 +264,22 @@ def test_simplified_detector_keeps_tracks_and_sums_neutrals():
 
 
 def test_recipe_names_the_cache_and_is_checked():
-    assert PythiaConfig("t").recipe == pythia.DEFAULT_RECIPE == "jetnet"
+    assert PythiaConfig("t").recipe == pythia.DEFAULT_RECIPE == "particle"
     keys = {r: PythiaConfig("t", recipe=r).key() for r in pythia.RECIPES}
-    # jetnet and particle cluster the same objects: one cache; the detector its own
-    assert keys["jetnet"] == keys["particle"] != keys["detector"]
+    # fpnd-matched and particle cluster the same objects: one cache; the detector its own
+    assert keys["fpnd-matched"] == keys["particle"] != keys["detector"]
     with pytest.raises(ValueError, match="unknown recipe 'delphes'"):
         PythiaConfig("t", recipe="delphes")
+    with pytest.raises(ValueError, match="recipe 'jetnet' is now called 'fpnd-matched'"):
+        PythiaConfig("t", recipe="jetnet")
 
 
-def test_jetnet_recipe_is_the_particle_jets_with_phi_over_pi(top_jets, monkeypatch):
+def test_fpnd_matched_recipe_is_the_particle_jets_with_phi_over_pi(top_jets, monkeypatch):
     """Served from the particle recipe's cached chunks (nothing generated): the same jets,
     phi_rel divided by pi, the file saying so."""
     particle, cache = top_jets
     monkeypatch.setattr(pythia, "generate_chunk", lambda *a: pytest.fail("generated"))
-    cfg = PythiaConfig("top", chunk_size=3, seed=5, recipe="jetnet")
+    cfg = PythiaConfig("top", chunk_size=3, seed=5, recipe="fpnd-matched")
     jetnet = generate_jets(cfg, 5, num_particles=150, jobs=1, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(jetnet.particles[..., [0, 2]], particle.particles[..., [0, 2]])
     np.testing.assert_allclose(
@@ -302,16 +304,16 @@ def test_detector_recipe_clusters_detector_objects(tmp_path):
     assert (np.abs(detector.particles[..., 1]) < 0.8 + 0.02).all()
 
 
-def test_jetnet_recipe_is_closer_to_jetnet_than_radians(tmp_path):
+def test_fpnd_matched_recipe_is_closer_to_jetnet_than_radians(tmp_path):
     """FPND against jetnet's statistics of the real JetNet top jets: the same 200 Pythia jets
-    score ~3x lower with the jetnet recipe's phi_rel (measured 13-17 against 37-47)."""
+    score ~3x lower with the fpnd-matched recipe's phi_rel (measured 13-17 against 37-47)."""
     from pipelines.fpnd import fpnd, fpnd_unavailable
 
     if reason := fpnd_unavailable("t", 30):
         pytest.skip(reason)
     kwargs = {"jobs": 2, "cache_dir": tmp_path, "progress": False}
     radians = generate_jets(PythiaConfig("t", seed=42, recipe="particle"), 200, **kwargs)
-    jetnet = generate_jets(PythiaConfig("t", seed=42, recipe="jetnet"), 200, **kwargs)
+    jetnet = generate_jets(PythiaConfig("t", seed=42, recipe="fpnd-matched"), 200, **kwargs)
     assert fpnd(jetnet.particles, "t") < 0.6 * fpnd(radians.particles, "t")
 
 

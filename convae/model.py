@@ -28,6 +28,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: Output layers: identity for standardized features (the default), sigmoid for features
 #: min-max scaled into [0, 1] as the research code did (that collapsed the ConVAE: README).
 OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
+DECODERS = ("deconv", "dense")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class ConVAEConfig:
         latent_dim: size of the latent vector.
         activation: a name in `ACTIVATIONS`.
         output: a name in `OUTPUTS`.
+        decoder: "deconv" (the paper's: transposed convolutions mirroring the encoder) or
+            "dense" (two dense layers of dense_width, then every particle's features at once:
+            each slot may go anywhere, where a transposed convolution ties neighbouring slots).
     """
 
     num_particles: int = 30
@@ -55,6 +59,7 @@ class ConVAEConfig:
     latent_dim: int = 30
     activation: str = "relu"
     output: str = "identity"
+    decoder: str = "deconv"
 
     def __post_init__(self) -> None:
         sizes = (
@@ -75,6 +80,8 @@ class ConVAEConfig:
             )
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}: use one of {sorted(OUTPUTS)}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}: use one of {DECODERS}")
         if self.conv_width < 1:
             raise ValueError(
                 f"{self.conv_layers} convolutions of width {self.kernel_width} do not "
@@ -138,13 +145,23 @@ class ConVAE(nn.Module):
             act(),
             nn.Linear(cfg.dense_width, 2 * cfg.latent_dim),
         )
-        self.decoder_dense = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.dense_width),
-            act(),
-            nn.Linear(cfg.dense_width, cfg.flat_size),
-            act(),
-        )
-        self.decoder_conv = _conv_stack(cfg, transpose=True)
+        if cfg.decoder == "dense":
+            self.decoder_dense = nn.Sequential(
+                nn.Linear(cfg.latent_dim, cfg.dense_width),
+                act(),
+                nn.Linear(cfg.dense_width, cfg.dense_width),
+                act(),
+                nn.Linear(cfg.dense_width, cfg.num_particles * cfg.num_features),
+                OUTPUTS[cfg.output](),
+            )
+        else:
+            self.decoder_dense = nn.Sequential(
+                nn.Linear(cfg.latent_dim, cfg.dense_width),
+                act(),
+                nn.Linear(cfg.dense_width, cfg.flat_size),
+                act(),
+            )
+            self.decoder_conv = _conv_stack(cfg, transpose=True)
 
     def _check(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -164,6 +181,8 @@ class ConVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """latent (B, latent_dim) -> particles (B, P, F)."""
         cfg = self.config
+        if cfg.decoder == "dense":
+            return self.decoder_dense(z).view(-1, cfg.num_particles, cfg.num_features)
         h = self.decoder_dense(z).view(-1, cfg.channels[-1], 1, cfg.conv_width)  # (B, C, 1, W)
         return self.decoder_conv(h).squeeze(1).transpose(1, 2)  # (B, 1, F, P) -> (B, P, F)
 

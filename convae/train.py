@@ -225,7 +225,8 @@ def fit(
 def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> None:
     """Raise ValueError unless ``state`` is a ConVAE checkpoint (for ``config``, if given)."""
     check_kind(state, CHECKPOINT_KIND)
-    if config is not None and state["model_config"] != asdict(config):
+    # a checkpoint from before a field existed holds its default
+    if config is not None and asdict(ConVAEConfig(**state["model_config"])) != asdict(config):
         raise ValueError(
             f"the checkpoint is for another ConVAE architecture: {state['model_config']}"
         )

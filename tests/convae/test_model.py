@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from convae.model import ACTIVATIONS, ConVAE, ConVAEConfig
+from convae.model import ACTIVATIONS, DECODERS, ConVAE, ConVAEConfig
 
 
 def _seed_parameter_count(n=50, latent=30, p=30, f=3, k=5, dense=1500):
@@ -25,11 +25,18 @@ def test_default_is_the_seed_architecture():
     assert isinstance(ConVAE(ConVAEConfig(output="sigmoid")).decoder_conv[-1], torch.nn.Sigmoid)
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("num_particles", [30, 150])
 @pytest.mark.parametrize("batch", [1, 7, 100])
-def test_shapes_any_batch_size(num_particles, batch):
+def test_shapes_any_batch_size(num_particles, batch, decoder):
     model = ConVAE(
-        ConVAEConfig(num_particles=num_particles, n_filter=4, dense_width=32, output="sigmoid")
+        ConVAEConfig(
+            num_particles=num_particles,
+            n_filter=4,
+            dense_width=32,
+            output="sigmoid",
+            decoder=decoder,
+        )
     )
     x = torch.rand(batch, num_particles, 3)
     recon, mean, logvar = model(x)
@@ -56,8 +63,9 @@ def test_configurable_architecture(activation):
     assert any(isinstance(m, ACTIVATIONS[activation]) for m in model.modules())
 
 
-def test_gradients_reach_every_parameter():
-    model = ConVAE(ConVAEConfig(n_filter=4, dense_width=32))
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_gradients_reach_every_parameter(decoder):
+    model = ConVAE(ConVAEConfig(n_filter=4, dense_width=32, decoder=decoder))
     recon, mean, logvar = model(torch.rand(3, 30, 3))
     (recon.sum() + mean.sum() + logvar.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -77,6 +85,7 @@ def test_sampling_is_reproducible_with_a_generator():
         ({"output": "softmax"}, "unknown output"),
         ({"num_particles": 10}, "do not fit 10 particles"),
         ({"latent_dim": 0}, "latent_dim must be >= 1"),
+        ({"decoder": "set"}, "unknown decoder 'set'"),
     ],
 )
 def test_bad_configs(kwargs, match):

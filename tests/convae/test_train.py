@@ -6,7 +6,14 @@ import torch
 from convae.diagnostics import keep_hardest, reconstruct, reconstruction_diagnostics
 from convae.losses import chamfer
 from convae.model import ConVAE, ConVAEConfig
-from convae.train import ConVAELoss, LossConfig, TrainConfig, fit, model_from_state
+from convae.train import (
+    ConVAELoss,
+    LossConfig,
+    TrainConfig,
+    check_state,
+    fit,
+    model_from_state,
+)
 from jetflows.normalize import fit_normalization
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from tests.conftest import prong_jets, random_jets, without_times
@@ -96,6 +103,12 @@ def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
     x = data[1][0][:5]
     torch.testing.assert_close(rebuilt.reconstruct(x), model.reconstruct(x))
     assert result.state["normalization"]["kind"] == "minmax"
+    # a checkpoint from before the decoder option: the field's default, resumable as it was
+    older = {**result.state, "model_config": dict(result.state["model_config"])}
+    del older["model_config"]["decoder"]
+    check_state(older, SMALL)
+    with pytest.raises(ValueError, match="another ConVAE architecture"):
+        check_state(older, replace(SMALL, decoder="dense"))
 
 
 def test_early_stopping(data):

@@ -45,7 +45,14 @@ from pipelines.data import (
     stored,
     write_jetnet_file,
 )
-from pipelines.io import atomic_path, check_writable, parse_json, stable_hash
+from pipelines.io import (
+    atomic_path,
+    available_memory,
+    check_disk_space,
+    check_writable,
+    parse_json,
+    stable_hash,
+)
 
 PYTHIA_CACHE_VERSION = 2  # bump when a change alters the jets, so stale caches are not reused
 
@@ -537,6 +544,28 @@ def _stored_request(path: Path) -> str | None:
         return None
 
 
+#: Bytes per jet: in the cache (150 particles x 3 + 4 jet features, float32), in memory and
+#: in the file (P particles x 4 + 4, float32).
+CACHE_BYTES_PER_JET = (150 * 3 + 4) * 4
+
+
+def _check_size(
+    n: int, shard: tuple[int, int], num_particles: int, out: Path, cache_dir: str | Path | None
+) -> None:
+    """Refuse at once a request whose jets cannot fit in memory, the file or the cache (it
+    hung without output: 10^12 jets are ~10^10 chunks to plan before the first is made)."""
+    jets = -(-n // shard[1])
+    held = jets * (num_particles * 4 + 4) * 4
+    if held > available_memory():
+        raise ValueError(
+            f"{jets} jets would need {held / 1e9:.3g} GB of memory, "
+            f"{available_memory() / 1e9:.3g} GB are available: ask for fewer (or split the "
+            "request with --shard)"
+        )
+    check_disk_space(out, held)
+    check_disk_space(Path(cache_dir or default_cache_dir()) / "chunk", jets * CACHE_BYTES_PER_JET)
+
+
 def _generate_into(
     cfg: PythiaConfig,
     n: int,
@@ -552,6 +581,7 @@ def _generate_into(
     if out.is_file() and _stored_request(out) == record:
         return None
     check_writable(out, overwrite=overwrite)
+    _check_size(n, shard, generate["num_particles"], out, generate["cache_dir"])
     jets = generate_jets(cfg, n, shard=shard, **generate)
     write_jetnet_file(out, jets, _attributes(record, cfg.recipe))
     return jets

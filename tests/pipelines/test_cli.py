@@ -76,6 +76,8 @@ def test_generate_default_output_name(tmp_path, capsys, monkeypatch, fake_pythia
         ("--class t --n 5 --particles 0", "particles must be in 1..150"),
         ("--class t --n 5 --particles 151", "particles must be in 1..150"),
         ("--class t --n 5 --recipe delphes", "unknown recipe 'delphes'"),
+        # it hung without a word (issue 25 #26): refused at once, with the sizes
+        ("--class t --n 1000000000000", "GB of memory"),
     ],
 )
 def test_generate_bad_arguments(tmp_path, capsys, args, match):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from jetflows import __version__
+from jetflows import __version__, interrupt
 from jetflows.checks import require
 from jetflows.distributed import all_sum, is_main, rank_world
 
@@ -153,6 +153,7 @@ def _epoch(
     seen = 0
     module.train(opt is not None)
     for index in _batches(len(data[0]), cfg.batch_size, generator):
+        interrupt.check()  # a stop request swallowed where its signal landed ends here
         if len(index) < world:
             continue
         part = index.tensor_split(world)[rank]

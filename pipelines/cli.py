@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jetflows import __version__
+from jetflows import __version__, interrupt
+from jetflows.interrupt import Terminated
 
 EXIT_USAGE = 2
 
@@ -612,11 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what batch schedulers send), raised like Ctrl-C so every cleanup runs."""
-
-
 def _raise_terminated(signum: int, frame: Any) -> None:
+    interrupt.request(Terminated)  # kept: the raise below may land where it is swallowed
     raise Terminated
 
 
@@ -652,9 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C -> 130 and SIGTERM -> 143 (128 + the signal), each one line, no partial output."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
+    interrupt.clear()
     try:
         with _sigterm_as_interrupt(), _one_line_warnings():
             func(args)
+            interrupt.check()  # a SIGTERM swallowed where it landed still ends as one
     # FloatingPointError: a diverged training, whose cure is in the settings, not the code
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from jetflows import interrupt
 from jetflows.classes import JET_TYPES, canonical_class
 from jetflows.physics import wrap_phi
 from pipelines.data import (
@@ -439,11 +440,13 @@ def _work(args: tuple[PythiaConfig, int, Path]) -> int:
 def _run_parallel(tasks: list, jobs: int, step: Callable[[int], None]) -> None:
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
+            interrupt.check()  # between chunks: where a swallowed SIGTERM is raised again
             step(_work(task))
         return
     # spawn, not fork: the parent may hold torch threads; workers only need numpy + Pythia
     with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
         for chunk in pool.imap_unordered(_work, tasks):
+            interrupt.check()
             step(chunk)
 
 

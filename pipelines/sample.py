@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jetflows import __version__
+from jetflows import __version__, interrupt
 from jetflows.classes import canonical_class
 from jetflows.physics import jet_observables
 from pipelines.data import Jets
@@ -156,6 +156,7 @@ def sample_jets(
     g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
     for start in range(0, n, batch_size):
+        interrupt.check()  # between batches: where a swallowed SIGTERM is raised again
         b = min(batch_size, n - start)
         if given is not None:
             kin = given[start : start + b]

@@ -162,6 +162,35 @@ def test_interrupt_gives_status_130_and_no_file(tmp_path, capsys, monkeypatch):
     assert code == 130 and "interrupted" in err and not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
+def test_a_swallowed_sigterm_still_ends_the_command_as_terminated(tmp_path, capsys, monkeypatch):
+    """SIGTERM landing in a weakref callback was printed as "Exception ignored ... Terminated"
+    and the run went on to exit 0 (issue 25 #22). The handler now also records the request:
+    the next chunk boundary raises it again, exit 143, no file."""
+    import os
+    import signal
+    import weakref
+
+    def swallowing(cfg, index):  # the signal arrives while a weakref callback runs
+        class Thing:
+            pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+        del thing  # the callback runs; the Terminated raised in it is ignored by Python
+        assert ref() is None
+        return real(cfg, index)
+
+    real = pythia.generate_chunk
+    monkeypatch.setattr(pythia, "generate_chunk", swallowing)
+    out = tmp_path / "t.hdf5"
+    code, _, err = _run(
+        capsys,
+        f"data generate --class t --n 4 --chunk-size 2 --out {out} --jobs 1 --cache {tmp_path}",
+    )
+    assert code == 143 and "terminated (SIGTERM)" in err and not out.exists()
+
+
 def test_check_and_summary(tmp_path, capsys):
     path = write_jetnet_file(tmp_path / "t.hdf5", random_jets(30, 30))
     code, out, _ = _run(capsys, f"data check {path}")

@@ -659,13 +659,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as err:
         print(f"jetflows: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except Terminated:
+    except KeyboardInterrupt as stop:  # Terminated included
+        return _stopped(type(stop))
+    except RuntimeError as err:
+        # C++ extensions (wasserstein's PairwiseEMD, under COV/MMD) catch the interrupt and
+        # rethrow it as "RuntimeError: KeyboardInterrupt received in ..."
+        if "KeyboardInterrupt" not in str(err):
+            raise
+        return _stopped(interrupt.requested() or KeyboardInterrupt)
+    return 0
+
+
+def _stopped(kind: type[BaseException]) -> int:
+    """One line for a stopped command; the exit status of its signal."""
+    if issubclass(kind, Terminated):
         print("jetflows: terminated (SIGTERM); no partial output was written", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("jetflows: interrupted; no partial output was written", file=sys.stderr)
-        return 130
-    return 0
+    print("jetflows: interrupted; no partial output was written", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

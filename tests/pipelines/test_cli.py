@@ -191,6 +191,26 @@ def test_a_swallowed_sigterm_still_ends_the_command_as_terminated(tmp_path, caps
     assert code == 143 and "terminated (SIGTERM)" in err and not out.exists()
 
 
+@pytest.mark.parametrize(("signalled", "status"), [(None, 130), ("term", 143)])
+def test_an_interrupt_rethrown_by_a_c_extension_is_still_an_interrupt(
+    tmp_path, capsys, monkeypatch, signalled, status
+):
+    """Ctrl-C or SIGTERM during COV/MMD came out of wasserstein's C++ as "RuntimeError:
+    KeyboardInterrupt received in PairwiseEMD::compute", exit 1 (issue 25 #21)."""
+    from jetflows import interrupt
+    from pipelines import cli
+
+    def rethrown(args):
+        if signalled:
+            interrupt.request(interrupt.Terminated)
+        raise RuntimeError("KeyboardInterrupt received in PairwiseEMD::compute")
+
+    monkeypatch.setattr(cli, "cmd_data_check", rethrown)
+    code, _, err = _run(capsys, f"data check {tmp_path / 'x.hdf5'}")
+    assert code == status and len(err.splitlines()) == 1
+    assert ("terminated (SIGTERM)" if signalled else "interrupted;") in err
+
+
 def test_check_and_summary(tmp_path, capsys):
     path = write_jetnet_file(tmp_path / "t.hdf5", random_jets(30, 30))
     code, out, _ = _run(capsys, f"data check {path}")

@@ -437,6 +437,21 @@ def _work(args: tuple[PythiaConfig, int, Path]) -> int:
     return chunk
 
 
+def _die_with(parent: int) -> None:
+    """Pool initializer: the worker gets SIGTERM when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), so a SIGKILLed `data generate` leaves no workers running on and
+    printing BrokenPipeError tracebacks; exits at once if the parent is already gone."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: the pool's own shutdown must do
+        return
+    if os.getppid() != parent:  # died between the fork and the prctl
+        os._exit(1)
+
+
 def _run_parallel(tasks: list, jobs: int, step: Callable[[int], None]) -> None:
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
@@ -444,7 +459,8 @@ def _run_parallel(tasks: list, jobs: int, step: Callable[[int], None]) -> None:
             step(_work(task))
         return
     # spawn, not fork: the parent may hold torch threads; workers only need numpy + Pythia
-    with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(jobs, len(tasks)), _die_with, (os.getpid(),)) as pool:
         for chunk in pool.imap_unordered(_work, tasks):
             interrupt.check()
             step(chunk)

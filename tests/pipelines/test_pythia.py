@@ -1,5 +1,7 @@
 """Tiny real Pythia8 + FastJet generations (a few jets, seconds) and the chunk cache."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -342,3 +344,57 @@ def test_a_damaged_cache_chunk_is_generated_again_and_said(tmp_path, monkeypatch
         again = generate_jets(cfg, 6, jobs=1, cache_dir=tmp_path, progress=False)
     assert sorted(made) == [0, 1, 2]
     np.testing.assert_array_equal(again.particles, first.particles)
+
+
+def _children(pid: int) -> set[int]:
+    """Child pids of ``pid`` from /proc (Linux)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(c) for c in text.split()}
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """SIGKILL of `data generate` left its Pythia workers running on, then printing
+    BrokenPipeError tracebacks (issue 25 #25): they now get SIGTERM when their parent dies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).parents[2]
+    command = [sys.executable, "-m", "pipelines.cli", "data", "generate", "--class", "t"]
+    # chunks of 1,000 jets (~10 s each): a worker left alive is still busy when checked
+    command += ["--n", "2000", "--chunk-size", "1000", "--jobs", "2"]
+    command += ["--out", str(tmp_path / "t.hdf5")]
+    command += ["--cache", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline, workers = time.time() + 60, set()
+    while len(workers) < 2 and time.time() < deadline:  # the pool's two workers (+ tracker)
+        workers = _children(proc.pid)
+        time.sleep(0.1)
+    assert len(workers) >= 2, "no workers started"
+    time.sleep(1.0)  # let them initialise (the prctl runs first)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 3
+    while any(_running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:  # do not leave them behind if the assertion fails
+        os.kill(w, signal.SIGKILL)
+    assert not alive

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -625,10 +626,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield  # signal handlers can only be set from the main thread
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_quiet_stops, hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
+
+
+def _quiet_stops(hook: Callable[[Any], None], unraisable: Any) -> None:
+    """sys.unraisablehook: a stop raised where Python can only ignore it (a weakref callback,
+    a __del__) is not printed as "Exception ignored ... Traceback": `jetflows.interrupt` holds
+    the request and the next safe point raises it again. Anything else goes to ``hook``."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        hook(unraisable)
 
 
 def _show_warning(message: Warning | str, *_args: Any, **_kwargs: Any) -> None:

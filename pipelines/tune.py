@@ -382,8 +382,18 @@ class TrialObjective:
     ) -> None:
         self.cfg, self.base, self.data, self.limit = cfg, base, data, limit
         self.surplus = False  # the last trial was a surplus one (its failure is not news)
+        self.current: int | None = None  # the trial this worker runs now
+        self.stopped = False  # it was interrupted (Optuna's "failed" warning is not news)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.current = trial.number
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            self.stopped = True
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         taken = trial.study.get_trials(deepcopy=False, states=TAKEN)
         self.surplus = sum(t.number < trial.number for t in taken) >= self.limit
         if self.surplus:
@@ -490,12 +500,37 @@ def _run_worker(
                 continue
             if attempts >= trials:  # this worker's trials all failed (NaN): stop trying
                 return
-            study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
+            try:
+                study.optimize(objective, n_trials=1, catch=(FloatingPointError, Surplus))
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is not lost
+                _requeue(study, objective.current)
+                raise
             attempts += 0 if objective.surplus else 1  # a surplus trial never ran
 
 
+def _requeue(study: optuna.Study, number: int | None) -> None:
+    """Queue the interrupted trial ``number`` again, as Optuna's RetryFailedTrialCallback does
+    for a dead worker's (Optuna marks an interrupted trial FAIL and never runs it again)."""
+    from optuna.trial import TrialState, create_trial
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state != TrialState.FAIL or trial.user_attrs.get("surplus"):
+        return
+    study.add_trial(
+        create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != "worker"},
+            system_attrs={"failed_trial": trial.number},
+        )
+    )
+
+
 def _not_surplus(objective: TrialObjective, record: logging.LogRecord) -> bool:
-    return not objective.surplus
+    """Optuna's failed-trial warning is dropped for a surplus trial (not news) and for an
+    interrupted one (its traceback came before our one line; the trial is queued again)."""
+    return not objective.surplus and not objective.stopped
 
 
 def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], out: Path) -> None:

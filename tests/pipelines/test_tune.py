@@ -156,6 +156,28 @@ def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
     assert retried[0].params == running[0].params
 
 
+def test_a_terminated_workers_trial_is_queued_again_without_a_traceback(tmp_path, data_dir):
+    """SIGTERM mid-trial: Optuna printed its traceback before our line, and marked the trial
+    FAIL never to run again (a SIGKILLed one is retried) (issue 25 #24). Now: exit 143, one
+    line, and the same parameters queued for the next worker."""
+    config = _write(
+        tmp_path, data_dir, more=["convae_train.epochs=1000000", "convae_train.patience=0"]
+    )
+    root = tmp_path / "tune"
+    victim = _worker(config, root, 1)
+    running = _wait_for_a_running_trial(lambda: _study(root, must_exist=True))
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=60)
+    assert victim.returncode == 143, err[-800:]
+    assert "Traceback" not in err and "failed with" not in err, err[-800:]
+    trials = _study(root).get_trials()
+    assert trials[running.number].state == optuna.trial.TrialState.FAIL
+    queued = [t for t in trials if t.system_attrs.get("failed_trial") == running.number]
+    assert queued and queued[0].state == optuna.trial.TrialState.WAITING
+    assert queued[0].params == running.params
+
+
 def test_a_bad_trial_is_pruned(tmp_path, data_dir):
     root = tmp_path / "tune"
     root.mkdir()

@@ -224,6 +224,22 @@ def mask_secrets(url: str, text: str) -> str:
     return text
 
 
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` (the form SQLAlchemy and the README use) with the driver that is
+    installed: SQLAlchemy 2.1 takes it to mean psycopg 3, and fails ("Failed to import DB
+    access module") where only psycopg2 is, as in this package's install. Explicit drivers
+    (``postgresql+psycopg://``) and other databases pass unchanged."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    return url
+
+
 def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats and retries; URL: given, else $storage_env, else SQLite."""
     if url is None and cfg.storage_env:
@@ -233,6 +249,7 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
     if url is None:
         default.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{default}"
+    url = with_installed_driver(url)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.8

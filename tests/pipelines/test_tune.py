@@ -20,7 +20,7 @@ import yaml
 
 from pipelines.config import load_config
 from pipelines.data import write_jetnet_file
-from pipelines.tune import load_tune_config, open_storage, tune
+from pipelines.tune import load_tune_config, open_storage, tune, with_installed_driver
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[2]
@@ -178,6 +178,13 @@ def test_a_terminated_workers_trial_is_queued_again_without_a_traceback(tmp_path
     assert queued[0].params == running.params
 
 
+def test_a_postgresql_url_gets_the_installed_driver():
+    assert with_installed_driver("postgresql://u:p@h/db").startswith("postgresql+psycopg")
+    assert with_installed_driver("postgres://h/db").startswith("postgresql+psycopg")
+    for unchanged in ("sqlite:///x.db", "postgresql+psycopg2://h/db", "mysql://h/db"):
+        assert with_installed_driver(unchanged) == unchanged
+
+
 def test_a_bad_trial_is_pruned(tmp_path, data_dir):
     root = tmp_path / "tune"
     root.mkdir()
@@ -320,14 +327,16 @@ def postgres():
     with open(data / "pg_hba.conf", "w") as hba:
         hba.write("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "reload"], check=True, capture_output=True)
-    yield f"postgresql+psycopg2://jetflows:{password}@127.0.0.1:{port}/postgres", password
+    # the README's form: SQLAlchemy 2.1 reads it as psycopg 3, which is not installed (#37)
+    yield f"postgresql://jetflows:{password}@127.0.0.1:{port}/postgres", password
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False)
     shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_on_a_postgresql_study_lose_no_trial_to_a_kill(tmp_path, data_dir, postgres):
     url, password = postgres
-    storage = {"JETFLOWS_TEST_PG": url}
+    storage = {"JETFLOWS_TEST_PG": url}  # the workers take the README's URL as it is
+    direct = with_installed_driver(url)  # optuna itself needs the driver named
     (tmp_path / "slow").mkdir(), (tmp_path / "quick").mkdir()
     # the victim's trials would run for hours: it is surely mid-trial when killed
     slow = _write(
@@ -341,13 +350,13 @@ def test_two_workers_on_a_postgresql_study_lose_no_trial_to_a_kill(tmp_path, dat
         open_storage(url.replace(password, "wrong"), load_tune_config(quick)[0], tmp_path)
     root = tmp_path / "tune"
     victim = _worker(slow, root, 3, **storage)
-    killed = _wait_for_a_running_trial(lambda: optuna.load_study(study_name="tiny", storage=url))
+    killed = _wait_for_a_running_trial(lambda: optuna.load_study(study_name="tiny", storage=direct))
     survivor = _worker(quick, root, 3, **storage)
     time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
     printed = [*victim.communicate(timeout=60), *survivor.communicate(timeout=600)]
     assert survivor.returncode == 0, printed[3]
-    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    trials = optuna.load_study(study_name="tiny", storage=direct).get_trials()
     assert len([t for t in trials if t.state in FINISHED]) == 3  # --trials, exactly
     assert trials[killed.number].state == optuna.trial.TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]

@@ -300,6 +300,20 @@ def _report(results: dict, plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The file that marks a folder as a digits run (a copy of its config).
+MARKER = "digits.yaml"
+
+
+def _check_own_folder(out: Path) -> None:
+    """ValueError if ``out`` holds anything but a digits run (a pipeline run of the same name:
+    its summary.md and summary.json would be replaced)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValueError(
+            f"{out} holds something else than a digits run (a pipeline run?): choose another "
+            "name in the digits config"
+        )
+
+
 def run_digits(
     config_path: str | Path, *, root: str | Path = "runs", progress: bool = True
 ) -> Path:
@@ -307,6 +321,9 @@ def run_digits(
     summary.md and summary.json over the cells)."""
     cfg = load_digits_config(config_path)
     out = Path(root) / cfg.name
+    _check_own_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / MARKER, Path(config_path).read_text())
     summary: dict[str, dict] = {}
     for digit in cfg.digits:
         jets = digit_jets(cfg, digit)

@@ -91,3 +91,17 @@ def test_bad_digits_config_is_one_line_and_exit_2(tmp_path, capsys, changes, mat
     argv = ["digits", "--config", str(_config(tmp_path, **changes)), "--runs", str(tmp_path / "r")]
     assert_one_line_error(capsys, argv, match)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_digits_name_equal_to_a_pipeline_run_is_refused(tmp_path, capsys):
+    """digits with the name of an existing run replaced that run's summary.md and
+    summary.json without a word (issue 25 #4)."""
+    name = yaml.safe_load(_config(tmp_path).read_text()).get("name", "sparse_digits")
+    run = tmp_path / "r" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: x\n")
+    (run / "summary.md").write_text("the run's summary")
+    argv = ["digits", "--config", str(_config(tmp_path)), "--runs", str(tmp_path / "r")]
+    assert_one_line_error(capsys, argv, "holds something else than a digits run")
+    assert (run / "summary.md").read_text() == "the run's summary"
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "summary.md"]

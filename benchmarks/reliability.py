@@ -183,7 +183,7 @@ CASES = [
     Case(
         "13",
         "a password in a URL query",
-        TUNE + " --storage postgresql://localhost:1/db?password=hunter2",
+        TUNE + " --trials 1 --storage postgresql://localhost:1/db?password=hunter2",
         None,
     ),
     Case("14", "--set with invalid YAML", "pipeline --set flow.transforms=[ --runs {C}/runs"),

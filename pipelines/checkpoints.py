@@ -50,6 +50,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def _first_line(err: BaseException) -> str:
+    """An error's first non-empty line: torch's load errors run to paragraphs."""
+    return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
     """Read a checkpoint and check that it is of ``kind`` (e.g. "jetflows.convae"), or of one
     of the kinds in a tuple.
@@ -63,11 +68,14 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
         # weights_only: a checkpoint is a pickle, and a crafted one runs code when fully
         # unpickled; ours hold only tensors, containers, numbers and strings, which the
         # restricted unpickler allows, and it refuses any other object unread
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": a foreign pickle
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "global" not in str(err).lower():  # junk bytes, not a foreign object
+        refused = "global" in str(err).lower() or "weights only load failed" in str(err).lower()
+        if not refused:  # junk bytes, not a foreign object
             raise ValueError(
-                f"{path}: not a readable checkpoint (truncated or corrupt): {err}"
+                f"{path}: not a readable checkpoint (truncated or corrupt): {_first_line(err)}"
             ) from err
         raise ValueError(
             f"{path}: holds objects no jetflows checkpoint holds (refused unread: loading "
@@ -75,7 +83,7 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(
-            f"{path}: not a readable checkpoint (truncated or corrupt): {err}"
+            f"{path}: not a readable checkpoint (truncated or corrupt): {_first_line(err)}"
         ) from err
     found = state.get("kind") if isinstance(state, dict) else type(state).__name__
     if found not in ((kind,) if isinstance(kind, str) else kind):

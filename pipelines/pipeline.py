@@ -395,7 +395,9 @@ def run_pipeline(
         if main:
             if not created:
                 check_same_settings(run, cfg, overwrite=overwrite)
-            write_text(run / "config.yaml", to_yaml(cfg))
+            text, path = to_yaml(cfg), run / "config.yaml"
+            if not path.is_file() or path.read_text() != text:  # the same settings: untouched
+                write_text(path, text)
         return _run_classes(cfg, run, classes, created=created, progress=progress)
 
 

@@ -1,6 +1,8 @@
 """Checkpoint provenance: fingerprints name the model itself; old checkpoints warn; a crafted
 pickle is refused without running it."""
 
+import pickle
+
 import pytest
 import torch
 
@@ -58,6 +60,12 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     with pytest.raises(ValueError, match="refused unread"):
         load_checkpoint(path, "jetflows.flow")
     assert not marker.exists()
+    # a bare pickle (not torch's zip format) is refused too, in one line (it was torch's
+    # paragraph about weights_only, ending in a documentation link)
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match="refused unread") as refused:
+        load_checkpoint(path, "jetflows.flow")
+    assert "\n" not in str(refused.value) and not marker.exists()
     # while a real checkpoint, with its optimizer, RNG state and history, still loads
     good = _state(0) | {"history": [{"epoch": 0, "seconds": 1.5}], "rng": torch.get_rng_state()}
     save_checkpoint(tmp_path / "ok.pt", good)

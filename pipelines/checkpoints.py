@@ -72,7 +72,12 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        refused = "global" in str(err).lower() or "weights only load failed" in str(err).lower()
+        # a foreign object ("unsupported GLOBAL"), or a pickle (it starts with the PROTO
+        # opcode 0x80) using opcodes the restricted unpickler refuses; anything else is junk
+        text = str(err).lower()
+        with open(path, "rb") as handle:
+            pickled = handle.read(1) == b"\x80" and "unsupported operand" in text
+        refused = "unsupported global" in text or pickled
         if not refused:  # junk bytes, not a foreign object
             raise ValueError(
                 f"{path}: not a readable checkpoint (truncated or corrupt): {_first_line(err)}"

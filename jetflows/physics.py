@@ -266,15 +266,9 @@ def kt_axes(particles: Any, mask: Any | None = None, *, n: int = 3) -> Any:
     import torch
 
     x = particles.double()
-    m = (x[..., PT] > 0 if mask is None else mask).bool()
-    axes = torch.full((len(x), n, 2), math.nan, dtype=torch.float64)
-    for count, p4, alive, _ in _kt_merges(x, m):
-        rows = (count == n).nonzero().squeeze(-1)
-        if len(rows):
-            which = alive[rows].to(p4.dtype).topk(n, dim=1).indices
-            rap, phi, _ = _rap_phi_pt(p4[rows].gather(1, which[..., None].expand(-1, -1, 4)))
-            axes[rows] = torch.stack([rap, phi], -1)
-    return axes
+    members = kt_members(x, mask, ns=(n,))[0]
+    rap, phi, empty = _member_axes(x, members, n)
+    return torch.stack([rap, phi], -1).masked_fill(empty[..., None], math.nan)
 
 
 def kt_members(particles: Any, mask: Any | None = None, *, ns: tuple[int, ...] = (3,)) -> Any:
@@ -316,6 +310,26 @@ def tau_given_members(particles: Any, members: Any, n: int) -> Any:
     Arguments:
         particles: (N, P, 3) torch (eta_rel, phi_rel, pt_rel); members: (N, P) long.
     """
+
+    eta, phi = particles[..., ETA], particles[..., PHI]
+    pt = particles[..., PT].clamp_min(0) * (members >= 0)
+    rap, axis_phi, _ = _member_axes(particles, members, n)
+    dr2 = (eta[:, :, None] - rap[:, None, :]) ** 2 + wrap_phi(
+        phi[:, :, None] - axis_phi[:, None, :]
+    ) ** 2
+    dr = (dr2 + 1e-12).sqrt()  # the epsilon keeps the gradient finite on an axis particle
+    return (pt * dr.min(-1).values).sum(-1) / pt.sum(-1).clamp_min(1e-12)
+
+
+def _member_axes(particles: Any, members: Any, n: int) -> tuple[Any, Any, Any]:
+    """(rapidity, phi) (N, n) of the E-scheme axes of ``members``' subjets, differentiable in
+    the particles, and which axes are empty (N, n) bool (a jet with fewer than n particles).
+
+    The particles are summed in light-cone components (px, py, E + pz, E - pz) = pt (cos phi,
+    sin phi, e^eta, e^-eta): the axis rapidity then needs no E - pz that cancels in float32.
+    An empty axis gets a finite dummy direction: its (rapidity, phi) would be 0/0, and NaN
+    would leak into every gradient that passes a min or a where over it.
+    """
     import torch
 
     real = members >= 0
@@ -323,21 +337,12 @@ def tau_given_members(particles: Any, members: Any, n: int) -> Any:
     pt = particles[..., PT].clamp_min(0) * real
     onehot = torch.nn.functional.one_hot(members.clamp_min(0), n).to(particles.dtype)
     weights = onehot * real[..., None]  # (N, P, n)
-    # light-cone components (px, py, E + pz, E - pz) = pt (cos phi, sin phi, e^eta, e^-eta):
-    # summed over an axis's particles they give its rapidity without E - pz cancelling
     cone = torch.stack([phi.cos(), phi.sin(), eta.exp(), (-eta).exp()], -1)
     axes = torch.einsum("bpn,bpk->bnk", weights, pt[..., None] * cone)  # (N, n, 4)
-    # an axis without particles (a jet with fewer than n) gets a finite dummy direction: its
-    # (rapidity, phi) would be 0/0, and NaN leaks into every gradient through the min below
-    empty = weights.sum(1) == 0  # (N, n)
+    empty = weights.sum(1) == 0
     axes = axes + empty[..., None] * axes.new_tensor([1.0, 0.0, 1.0, 1.0])
     rap = 0.5 * (axes[..., 2].log() - axes[..., 3].log())
-    axis_phi = axes[..., 1].atan2(axes[..., 0])
-    dr2 = (eta[:, :, None] - rap[:, None, :]) ** 2 + wrap_phi(
-        phi[:, :, None] - axis_phi[:, None, :]
-    ) ** 2
-    dr = (dr2 + 1e-12).sqrt()  # the epsilon keeps the gradient finite on an axis particle
-    return (pt * dr.min(-1).values).sum(-1) / pt.sum(-1).clamp_min(1e-12)
+    return rap, axes[..., 1].atan2(axes[..., 0]), empty
 
 
 def _kt_merges(x: Any, m: Any) -> Any:

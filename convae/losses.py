@@ -279,10 +279,10 @@ def substructure_terms(
     # both clouds clustered as one batch: the clustering is a Python loop over merge steps,
     # so one loop over 2B jets costs about half of two over B
     size = max(x.shape[1], y.shape[1])
-    pad = [(a.double(), m) for a, m in ((x.detach(), mask_x), (y, mask_y))]
-    clouds = [torch.nn.functional.pad(a, (0, 0, 0, size - a.shape[1])) for a, _ in pad]
-    masks = [torch.nn.functional.pad(m, (0, size - m.shape[1])) for _, m in pad]
-    ratios = differentiable_tau_ratios(torch.cat(clouds), torch.cat(masks))
+    pad = torch.nn.functional.pad
+    clouds = torch.cat([pad(a, (0, 0, 0, size - a.shape[1])) for a in (x.detach(), y)])
+    masks = torch.cat([pad(m, (0, size - m.shape[1])) for m in (mask_x, mask_y)])
+    ratios = differentiable_tau_ratios(clouds, masks)  # in float64
     target, got = ratios[: len(x)].detach(), ratios[len(x) :]
     return ((got - target) ** 2).sum(1).to(y.dtype)
 

@@ -310,7 +310,6 @@ def tau_given_members(particles: Any, members: Any, n: int) -> Any:
     Arguments:
         particles: (N, P, 3) torch (eta_rel, phi_rel, pt_rel); members: (N, P) long.
     """
-
     eta, phi = particles[..., ETA], particles[..., PHI]
     pt = particles[..., PT].clamp_min(0) * (members >= 0)
     rap, axis_phi, _ = _member_axes(particles, members, n)

@@ -145,23 +145,15 @@ class ConVAE(nn.Module):
             act(),
             nn.Linear(cfg.dense_width, 2 * cfg.latent_dim),
         )
-        if cfg.decoder == "dense":
-            self.decoder_dense = nn.Sequential(
-                nn.Linear(cfg.latent_dim, cfg.dense_width),
-                act(),
-                nn.Linear(cfg.dense_width, cfg.dense_width),
-                act(),
-                nn.Linear(cfg.dense_width, cfg.num_particles * cfg.num_features),
-                OUTPUTS[cfg.output](),
-            )
-        else:
-            self.decoder_dense = nn.Sequential(
-                nn.Linear(cfg.latent_dim, cfg.dense_width),
-                act(),
-                nn.Linear(cfg.dense_width, cfg.flat_size),
-                act(),
-            )
+        head: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.dense_width), act()]
+        if cfg.decoder == "dense":  # every particle's features from one more dense layer
+            out = cfg.num_particles * cfg.num_features
+            head += [nn.Linear(cfg.dense_width, cfg.dense_width), act()]
+            head += [nn.Linear(cfg.dense_width, out), OUTPUTS[cfg.output]()]
+        else:  # the convolutions' input, then the transposed convolutions
+            head += [nn.Linear(cfg.dense_width, cfg.flat_size), act()]
             self.decoder_conv = _conv_stack(cfg, transpose=True)
+        self.decoder_dense = nn.Sequential(*head)
 
     def _check(self, x: torch.Tensor) -> None:
         cfg = self.config

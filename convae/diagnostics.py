@@ -178,6 +178,7 @@ def reconstruction_diagnostics(
     recon_mask: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
+    quantities: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> ReconstructionDiagnostics:
     """Compare each jet with its reconstruction and with another real jet.
 
@@ -185,6 +186,8 @@ def reconstruction_diagnostics(
         particles, mask: (N, P, 3), (N, P) input jets in physical units (N >= 2).
         recon, recon_mask: their reconstructions (`reconstruct`).
         generator: seeds the pairing of each jet with another one.
+        quantities: `jet_quantities` of the inputs and of the reconstructions, when the caller
+            has them already (they take two kT clusterings per jet); else computed here.
 
     Returns:
         `ReconstructionDiagnostics`.
@@ -201,7 +204,7 @@ def reconstruction_diagnostics(
     other[order] = order.roll(1)
     rec = emd(x, y, mask, recon_mask, method="exact").median().item()
     rand = emd(x, x[other], mask, mask[other], method="exact").median().item()
-    q_in, q_rec = jet_quantities(x, mask), jet_quantities(y, recon_mask)
+    q_in, q_rec = quantities or (jet_quantities(x, mask), jet_quantities(y, recon_mask))
     half, rest = order[: len(x) // 2], order[len(x) // 2 :]
     return ReconstructionDiagnostics(
         n_jets=len(x),

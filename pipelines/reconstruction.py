@@ -109,11 +109,11 @@ def reconstruction_plots(
     """
     x, m = torch.from_numpy(jets.particles.copy()), torch.from_numpy(jets.mask.copy())
     rec, rec_mask = reconstruct(vae, x, m, normalization=norm)
+    quantities = jet_quantities(x, m), jet_quantities(rec, rec_mask)  # once: plots and figures
     diag = reconstruction_diagnostics(
-        x, m, rec, rec_mask, generator=torch.Generator().manual_seed(seed)
+        x, m, rec, rec_mask, generator=torch.Generator().manual_seed(seed), quantities=quantities
     )
-    q_in = {k: v.numpy() for k, v in jet_quantities(x, m).items()}
-    q_rec = {k: v.numpy() for k, v in jet_quantities(rec, rec_mask).items()}
+    q_in, q_rec = ({k: v.numpy() for k, v in q.items()} for q in quantities)
     shown = np.random.default_rng(seed).choice(len(x), size=min(SHOWN_JETS, len(x)), replace=False)
     plots = directory / "plots"
     paths = [

@@ -20,14 +20,14 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from pipelines.checkpoints import load_checkpoint, provenance, save_checkpoint
-from pipelines.config import PipelineConfig, digest, load_config, to_yaml
+from pipelines.config import PipelineConfig, digest, load_config, to_dict, to_yaml
 from pipelines.data import Jets, read_jetnet_file, stored, write_jetnet_file
 from pipelines.generators import GENERATORS, build_sampler
 from pipelines.io import folder_lock, markdown_table, read_json, write_json, write_text
@@ -407,7 +407,7 @@ def check_same_settings(run: Path, cfg: PipelineConfig, *, overwrite: bool) -> N
     path = run / "config.yaml"
     if overwrite or not path.is_file():
         return
-    before, now = _flat(asdict(load_config(path))), _flat(asdict(cfg))
+    before, now = _flat(to_dict(load_config(path))), _flat(to_dict(cfg))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     changed = [k for k in changed if k != "device"]
     if changed:
@@ -420,13 +420,13 @@ def check_same_settings(run: Path, cfg: PipelineConfig, *, overwrite: bool) -> N
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and tuples compare as lists."""
+    """{"a": {"b": 1}} -> {"a.b": 1} (a `to_dict` tree: its tuples are lists already)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+            out[f"{prefix}{key}"] = value
     return out
 
 

@@ -574,11 +574,11 @@ def _check_size(
     """Refuse at once a request whose jets cannot fit in memory, the file or the cache (it
     hung without output: 10^12 jets are ~10^10 chunks to plan before the first is made)."""
     jets = -(-n // shard[1])
-    held = jets * (num_particles * 4 + 4) * 4
-    if held > available_memory():
+    held, free = jets * (num_particles * 4 + 4) * 4, available_memory()
+    if held > free:
         raise ValueError(
             f"{jets} jets would need {held / 1e9:.3g} GB of memory, "
-            f"{available_memory() / 1e9:.3g} GB are available: ask for fewer (or split the "
+            f"{free / 1e9:.3g} GB are available: ask for fewer (or split the "
             "request with --shard)"
         )
     check_disk_space(out, held)

@@ -28,13 +28,13 @@ from common import machine_line
 from torch import nn
 
 from flows import setflow
-from pipelines import stages
-from pipelines.config import load_config
-from pipelines.data import read_jetnet_file
-from pipelines.evaluate import evaluate, read_metrics
-from pipelines.generators import _jet_level_sampler, build_sampler
+from pipelines.data.jetnet import read_jetnet_file
+from pipelines.evaluation.evaluate import evaluate, read_metrics
 from pipelines.io import atomic_path, write_json
-from pipelines.sample import sampled_jets
+from pipelines.run import stages
+from pipelines.run.config import load_config
+from pipelines.run.generators import _jet_level_sampler, build_sampler
+from pipelines.run.sample import sampled_jets
 
 SHOWN = ("w1m", "w1p", "w1efp", "cov", "emd_tau21", "emd_tau32", "emd_d2")
 

@@ -24,12 +24,12 @@ from cloud_solvers import states_of
 from common import machine_line
 
 from flows.setflow import CHECKPOINT_KIND
-from pipelines.checkpoints import load_checkpoint
-from pipelines.data import read_jetnet_file
-from pipelines.evaluate import EvalConfig, evaluate
-from pipelines.generators import build_sampler
+from pipelines.data.jetnet import read_jetnet_file
+from pipelines.evaluation.evaluate import EvalConfig, evaluate
 from pipelines.io import atomic_path, write_json
-from pipelines.sample import sampled_jets
+from pipelines.run.checkpoints import load_checkpoint
+from pipelines.run.generators import build_sampler
+from pipelines.run.sample import sampled_jets
 
 SHOWN = ("w1m", "w1p", "w1efp", "emd_tau21", "emd_tau32", "emd_d2", "cov")
 

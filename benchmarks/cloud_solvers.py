@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from common import machine_line
 
-from pipelines.checkpoints import load_checkpoint
-from pipelines.data import read_jetnet_file
-from pipelines.evaluate import EvalConfig, evaluate
-from pipelines.generators import GENERATORS, SAMPLED_KINDS, build_sampler
+from pipelines.data.jetnet import read_jetnet_file
+from pipelines.evaluation.evaluate import EvalConfig, evaluate
 from pipelines.io import atomic_path, write_json
-from pipelines.sample import sampled_jets
+from pipelines.run.checkpoints import load_checkpoint
+from pipelines.run.generators import GENERATORS, SAMPLED_KINDS, build_sampler
+from pipelines.run.sample import sampled_jets
 
 GRID = ("euler:4,8,16", "midpoint:4,8,20", "rk4:2,4,8")
 SHOWN = ("w1m", "w1p", "emd_tau21", "emd_tau32", "emd_d2")

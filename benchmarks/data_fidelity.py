@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from common import machine_line
 
-from pipelines.data import Jets
-from pipelines.fpnd import FPND_CLASSES, fpnd
+from pipelines.data.jetnet import Jets
+from pipelines.data.production import generate_jets
+from pipelines.data.pythia import RECIPES, PythiaConfig
+from pipelines.evaluation.dataset_summary import mass_peak
+from pipelines.evaluation.fpnd import FPND_CLASSES, fpnd
 from pipelines.io import write_json
-from pipelines.pythia import RECIPES, PythiaConfig, generate_jets
-from pipelines.summary import mass_peak
 
 FEATURES = ("eta_rel", "phi_rel", "pt_rel")
 

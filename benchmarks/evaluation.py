@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from common import machine_line
 
-from pipelines import metrics as m
-from pipelines.data import Jets, read_jetnet_file
-from pipelines.evaluate import EvalConfig, draw_samples, evaluate_files
-from pipelines.fpnd import fpnd
-from pipelines.pythia import PythiaConfig, generate_jets
+from pipelines.data.jetnet import Jets, read_jetnet_file
+from pipelines.data.production import generate_jets
+from pipelines.data.pythia import PythiaConfig
+from pipelines.evaluation import metrics as m
+from pipelines.evaluation.evaluate import EvalConfig, draw_samples, evaluate_files
+from pipelines.evaluation.fpnd import fpnd
 
 
 def tiled(base: Jets, n: int, seed: int) -> Jets:
@@ -112,7 +113,7 @@ def main() -> None:
         clock("FPND (jetnet + knn stand-in)", fpnd, g.particles, "t", batch_size=1000)
     with tempfile.TemporaryDirectory() as tmp:
         real_path, gen_path = Path(tmp) / "t.hdf5", Path(tmp) / "gen.hdf5"
-        from pipelines.data import write_jetnet_file
+        from pipelines.data.jetnet import write_jetnet_file
 
         write_jetnet_file(real_path, real)
         write_jetnet_file(gen_path, gen)

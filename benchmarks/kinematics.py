@@ -1,7 +1,7 @@
 """Do generated jets carry their kinematics? corr(jet mass, jet pt) of real and generated jets,
 with the generator drawing (pt, eta) independently of the jet (the default) and conditioned on
 them (`latent.kinematics` / `particle.kinematics`), like with like: the mass of every jet from
-its particles (`pipelines.summary.particle_level`).
+its particles (`pipelines.evaluation.dataset_summary.particle_level`).
 
 Runs the pipeline (quickstart size by default) per class and setting, then samples
 ``--n`` jets with `jetflows sample`'s code and prints the Pearson correlations; also the mean
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from common import machine_line
 
-from pipelines.config import load_config
-from pipelines.data import Jets, read_jetnet_file
-from pipelines.generators import load_sampler
-from pipelines.pipeline import run_pipeline
-from pipelines.sample import sample_jets
-from pipelines.summary import particle_level
+from pipelines.data.jetnet import Jets, read_jetnet_file
+from pipelines.evaluation.dataset_summary import particle_level
+from pipelines.run.config import load_config
+from pipelines.run.generators import load_sampler
+from pipelines.run.pipeline import run_pipeline
+from pipelines.run.sample import sample_jets
 
 
 def generated(run: Path, cls: str, n: int, kinematics: np.ndarray | None = None) -> Jets:

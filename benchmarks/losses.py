@@ -16,7 +16,8 @@ import time
 import torch
 
 from convae import losses as L
-from pipelines.pythia import PythiaConfig, generate_jets
+from pipelines.data.production import generate_jets
+from pipelines.data.pythia import PythiaConfig
 
 
 def timed(func, x, y, mask, repeats: int) -> float:

@@ -37,14 +37,14 @@ from flows import particle
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import flow_from_state
 from jetflows.classes import canonical_class
-from pipelines.checkpoints import load_checkpoint
-from pipelines.config import load_config
-from pipelines.data import Jets, write_jetnet_file
-from pipelines.evaluate import evaluate_files
-from pipelines.generators import SamplerRecord, TrainedSampler
+from pipelines.data.jetnet import Jets, write_jetnet_file
+from pipelines.evaluation.evaluate import evaluate_files
 from pipelines.io import atomic_path, write_json
-from pipelines.pipeline import run_pipeline
-from pipelines.sample import sample_jets
+from pipelines.run.checkpoints import load_checkpoint
+from pipelines.run.config import load_config
+from pipelines.run.generators import SamplerRecord, TrainedSampler
+from pipelines.run.pipeline import run_pipeline
+from pipelines.run.sample import sample_jets
 
 CONFIGS = (
     "configs/standard.yaml",

@@ -30,8 +30,8 @@ import torch
 from common import cpu_model
 
 from jetflows.classes import canonical_class
-from pipelines.config import load_config
-from pipelines.pipeline import run_pipeline
+from pipelines.run.config import load_config
+from pipelines.run.pipeline import run_pipeline
 
 CONFIGS = {
     "quickstart": "configs/quickstart.yaml",

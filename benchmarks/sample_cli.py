@@ -56,7 +56,7 @@ def main() -> None:
         _wall(argv, env)  # warm the file cache
         times = [_wall(argv, env) for _ in range(args.repeats)]
         imports = min(
-            _wall([sys.executable, "-c", "import pipelines.sample"], env) for _ in range(3)
+            _wall([sys.executable, "-c", "import pipelines.run.sample"], env) for _ in range(3)
         )
         size = out.stat().st_size / 1e6
     print(f"{' '.join(argv[1:8])}: OMP_NUM_THREADS={args.threads}, {args.repeats} repeats")

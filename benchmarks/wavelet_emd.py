@@ -20,8 +20,8 @@ import numpy as np
 from common import machine_line
 from scipy.stats import kendalltau, pearsonr
 
-from pipelines.data import read_jetnet_file
-from pipelines.wavelet import exact_image_emd, jet_images, wavelet_emd
+from pipelines.data.jetnet import read_jetnet_file
+from pipelines.evaluation.wavelet import exact_image_emd, jet_images, wavelet_emd
 
 
 def blobs(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -60,7 +60,8 @@ def jets_file(path: str | None) -> str:
     from pathlib import Path
     from tempfile import mkdtemp
 
-    from pipelines.pythia import PythiaConfig, generate_file
+    from pipelines.data.production import generate_file
+    from pipelines.data.pythia import PythiaConfig
 
     out = Path(mkdtemp()) / "t.hdf5"
     generate_file(PythiaConfig("t"), 2000, out, progress=False)

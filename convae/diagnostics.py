@@ -34,6 +34,7 @@ import torch
 
 from convae.losses import emd
 from convae.model import ConVAE, decoded_particles
+from jetflows.errors import UserError
 from jetflows.normalize import Normalization
 from jetflows.physics import PT, d2, jet_observables, sort_by_pt, tau_ratios
 from jetflows.spread import spread_ratio
@@ -193,7 +194,7 @@ def reconstruction_diagnostics(
         `ReconstructionDiagnostics`.
     """
     if len(particles) < 2 or recon.shape != particles.shape:
-        raise ValueError(
+        raise UserError(
             f"need >= 2 jets and reconstructions of the same shape, got {tuple(particles.shape)} "
             f"and {tuple(recon.shape)}"
         )

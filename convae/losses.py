@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from jetflows.errors import UserError
 from jetflows.physics import jet_observables, kt_members, tau_given_members
 
 Loss = Callable[..., torch.Tensor]
@@ -151,7 +152,7 @@ def emd(
         (B,) distances with gradients.
     """
     if method not in EMD_METHODS:
-        raise ValueError(f"unknown EMD method {method!r}: use one of {sorted(EMD_METHODS)}")
+        raise UserError(f"unknown EMD method {method!r}: use one of {sorted(EMD_METHODS)}")
     mask_x, mask_y = _masks(x, y, mask_x, mask_y)
     # negative pt (an identity output layer can produce it) carries no energy: clamp at 0
     pt_x = torch.where(mask_x, x[..., 2], 0).clamp_min(0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from jetflows.errors import UserError
 from jetflows.normalize import Normalization
 from jetflows.physics import PT, sort_by_pt
 
@@ -73,17 +74,17 @@ class ConVAEConfig:
         )
         for name in sizes:
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(
+            raise UserError(
                 f"unknown activation {self.activation!r}: use one of {sorted(ACTIVATIONS)}"
             )
         if self.output not in OUTPUTS:
-            raise ValueError(f"unknown output {self.output!r}: use one of {sorted(OUTPUTS)}")
+            raise UserError(f"unknown output {self.output!r}: use one of {sorted(OUTPUTS)}")
         if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}: use one of {DECODERS}")
+            raise UserError(f"unknown decoder {self.decoder!r}: use one of {DECODERS}")
         if self.conv_width < 1:
-            raise ValueError(
+            raise UserError(
                 f"{self.conv_layers} convolutions of width {self.kernel_width} do not "
                 f"fit {self.num_particles} particles: use fewer or narrower kernels"
             )
@@ -158,7 +159,7 @@ class ConVAE(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         cfg = self.config
         if x.dim() != 3 or x.shape[1:] != (cfg.num_particles, cfg.num_features):
-            raise ValueError(
+            raise UserError(
                 f"particles must have shape (B, {cfg.num_particles}, "
                 f"{cfg.num_features}), got {tuple(x.shape)}"
             )

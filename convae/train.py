@@ -19,6 +19,7 @@ import torch
 from convae import losses as L
 from convae.model import ConVAE, ConVAEConfig
 from jetflows.checks import require
+from jetflows.errors import UserError
 from jetflows.normalize import Normalization
 from jetflows.training import (  # noqa: F401  (re-exported: the ConVAE's training API)
     OPTIMIZERS,
@@ -72,17 +73,17 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.particle not in L.PARTICLE_LOSSES:
-            raise ValueError(
+            raise UserError(
                 f"unknown particle loss {self.particle!r}: use one of {sorted(L.PARTICLE_LOSSES)}"
             )
         if self.space not in SPACES:
-            raise ValueError(f"unknown loss space {self.space!r}: use one of {SPACES}")
+            raise UserError(f"unknown loss space {self.space!r}: use one of {SPACES}")
         if len(self.feature_weights) != 3 or min(self.feature_weights) <= 0:
-            raise ValueError(
+            raise UserError(
                 f"feature_weights must be 3 positive numbers (eta, phi, pt): {self.feature_weights}"
             )
         if self.weighting not in L.WEIGHTINGS:
-            raise ValueError(
+            raise UserError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
             )
         require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2", "gamma_tau"))
@@ -151,14 +152,14 @@ class ConVAELoss:
 def check_particles(x: torch.Tensor, mask: torch.Tensor, name: str) -> None:
     """Reject bad training data with a clear ValueError (shapes, NaN/inf, empty)."""
     if x.dim() != 3 or mask.shape != x.shape[:2]:
-        raise ValueError(
+        raise UserError(
             f"{name}: particles must be (N, P, F) with a mask (N, P), got "
             f"{tuple(x.shape)} and {tuple(mask.shape)}"
         )
     if len(x) == 0:
-        raise ValueError(f"{name}: no jets")
+        raise UserError(f"{name}: no jets")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: particles contain NaN or inf")
+        raise UserError(f"{name}: particles contain NaN or inf")
 
 
 def fit(
@@ -227,7 +228,7 @@ def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> No
     check_kind(state, CHECKPOINT_KIND)
     # a checkpoint from before a field existed holds its default
     if config is not None and asdict(ConVAEConfig(**state["model_config"])) != asdict(config):
-        raise ValueError(
+        raise UserError(
             f"the checkpoint is for another ConVAE architecture: {state['model_config']}"
         )
 

@@ -31,6 +31,7 @@ import torch
 from convae.model import ConVAE, decoded_particles
 from flows.models import Flow
 from flows.particle import jet_context, project_to_context
+from jetflows.errors import UserError
 from jetflows.normalize import Normalization
 from jetflows.physics import PT
 
@@ -51,7 +52,7 @@ def encode_latents(
     ``mode`` "mean" takes the posterior mean; "sample" one draw of q(z|x) per jet.
     """
     if mode not in ENCODINGS:
-        raise ValueError(f"unknown encoding {mode!r}: use one of {ENCODINGS}")
+        raise UserError(f"unknown encoding {mode!r}: use one of {ENCODINGS}")
     convae.eval()
     out = []
     for batch in particles.split(batch_size):
@@ -79,7 +80,7 @@ def _by_multiplicity(
     pt: torch.Tensor, masking: Masking, labels: torch.Tensor | None, g: torch.Generator | None
 ) -> torch.Tensor:
     if masking.probs is None:
-        raise ValueError("masking by multiplicity needs the training multiplicity probs")
+        raise UserError("masking by multiplicity needs the training multiplicity probs")
     probs = masking.probs if masking.probs.dim() == 2 else masking.probs[None]
     rows = probs[labels.long()] if labels is not None and len(probs) > 1 else probs[[0] * len(pt)]
     counts = torch.multinomial(rows, 1, generator=g).squeeze(1)  # (n,)
@@ -90,7 +91,7 @@ def _by_multiplicity(
 def _by_flow(
     pt: torch.Tensor, masking: Masking, labels: torch.Tensor | None, g: torch.Generator | None
 ) -> torch.Tensor:
-    raise ValueError("joint masking takes each jet's multiplicity from the latent flow's sample")
+    raise UserError("joint masking takes each jet's multiplicity from the latent flow's sample")
 
 
 #: method -> (pt (n, P) sorted decreasing, masking, labels, generator) -> mask (n, P).
@@ -151,7 +152,7 @@ class Masking:
 
     def __post_init__(self) -> None:
         if self.method not in MASKINGS:
-            raise ValueError(f"unknown masking {self.method!r}: use one of {sorted(MASKINGS)}")
+            raise UserError(f"unknown masking {self.method!r}: use one of {sorted(MASKINGS)}")
 
 
 def to_jets(
@@ -200,10 +201,10 @@ def generate(
     """
     joint = masking.method in JOINT
     if project and not joint:
-        raise ValueError("projecting onto sampled jet observables needs masking 'joint'")
+        raise UserError("projecting onto sampled jet observables needs masking 'joint'")
     extra = int(joint) + 2 * int(project)
     if flow.features != convae.config.latent_dim + extra:
-        raise ValueError(
+        raise UserError(
             f"the flow has {flow.features} features but the ConVAE's latent space has "
             f"{convae.config.latent_dim}"
             + (f" (+{extra} for the jet's n, mass, pt)" if extra else "")

@@ -27,6 +27,7 @@ from zuko.flows import GeneralCouplingTransform, MaskedAutoregressiveTransform
 from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform, PermutationTransform
 
 from jetflows.checks import require
+from jetflows.errors import UserError
 
 PERMUTATIONS = ("alternate", "random", "none")
 NORMS = ("none", "actnorm", "batchnorm")
@@ -68,16 +69,16 @@ class FlowConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in FLOWS:
-            raise ValueError(f"unknown flow {self.kind!r}: use one of {sorted(FLOWS)}")
+            raise UserError(f"unknown flow {self.kind!r}: use one of {sorted(FLOWS)}")
         if self.permutation not in PERMUTATIONS:
-            raise ValueError(f"unknown permutation {self.permutation!r}: use one of {PERMUTATIONS}")
+            raise UserError(f"unknown permutation {self.permutation!r}: use one of {PERMUTATIONS}")
         if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}: use one of {NORMS}")
+            raise UserError(f"unknown norm {self.norm!r}: use one of {NORMS}")
         if self.norm == "batchnorm" and self.kind.startswith("zuko"):
-            raise ValueError("zuko has no BatchNorm transform: use an nflows flow or actnorm")
+            raise UserError("zuko has no BatchNorm transform: use an nflows flow or actnorm")
         counts = (self.transforms, self.hidden_features, self.hidden_layers, self.bins)
         if min(counts) < 1 or self.num_classes < 0 or self.class_embedding < 1:
-            raise ValueError("transforms, hidden sizes, bins and class_embedding must be >= 1")
+            raise UserError("transforms, hidden sizes, bins and class_embedding must be >= 1")
         require(self, ("tail_bound",), strict=True)
         require(self, ("seed",))
 
@@ -286,9 +287,9 @@ class Flow(nn.Module):
     def __init__(self, config: FlowConfig, *, features: int, context: int = 0) -> None:
         super().__init__()
         if features < 2:
-            raise ValueError(f"a flow needs at least 2 features, got {features}")
+            raise UserError(f"a flow needs at least 2 features, got {features}")
         if context < 0:
-            raise ValueError(f"context must be >= 0, got {context}")
+            raise UserError(f"context must be >= 0, got {context}")
         self.config, self.features, self.context = config, features, context
         classes = config.num_classes
         self.embedding = nn.Embedding(classes, config.class_embedding) if classes else None
@@ -307,7 +308,7 @@ class Flow(nn.Module):
 
     def _check_x(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.features:
-            raise ValueError(f"x must be (N, {self.features}), got {tuple(x.shape)}")
+            raise UserError(f"x must be (N, {self.features}), got {tuple(x.shape)}")
 
     def _condition(
         self, n: int, context: torch.Tensor | None, labels: torch.Tensor | None
@@ -315,18 +316,18 @@ class Flow(nn.Module):
         """The backend's context (n, C + E), or None; checks what the flow was built for."""
         if self.context and (context is None or context.shape != (n, self.context)):
             shape = None if context is None else tuple(context.shape)
-            raise ValueError(f"this flow needs context of shape ({n}, {self.context}), got {shape}")
+            raise UserError(f"this flow needs context of shape ({n}, {self.context}), got {shape}")
         if not self.context and context is not None:
-            raise ValueError("this flow takes no context")
+            raise UserError("this flow takes no context")
         parts = [context] if self.context else []
         if self.embedding is not None:
             if labels is None or labels.shape != (n,):
-                raise ValueError(f"this flow is class-conditional: give labels of shape ({n},)")
+                raise UserError(f"this flow is class-conditional: give labels of shape ({n},)")
             if labels.min() < 0 or labels.max() >= self.config.num_classes:
-                raise ValueError(f"labels must lie in [0, {self.config.num_classes})")
+                raise UserError(f"labels must lie in [0, {self.config.num_classes})")
             parts.append(self.embedding(labels.long()))
         elif labels is not None:
-            raise ValueError("this flow is not class-conditional (num_classes = 0)")
+            raise UserError("this flow is not class-conditional (num_classes = 0)")
         return torch.cat(parts, 1) if parts else None
 
     def forward(
@@ -379,7 +380,7 @@ class Flow(nn.Module):
         after; noise comes from ``generator`` so a seed fixes the sample.
         """
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise UserError(f"n must be >= 1, got {n}")
         # By hand, not the libraries' sample(): zuko and nflows draw the base noise from
         # torch's global random stream, with no generator argument. Drawing z from the same
         # standard-normal base with ``generator`` and inverting keeps a seed's sample fixed,

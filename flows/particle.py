@@ -40,10 +40,10 @@ from dataclasses import dataclass
 import torch
 
 from flows.models import Flow
+from jetflows.errors import UserError
 from jetflows.normalize import Normalization, fit_normalization
-from jetflows.physics import d2, jet_observables, nsubjettiness
+from jetflows.physics import ETA, PHI, PT, d2, jet_observables, nsubjettiness
 
-ETA, PHI, PT = 0, 1, 2
 PT_FLOOR = 1e-6  # log of pt_rel: real particles have pt_rel > 0; the floor guards the log
 
 
@@ -90,7 +90,7 @@ JET_BASE = ("mass", "multiplicity")
 def check_context(context: tuple[str, ...]) -> None:
     """A particle flow's context must name `CONTEXTS` and include "multiplicity" (ValueError)."""
     if "multiplicity" not in context or set(context) - set(CONTEXTS):
-        raise ValueError(
+        raise UserError(
             f"context must include 'multiplicity' and use names in {sorted(CONTEXTS)}, "
             f"got {list(context)}"
         )
@@ -164,14 +164,14 @@ class ParticleTarget:
 
 def _check_jets(particles: torch.Tensor, mask: torch.Tensor) -> None:
     if particles.dim() != 3 or particles.shape[2] != 3 or mask.shape != particles.shape[:2]:
-        raise ValueError(
+        raise UserError(
             f"particles must be (N, P, 3) with a mask (N, P), got {tuple(particles.shape)} "
             f"and {tuple(mask.shape)}"
         )
     if not torch.isfinite(particles).all():
-        raise ValueError("particles contain NaN or inf")
+        raise UserError("particles contain NaN or inf")
     if (mask.sum(1) == 0).any():
-        raise ValueError("every jet needs at least one particle")
+        raise UserError("every jet needs at least one particle")
 
 
 def _log_pt(particles: torch.Tensor) -> torch.Tensor:
@@ -237,7 +237,7 @@ def encode(
     """
     _check_jets(particles, mask)
     if particles.shape[1] != target.num_particles:
-        raise ValueError(f"the target was fitted for P = {target.num_particles} particles")
+        raise UserError(f"the target was fitted for P = {target.num_particles} particles")
     x = target.features.transform(_log_pt(particles), mask)
     if target.centroid is not None:  # the leading particle's angles -> the jet's centroid
         x[:, 0, :PT] = target.centroid.transform(centroid(particles, mask))
@@ -328,11 +328,11 @@ def sample_jet_rows(
     *,
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    jet_context: torch.Tensor | None = None,
+    kinematics: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The jet flow's n rows, raw (n, len(jet_names)) with integer multiplicities, and the
     particle-level context (n, C) they give (standardized); see `generate`."""
-    raw = target.jet.inverse(jet_flow.sample(n, jet_context, labels, generator=generator))
+    raw = target.jet.inverse(jet_flow.sample(n, kinematics, labels, generator=generator))
     # undo the dequantization: the particle flow was trained on the integer n
     raw[:, N_COLUMN] = raw[:, N_COLUMN].floor().clamp(1, target.num_particles)
     return raw, target.jet.transform(raw)[:, _columns(target)]
@@ -363,18 +363,18 @@ def generate(
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     project: bool | None = None,
-    jet_context: torch.Tensor | None = None,
+    kinematics: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n jets: jet flow -> (mass, n) -> particle flow -> (particles (n, P, 3), mask (n, P)).
 
-    ``jet_context`` (n, C): for a jet flow conditioned on each jet's context (its kinematics).
+    ``kinematics`` (n, C): for a jet flow conditioned on each jet's kinematics (its pt, eta).
 
     ``labels`` (n,): class indices, for flows built with ``num_classes`` > 0.
     ``project``: onto the sampled mass and sum pt (`project_to_context`); None: as the target
     says.
     """
     raw, context = sample_jet_rows(
-        jet_flow, n, target, labels=labels, generator=generator, jet_context=jet_context
+        jet_flow, n, target, labels=labels, generator=generator, kinematics=kinematics
     )
     x = particle_flow.sample(n, context, labels, generator=generator)
     return finish(x, raw, target, project=project)

@@ -42,6 +42,7 @@ from torch import nn
 from flows.models import Flow
 from flows.particle import N_COLUMN, ParticleTarget, finish, sample_jet_rows
 from jetflows.checks import require
+from jetflows.errors import UserError
 from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 
 CHECKPOINT_KIND = "jetflows.setflow"
@@ -107,22 +108,22 @@ class SetFlowConfig:
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
-            raise ValueError(f"unknown set_flow.network {self.network!r}: use {sorted(NETWORKS)}")
+            raise UserError(f"unknown set_flow.network {self.network!r}: use {sorted(NETWORKS)}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"unknown set_flow.solver {self.solver!r}: use one of {SOLVERS}")
+            raise UserError(f"unknown set_flow.solver {self.solver!r}: use one of {SOLVERS}")
         if self.predict not in PREDICTIONS:
-            raise ValueError(f"unknown set_flow.predict {self.predict!r}: use one of {PREDICTIONS}")
+            raise UserError(f"unknown set_flow.predict {self.predict!r}: use one of {PREDICTIONS}")
         if self.coupling not in COUPLINGS:
-            raise ValueError(f"unknown set_flow.coupling {self.coupling!r}: use one of {COUPLINGS}")
+            raise UserError(f"unknown set_flow.coupling {self.coupling!r}: use one of {COUPLINGS}")
         if self.divergence not in DIVERGENCES:
-            raise ValueError(
+            raise UserError(
                 f"unknown set_flow.divergence {self.divergence!r}: use one of {DIVERGENCES}"
             )
         require(self, ("width", "layers", "global_width", "heads", "steps"), low=1)
         if not 0.0 <= self.time_power <= 10.0:
-            raise ValueError(f"set_flow.time_power must lie in [0, 10], got {self.time_power}")
+            raise UserError(f"set_flow.time_power must lie in [0, 10], got {self.time_power}")
         if self.network == "transformer" and self.width % self.heads:
-            raise ValueError(f"set_flow.width {self.width} must divide by heads {self.heads}")
+            raise UserError(f"set_flow.width {self.width} must divide by heads {self.heads}")
 
 
 def _mlp(n_in: int, width: int, n_out: int) -> nn.Sequential:
@@ -277,7 +278,7 @@ class SetFlow(nn.Module):
         if self.context == 0:
             return like.new_zeros(n, 0)
         if context is None or context.shape != (n, self.context):
-            raise ValueError(f"the set flow needs context of shape ({n}, {self.context})")
+            raise UserError(f"the set flow needs context of shape ({n}, {self.context})")
         return context.to(like.dtype)
 
     def velocity(
@@ -387,7 +388,7 @@ class SetFlow(nn.Module):
         (``divergence``: "exact" or "hutchinson"; None: ``config.divergence``)."""
         divergence = divergence or self.config.divergence
         if divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
+            raise UserError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
         solver = _ode_solver(self._flat_velocity(x.shape, mask, context))
         _, logp = solver.compute_likelihood(
             x_1=(x * mask[..., None]).flatten(1),
@@ -415,18 +416,18 @@ def check_data(flow: SetFlow, data: SetData, name: str) -> None:
     """Raise ValueError for data the flow cannot take: shapes, NaN/inf, empty jets."""
     x, mask, context = data
     if x.dim() != 3 or x.shape[2] != flow.features or mask.shape != x.shape[:2]:
-        raise ValueError(
+        raise UserError(
             f"{name}: particles must be (N, P, {flow.features}) with a mask (N, P), got "
             f"{tuple(x.shape)} and {tuple(mask.shape)}"
         )
     if len(x) == 0 or (mask.sum(1) == 0).any():
-        raise ValueError(f"{name}: no jets, or a jet without particles")
+        raise UserError(f"{name}: no jets, or a jet without particles")
     if not torch.isfinite(x[mask]).all():
-        raise ValueError(f"{name}: particles contain NaN or inf")
+        raise UserError(f"{name}: particles contain NaN or inf")
     if flow.context and (context is None or context.shape != (len(x), flow.context)):
-        raise ValueError(f"{name}: the set flow needs context of shape ({len(x)}, {flow.context})")
+        raise UserError(f"{name}: the set flow needs context of shape ({len(x)}, {flow.context})")
     if context is not None and not torch.isfinite(context).all():
-        raise ValueError(f"{name}: context contains NaN or inf")
+        raise UserError(f"{name}: context contains NaN or inf")
 
 
 def fit(
@@ -497,17 +498,15 @@ def generate(
     *,
     generator: torch.Generator | None = None,
     project: bool | None = None,
-    jet_context: torch.Tensor | None = None,
+    kinematics: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n jets: the jet flow samples each jet's (mass, n, ...) rows (``jet_context`` (n, C): its
+    """n jets: the jet flow samples each jet's (mass, n, ...) rows (``kinematics`` (n, C): its
     kinematics, if conditioned), the set flow its n particles given them; (particles (n, P, 3)
     pt-sorted and zero-padded, mask (n, P)). ``target``: the `flows.particle.ParticleTarget`
     (no centroid) the set flow's data were standardized with; ``project`` as there."""
     if target.centroid is not None:
-        raise ValueError("a set flow has no leading slot: fit its target without the centroid")
-    raw, context = sample_jet_rows(
-        jet_flow, n, target, generator=generator, jet_context=jet_context
-    )
+        raise UserError("a set flow has no leading slot: fit its target without the centroid")
+    raw, context = sample_jet_rows(jet_flow, n, target, generator=generator, kinematics=kinematics)
     P = target.num_particles
     mask = torch.arange(P, device=raw.device)[None] < raw[:, N_COLUMN, None]
     x = set_flow.sample(mask, context if set_flow.context else None, generator=generator)

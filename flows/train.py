@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from flows.models import Flow, FlowConfig, build_flow
+from jetflows.errors import UserError
 from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 
 CHECKPOINT_KIND = "jetflows.flow"
@@ -37,16 +38,16 @@ def check_data(flow: Flow, data: FlowData, name: str) -> None:
     """Raise ValueError for data the flow cannot take: shapes, NaN/inf, empty, labels."""
     x, context, labels = data
     if x.dim() != 2 or x.shape[1] != flow.features:
-        raise ValueError(f"{name}: x must be (N, {flow.features}), got {tuple(x.shape)}")
+        raise UserError(f"{name}: x must be (N, {flow.features}), got {tuple(x.shape)}")
     if len(x) == 0:
-        raise ValueError(f"{name}: no data")
+        raise UserError(f"{name}: no data")
     for part, tensor in (("x", x), ("context", context)):
         if tensor is not None and not torch.isfinite(tensor).all():
-            raise ValueError(f"{name}: {part} contains NaN or inf")
+            raise UserError(f"{name}: {part} contains NaN or inf")
     if flow.context and (context is None or context.shape != (len(x), flow.context)):
-        raise ValueError(f"{name}: the flow needs context of shape ({len(x)}, {flow.context})")
+        raise UserError(f"{name}: the flow needs context of shape ({len(x)}, {flow.context})")
     if flow.embedding is not None and (labels is None or labels.shape != (len(x),)):
-        raise ValueError(f"{name}: the flow is class-conditional: give labels of shape (N,)")
+        raise UserError(f"{name}: the flow is class-conditional: give labels of shape (N,)")
 
 
 def fit(
@@ -81,7 +82,7 @@ def fit(
     """
     config = config or TrainConfig()
     if config.precision != "fp32":
-        raise ValueError("flows train in fp32 only (precision='fp32')")
+        raise UserError("flows train in fp32 only (precision='fp32')")
     for name, data in (("train", train), ("valid", valid)):
         check_data(flow, data, name)
     if resume is not None:
@@ -116,7 +117,7 @@ def check_state(state: dict[str, Any], flow: Flow | None = None) -> None:
         state["flow_config"] != asdict(flow.config)
         or (state["features"], state["context"]) != (flow.features, flow.context)
     ):
-        raise ValueError(
+        raise UserError(
             f"the checkpoint is for another flow: {state['flow_config']}, "
             f"{state['features']} features, {state['context']} context"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jetflows.errors import UserError
+
 
 def require(config: Any, names: tuple[str, ...], *, low: float = 0, strict: bool = False) -> None:
     """Raise ValueError unless each field of ``config`` in ``names`` is a finite number >= low
@@ -16,7 +18,7 @@ def require(config: Any, names: tuple[str, ...], *, low: float = 0, strict: bool
         >>> require(SimpleNamespace(lr=float("nan")), ("lr",), strict=True)
         Traceback (most recent call last):
         ...
-        ValueError: lr must be a finite number > 0, got nan
+        jetflows.errors.UserError: lr must be a finite number > 0, got nan
     """
     for name in names:
         value = getattr(config, name)
@@ -24,6 +26,6 @@ def require(config: Any, names: tuple[str, ...], *, low: float = 0, strict: bool
             continue
         finite = isinstance(value, int | float) and math.isfinite(value)
         if not finite or (value <= low if strict else value < low):
-            raise ValueError(
+            raise UserError(
                 f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}"
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jetflows.errors import UserError
+
 #: JetNet's class names, in JetNet's order (the order fixes class indices and split permutations).
 JET_TYPES: tuple[str, ...] = ("g", "q", "t", "w", "z")
 
@@ -31,7 +33,7 @@ def canonical_class(name: str) -> str:
     """
     key = str(name).strip().lower()
     if key not in ALIASES:
-        raise ValueError(
+        raise UserError(
             f"unknown jet class {name!r}: use one of g, q, t, w, z "
             "or the aliases gluon, quark, top, W, Z (case-insensitive)"
         )

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from jetflows.errors import UserError
+
 
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside torch.distributed."""
@@ -80,9 +82,9 @@ def resolve_device(name: str) -> torch.device:
     """ "auto" (a GPU when there is one), "cpu" or "cuda"; under torchrun the GPU of this
     process's LOCAL_RANK. ValueError for an unknown name or cuda without a GPU."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}: use one of {DEVICES}")
+        raise UserError(f"unknown device {name!r}: use one of {DEVICES}")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA device is available here")
+        raise UserError("device cuda: no CUDA device is available here")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from jetflows.errors import UserError
 from jetflows.physics import Array, _xp
 
 
@@ -52,7 +53,7 @@ class Normalization:
 
     def _params(self, x: Array) -> tuple[Array, Array]:
         if x.shape[-1] != len(self.shift):
-            raise ValueError(
+            raise UserError(
                 f"normalization has {len(self.shift)} features but the data has {x.shape[-1]}"
             )
         xp = _xp(x)
@@ -80,7 +81,7 @@ class Normalization:
         """Rebuild from `to_dict` output; an unknown or missing key is a ValueError."""
         fields = set(asdict(cls("", (), ())))
         if set(state) != fields:
-            raise ValueError(f"normalization state needs exactly the keys {sorted(fields)}")
+            raise UserError(f"normalization state needs exactly the keys {sorted(fields)}")
         return cls(str(state["kind"]), tuple(state["shift"]), tuple(state["scale"]))
 
 
@@ -98,18 +99,18 @@ def fit_normalization(
         A `Normalization`; its `transform` maps the real rows as ``kind`` says.
     """
     if kind not in STATISTICS:
-        raise ValueError(f"unknown normalization {kind!r}: use one of {sorted(STATISTICS)}")
+        raise UserError(f"unknown normalization {kind!r}: use one of {sorted(STATISTICS)}")
     data = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
     if mask is not None:
         mask = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=bool)
         if mask.shape != data.shape[:-1]:
-            raise ValueError(f"mask shape {mask.shape} does not match data {data.shape[:-1]}")
+            raise UserError(f"mask shape {mask.shape} does not match data {data.shape[:-1]}")
         data = data[mask]
     rows = data.reshape(-1, data.shape[-1])
     if len(rows) == 0:
-        raise ValueError("cannot fit a normalization: no real particles (the mask is all False)")
+        raise UserError("cannot fit a normalization: no real particles (the mask is all False)")
     if not np.isfinite(rows).all():
-        raise ValueError("cannot fit a normalization: the data contain NaN or inf")
+        raise UserError("cannot fit a normalization: the data contain NaN or inf")
     shift, scale = STATISTICS[kind](rows)
     scale = np.maximum(scale, eps)
     return Normalization(kind, tuple(map(float, shift)), tuple(map(float, scale)))

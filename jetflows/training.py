@@ -26,6 +26,7 @@ from tqdm import tqdm
 from jetflows import __version__, interrupt
 from jetflows.checks import require
 from jetflows.distributed import all_sum, is_main, rank_world
+from jetflows.errors import UserError
 
 PRECISIONS = ("fp32", "bf16")
 Batch = Sequence[torch.Tensor | None]
@@ -73,13 +74,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
+            raise UserError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise UserError(
                 f"unknown optimizer {self.optimizer!r}: use one of {sorted(OPTIMIZERS)}"
             )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}: use one of {sorted(SCHEDULES)}")
+            raise UserError(f"unknown schedule {self.schedule!r}: use one of {sorted(SCHEDULES)}")
         require(self, ("epochs", "batch_size"), low=1)
         require(self, ("lr", "clip_norm"), strict=True)
         require(self, ("weight_decay", "patience", "seed"))
@@ -174,7 +175,7 @@ def _epoch(
                 torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
             opt.step()
     if sums is None:
-        raise ValueError(f"no batch of at least {world} jets (one per process)")
+        raise UserError(f"no batch of at least {world} jets (one per process)")
     return dict(zip(names, (sums / seen).tolist(), strict=True))
 
 
@@ -313,7 +314,7 @@ class _Run:
         check_kind(state, self.kind)
         for key, value in self.describe.items():
             if state.get(key) != value:
-                raise ValueError(f"cannot resume: the checkpoint was trained with another {key}")
+                raise UserError(f"cannot resume: the checkpoint was trained with another {key}")
         self.model.load_state_dict(state["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -329,4 +330,4 @@ def check_kind(state: Any, kind: str) -> None:
     """Raise ValueError unless ``state`` is a checkpoint dict of ``kind``."""
     if not isinstance(state, dict) or state.get("kind") != kind:
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"not a {kind} checkpoint (it holds {found!r})")
+        raise UserError(f"not a {kind} checkpoint (it holds {found!r})")

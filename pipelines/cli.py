@@ -1,8 +1,9 @@
 """The `jetflows` command line: thin sub-commands that each call one pipeline function.
 
 A user mistake (unknown class, bad numbers, missing or corrupt file, existing output) prints one
-line to stderr and exits with status 2. Heavy libraries are imported inside the commands, so
-`--help` and quick commands start fast.
+line to stderr and exits with status 2; a bug prints one line naming the file with its traceback
+and exits with status 1 (`jetflows --debug ...` raises it instead). Heavy libraries are
+imported inside the commands, so `--help` and quick commands start fast.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import signal
 import sys
+import tempfile
 import threading
+import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from jetflows import __version__, interrupt
+from jetflows.errors import MissingFileError, UserError
 from jetflows.interrupt import Terminated
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input: one line says what to fix
+EXIT_BUG = 1  # an exception no check anticipated: the traceback goes to a file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +60,9 @@ def _seed(text: str) -> int:
 
 def cmd_data_generate(args: argparse.Namespace) -> None:
     """Generate jets of one class with Pythia8 + FastJet into a JetNet-layout file."""
-    from pipelines.data import check_num_particles, jetnet_filename
-    from pipelines.pythia import PythiaConfig, generate_file
+    from pipelines.data.jetnet import check_num_particles, jetnet_filename
+    from pipelines.data.production import generate_file
+    from pipelines.data.pythia import PythiaConfig
 
     cfg = PythiaConfig(
         args.jet_class,
@@ -64,7 +72,7 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
         **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise UserError(f"--n must be >= 1, got {args.n}")
     check_num_particles(args.particles)
     shard = _shard(args.shard)
     name = jetnet_filename(cfg.jet_class, args.particles)
@@ -93,13 +101,13 @@ def _shard(text: str | None) -> tuple[int, int]:
         return (0, 1)
     i, sep, count = text.partition("/")
     if not sep or not i.strip().isdigit() or not count.strip().isdigit():
-        raise ValueError(f"--shard expects i/N (e.g. 0/4), got {text!r}")
+        raise UserError(f"--shard expects i/N (e.g. 0/4), got {text!r}")
     return int(i), int(count)
 
 
 def cmd_data_merge(args: argparse.Namespace) -> None:
     """Join the shard files of one `data generate --shard i/N` request into one JetNet file."""
-    from pipelines.pythia import merge_shards
+    from pipelines.data.production import merge_shards
 
     path = merge_shards(args.files, args.out, overwrite=args.overwrite)
     print(f"wrote {path} ({len(args.files)} shards)")
@@ -113,7 +121,7 @@ def _labels(files: Sequence[str]) -> list[str]:
         ValueError: the same file given twice.
     """
     if len({Path(f).resolve() for f in files}) < len(files):
-        raise ValueError(f"a file is given twice: {' '.join(files)}")
+        raise UserError(f"a file is given twice: {' '.join(files)}")
     names = [Path(f).name for f in files]
     return names if len(set(names)) == len(names) else [str(f) for f in files]
 
@@ -123,9 +131,9 @@ SUMMARY_OUTPUTS = ("summary.json", "summary.md", "mass.png", "multiplicity.png")
 
 def cmd_data_summary(args: argparse.Namespace) -> None:
     """Print and plot a summary (mass peak, multiplicity, ...) of JetNet-layout files."""
-    from pipelines.data import read_jetnet_file
+    from pipelines.data.jetnet import read_jetnet_file
+    from pipelines.evaluation.dataset_summary import summary_table, write_summary
     from pipelines.io import check_output_dir
-    from pipelines.summary import summary_table, write_summary
 
     # a folder of its own: a run's folder holds its own summary.md, never to be replaced here
     out = check_output_dir(args.out, overwrite=args.overwrite, replaceable=SUMMARY_OUTPUTS)
@@ -141,7 +149,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     and phi_rel's unit)."""
     import h5py
 
-    from pipelines.data import read_jetnet_file
+    from pipelines.data.jetnet import read_jetnet_file
 
     jets = read_jetnet_file(args.file, args.particles)
     pf = (*jets.particles.shape[:2], 4)
@@ -155,7 +163,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 def cmd_data_images(args: argparse.Namespace) -> None:
     """Sparse images as point clouds: each digit's --pixels most intense pixels as (x, y, I)
     rows in the jets' HDF5 layout; from MNIST's IDX files in --dir, or drawn here (digits)."""
-    from pipelines import images
+    from pipelines.data import images
     from pipelines.io import check_writable
 
     digit = images.check_digit(args.digit)
@@ -163,7 +171,7 @@ def cmd_data_images(args: argparse.Namespace) -> None:
     out = check_writable(args.out, overwrite=args.overwrite)
     if args.source == "mnist":
         if args.dir is None:
-            raise ValueError("--source mnist needs --dir: the folder holding MNIST's IDX files")
+            raise UserError("--source mnist needs --dir: the folder holding MNIST's IDX files")
         drawn = images.mnist_digits(args.dir, digit)[: args.n]
     else:
         drawn = images.render_digits(digit, args.n or 6000, seed=args.seed)
@@ -175,7 +183,7 @@ def cmd_data_images(args: argparse.Namespace) -> None:
 
 def cmd_data_download(args: argparse.Namespace) -> None:
     """Fetch a JetNet file from Zenodo (needs the network); a no-op when it is on disk."""
-    from pipelines.data import check_num_particles, locate_jetnet_file, read_jetnet_file
+    from pipelines.data.jetnet import check_num_particles, locate_jetnet_file, read_jetnet_file
 
     particles = check_num_particles(args.particles)
     path = locate_jetnet_file(args.jet_class, args.dir, particles, download=True)
@@ -189,9 +197,9 @@ EVALUATION_OUTPUTS = ("metrics.json", "report.md", "plots")
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
     from jetflows.classes import canonical_class
-    from pipelines.evaluate import EvalConfig, evaluate_files
+    from pipelines.evaluation.evaluate import EvalConfig, evaluate_files
+    from pipelines.evaluation.report import fmt
     from pipelines.io import atomic_dir, check_output_dir
-    from pipelines.report import fmt
 
     # every argument checked before the EFPs (seconds) are computed
     if args.jet_class:
@@ -225,15 +233,15 @@ def _class_list(text: str | None) -> tuple[str, ...] | None:
         return None
     classes = tuple(c.strip() for c in text.split(",") if c.strip())
     if not classes:
-        raise ValueError(f"--classes {text!r} names no class: e.g. --classes g,t")
+        raise UserError(f"--classes {text!r} names no class: e.g. --classes g,t")
     return classes
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """Per class: data -> ConVAE -> flow -> generated jets -> evaluation; skips finished stages."""
     from jetflows.distributed import init_from_env, is_main, resolve_device
-    from pipelines.config import load_config
-    from pipelines.pipeline import run_pipeline
+    from pipelines.run.config import load_config
+    from pipelines.run.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
     classes = _class_list(args.classes)
@@ -252,20 +260,20 @@ def _requested_kinematics(args: argparse.Namespace) -> Any:
     import numpy as np
 
     if args.kinematics is not None and args.pt is not None:
-        raise ValueError("pass --pt or --kinematics, not both")
+        raise UserError("pass --pt or --kinematics, not both")
     if args.kinematics is not None:
         if not args.kinematics.is_file():
-            raise FileNotFoundError(f"{args.kinematics}: no such file")
+            raise MissingFileError(f"{args.kinematics}: no such file")
         try:
             table = np.loadtxt(args.kinematics, delimiter=",", ndmin=2, dtype=np.float64)
         except ValueError as err:
-            raise ValueError(f"{args.kinematics}: not a CSV of pt,eta rows ({err})") from err
+            raise UserError(f"{args.kinematics}: not a CSV of pt,eta rows ({err})") from err
         if table.shape[0] != args.n:
-            raise ValueError(f"{args.kinematics} has {table.shape[0]} rows, --n is {args.n}")
+            raise UserError(f"{args.kinematics} has {table.shape[0]} rows, --n is {args.n}")
         return table
     if args.pt is None:
         if args.eta is not None:  # it was silently ignored
-            raise ValueError("--eta needs --pt (or a --kinematics file of pt,eta rows)")
+            raise UserError("--eta needs --pt (or a --kinematics file of pt,eta rows)")
         return None
     return np.tile([args.pt, 0.0 if args.eta is None else args.eta], (args.n, 1))
 
@@ -273,10 +281,10 @@ def _requested_kinematics(args: argparse.Namespace) -> Any:
 def cmd_sample(args: argparse.Namespace) -> None:
     """Write n generated jets of one class from a trained run (JetNet-layout HDF5)."""
     from jetflows.classes import canonical_class
-    from pipelines.sample import sample_to_file
+    from pipelines.run.sample import sample_to_file
 
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise UserError(f"--n must be >= 1, got {args.n}")
     jet_class = canonical_class(args.jet_class)
     out = args.out or Path(f"{jet_class}_generated.hdf5")
     path = sample_to_file(
@@ -297,7 +305,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Optuna study over a search space in YAML; several processes may share one storage."""
-    from pipelines.tune import tune
+    from pipelines.experiments.tune import tune
 
     out = tune(
         args.config,
@@ -327,7 +335,7 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     """Train the ConVAE (+ latent flow) once per reconstruction loss and score each with every
     metric: a loss x metric table, heat maps, and whether the metrics agree (Kendall's tau)."""
-    from pipelines.study import run_study
+    from pipelines.experiments.study import run_study
 
     classes = _class_list(args.classes)
     out = run_study(args.config, root=args.root, classes=classes, progress=not args.quiet)
@@ -338,7 +346,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 def cmd_digits(args: argparse.Namespace) -> None:
     """The pipeline on sparse digits: per digit and reconstruction loss, the ConVAE and its
     latent flow; reconstructions and generated digits as images, image-level metrics."""
-    from pipelines.digits import run_digits
+    from pipelines.experiments.digits import run_digits
 
     out = run_digits(args.config, root=args.runs, progress=not args.quiet)
     print((out / "summary.md").read_text(), end="")
@@ -364,7 +372,7 @@ def _study_parser(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=cmd_study)
 
 
-def _run_parsers(sub: argparse._SubParsersAction) -> None:
+def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser(
         "pipeline",
         help="train and evaluate per class (two-stage or direct)",
@@ -599,11 +607,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and normalizing flows. See README.md for the workflow.",
     )
     parser.add_argument("--version", action="version", version=f"jetflows {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on any error, raise it with its full traceback"
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     _data_parser(sub)
-    _run_parsers(sub)
+    _pipeline_and_sample_parsers(sub)
     _tune_parser(sub)
     _study_parser(sub)
     _digits_parser(sub)
@@ -658,8 +669,11 @@ def _one_line_warnings() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run a sub-command; user errors -> one line on stderr and status 2;
-    Ctrl-C -> 130 and SIGTERM -> 143 (128 + the signal), each one line, no partial output."""
+    """Entry point: run a sub-command. Bad input (`UserError`) or an environment the user can
+    fix (a full disk, a read-only folder) -> one line on stderr and status 2; any other exception
+    is a bug -> one line naming the file that holds its traceback, status 1 (`--debug` raises it
+    instead); Ctrl-C -> 130 and SIGTERM -> 143 (128 + the signal), each one line, no partial
+    output."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     interrupt.clear()
@@ -668,18 +682,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             func(args)
             interrupt.check()  # a SIGTERM swallowed where it landed still ends as one
     # FloatingPointError: a diverged training, whose cure is in the settings, not the code
-    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as err:
+    except (UserError, OSError, FloatingPointError) as err:
+        if args.debug:
+            raise
         print(f"jetflows: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as stop:  # Terminated included
         return _stopped(type(stop))
-    except RuntimeError as err:
+    except Exception as err:
         # C++ extensions (wasserstein's PairwiseEMD, under COV/MMD) catch the interrupt and
         # rethrow it as "RuntimeError: KeyboardInterrupt received in ..."
-        if "KeyboardInterrupt" not in str(err):
+        if isinstance(err, RuntimeError) and "KeyboardInterrupt" in str(err):
+            return _stopped(interrupt.requested() or KeyboardInterrupt)
+        if args.debug:
             raise
-        return _stopped(interrupt.requested() or KeyboardInterrupt)
+        return _bug(err)
     return 0
+
+
+def _bug(err: Exception) -> int:
+    """One line for an exception no check anticipated (a bug), its traceback kept in a file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"jetflows-traceback-{stamp}-", suffix=".txt")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(traceback.format_exception(err)))
+    print(
+        f"jetflows: internal error (a bug; please report it with the traceback): "
+        f"{type(err).__name__}: {err}; traceback: {path} (or run again with --debug)",
+        file=sys.stderr,
+    )
+    return EXIT_BUG
 
 
 def _stopped(kind: type[BaseException]) -> int:

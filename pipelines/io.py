@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from jetflows.errors import MissingFileError, UserError
+
 
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (where a new file or directory would go)."""
@@ -28,12 +30,12 @@ def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
     """
     path = Path(path)
     if path.is_dir():  # before "exists": --overwrite would not help
-        raise ValueError(f"{path} is a directory, not a file name")
+        raise UserError(f"{path} is a directory, not a file name")
     if path.exists() and not overwrite:
-        raise ValueError(f"{path} already exists: pass --overwrite to replace it")
+        raise UserError(f"{path} already exists: pass --overwrite to replace it")
     parent = _nearest_existing(path.parent)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {path}: {parent} is not a writable directory")
+        raise UserError(f"cannot write {path}: {parent} is not a writable directory")
     return path
 
 
@@ -58,19 +60,19 @@ def check_output_dir(
     if path.is_symlink():
         path = path.resolve()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a directory: name a directory for the outputs")
+        raise UserError(f"{path} is a file, not a directory: name a directory for the outputs")
     held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if replaceable is not None and set(held) - set(replaceable):
         others = sorted(set(held) - set(replaceable))
-        raise ValueError(
+        raise UserError(
             f"{path} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''} besides "
             "results: write the results into a folder of their own"
         )
     if not overwrite and held:
-        raise ValueError(f"{path} already holds results: pass --overwrite to replace them")
+        raise UserError(f"{path} already holds results: pass --overwrite to replace them")
     existing = _nearest_existing(path)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write into {path}: {existing} is not a writable directory")
+        raise UserError(f"cannot write into {path}: {existing} is not a writable directory")
     return path
 
 
@@ -84,10 +86,10 @@ def check_disk_space(path: str | Path, needed: int, *, margin: float = 1.05) -> 
     existing = _nearest_existing(path.parent)
     if hasattr(os, "statvfs") and os.statvfs(existing).f_blocks == 0:
         # /proc, /sys: no disk behind them ("0 GB free" would send one looking for space)
-        raise ValueError(f"{path}: {existing} is a virtual filesystem, not a disk: write elsewhere")
+        raise UserError(f"{path}: {existing} is a virtual filesystem, not a disk: write elsewhere")
     free = shutil.disk_usage(existing).free
     if needed * margin > free:
-        raise ValueError(
+        raise UserError(
             f"{path} would need {needed / 1e9:.3g} GB but {existing} has {free / 1e9:.3g} GB "
             "free: ask for fewer jets or write elsewhere"
         )
@@ -125,7 +127,7 @@ def check_model_memory(parameters: int, what: str, device: Any = "cpu") -> None:
     """
     needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
     if needed > free:
-        raise ValueError(
+        raise UserError(
             f"the {what} would have {parameters:.3g} parameters, {needed / 1e9:.3g} GB to train, "
             f"but {free / 1e9:.3g} GB are available on {device}: make its sizes smaller"
         )
@@ -166,7 +168,7 @@ def folder_lock(directory: str | Path) -> Iterator[Path]:
             json.dump(me, f)
         break
     else:
-        raise ValueError(f"{directory} is being locked by another process: try again")
+        raise UserError(f"{directory} is being locked by another process: try again")
     try:
         yield path
     finally:
@@ -185,7 +187,7 @@ def _check_stale_lock(path: Path, host: str) -> None:
         path.unlink(missing_ok=True)
         return
     gone = f"; if that run is over, remove {path}" if where != host else ""
-    raise ValueError(
+    raise UserError(
         f"{path.parent} is in use by process {pid} on {where} since {since}: wait for it to "
         f"finish, or use another name{gone}"
     )
@@ -220,12 +222,12 @@ def _beside(path: Path, *kinds: str) -> Iterator[list[Path]]:
         yield temporaries
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise ValueError(f"cannot write {path}: no space left on device") from err
+            raise UserError(f"cannot write {path}: no space left on device") from err
         raise
     except RuntimeError as err:  # h5py reports a failed write(2) or extend as RuntimeError
         reason = re.search(r"errno = \d+, error message = '([^']*)'", str(err))
         if reason:  # e.g. 'File too large' (a file size limit), 'Disk quota exceeded'
-            raise ValueError(f"cannot write {path}: {reason.group(1)}") from err
+            raise UserError(f"cannot write {path}: {reason.group(1)}") from err
         raise
     finally:
         for tmp in temporaries:
@@ -345,7 +347,7 @@ def parse_json(text: str, source: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise UserError(
             f"{source}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
             "a damaged record: delete it and rerun to write it again"
         ) from None
@@ -362,7 +364,7 @@ def read_json(path: str | Path) -> Any:
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file, so not the JSON record expected") from None
+        raise UserError(f"{path}: not a text file, so not the JSON record expected") from None
     return parse_json(text, path)
 
 
@@ -375,7 +377,7 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise FileNotFoundError(f"{path}: is a directory, not a {what}")
+        raise MissingFileError(f"{path}: is a directory, not a {what}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {what}")
+        raise MissingFileError(f"{path}: no such {what}")
     return path

@@ -25,7 +25,7 @@ def without_times(history: list[dict]) -> list[dict]:
 
 def random_jets(n: int = 20, num_particles: int = 30, seed: int = 0):
     """Jets in JetNet conventions: pt-sorted particles, random multiplicity, zero padding."""
-    from pipelines.data import Jets
+    from pipelines.data.jetnet import Jets
 
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, num_particles + 1, size=n)
@@ -87,7 +87,8 @@ def jets():
 @pytest.fixture(scope="session")
 def pythia_top_files(tmp_path_factory):
     """Two independent samples of real Pythia8 top jets (600 and 300), as JetNet-layout files."""
-    from pipelines.pythia import PythiaConfig, generate_file
+    from pipelines.data.production import generate_file
+    from pipelines.data.pythia import PythiaConfig
 
     root = tmp_path_factory.mktemp("pythia_top")
     files = []

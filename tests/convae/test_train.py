@@ -15,7 +15,7 @@ from convae.train import (
     model_from_state,
 )
 from jetflows.normalize import fit_normalization
-from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.run.checkpoints import load_checkpoint, save_checkpoint
 from tests.conftest import prong_jets, random_jets, without_times
 
 SMALL = ConVAEConfig(n_filter=4, dense_width=64, latent_dim=8)
@@ -46,7 +46,7 @@ def _fit(data, epochs=4, loss=None, **kwargs):
 
 
 def test_training_on_generated_top_jets_lowers_the_validation_loss(pythia_top_files):
-    from pipelines.data import read_jetnet_file
+    from pipelines.data.jetnet import read_jetnet_file
 
     jets = read_jetnet_file(pythia_top_files[0], 30)
     x, mask = torch.tensor(jets.particles), torch.tensor(jets.mask)

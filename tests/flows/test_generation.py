@@ -10,7 +10,7 @@ from flows.models import FlowConfig, build_flow
 from flows.train import fit, nll
 from jetflows.normalize import fit_normalization
 from jetflows.training import TrainConfig
-from pipelines.data import read_jetnet_file
+from pipelines.data.jetnet import read_jetnet_file
 
 CFG = TrainConfig(epochs=3, batch_size=64, lr=2e-3, seed=0, patience=0)
 FLOW = FlowConfig(kind="zuko_nsf_coupling", transforms=3, hidden_features=32)
@@ -319,7 +319,7 @@ def test_decoded_particles_without_pt_are_never_real():
 def test_substructure_contexts_are_the_evaluations_observables():
     """tau21, tau32 and D2 as jet-level context (a set flow conditioned on them) are the same
     numbers the evaluation scores."""
-    from pipelines.metrics import substructure
+    from pipelines.evaluation.metrics import substructure
     from tests.conftest import random_jets
 
     jets = random_jets(50, seed=5)

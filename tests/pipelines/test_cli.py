@@ -1,11 +1,15 @@
 """The command line: every user mistake -> one line on stderr, exit status 2, no output file."""
 
+import tempfile
+
 import numpy as np
 import pytest
 
-from pipelines import pythia
+from jetflows.errors import MissingFileError, UserError
+from pipelines import cli
 from pipelines.cli import main
-from pipelines.data import read_jetnet_file, write_jetnet_file
+from pipelines.data import production, pythia
+from pipelines.data.jetnet import read_jetnet_file, write_jetnet_file
 from tests.conftest import assert_one_line_error, random_jets
 
 
@@ -36,7 +40,7 @@ def fake_pythia(monkeypatch):
         jets = random_jets(cfg.chunk_size, 150, seed=index)
         return {"particles": jets.particles, "jet_features": jets.jet_features}
 
-    monkeypatch.setattr(pythia, "generate_chunk", chunk)
+    monkeypatch.setattr(production, "generate_chunk", chunk)
 
 
 def test_help_lists_commands(capsys):
@@ -87,7 +91,7 @@ def test_generate_bad_arguments(tmp_path, capsys, args, match):
 
 
 def test_generate_help_names_every_recipe(capsys):
-    from pipelines.pythia import RECIPES
+    from pipelines.data.pythia import RECIPES
 
     with pytest.raises(SystemExit):
         main(["data", "generate", "--help"])
@@ -140,7 +144,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, fake_pythia):
 
 
 def test_unwritable_output_fails_before_generating(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pythia, "generate_chunk", lambda *a: pytest.fail("generated"))
+    monkeypatch.setattr(production, "generate_chunk", lambda *a: pytest.fail("generated"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _error(
@@ -154,7 +158,7 @@ def test_interrupt_gives_status_130_and_no_file(tmp_path, capsys, monkeypatch):
     def interrupted(cfg, index):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pythia, "generate_chunk", interrupted)
+    monkeypatch.setattr(production, "generate_chunk", interrupted)
     out = tmp_path / "t.hdf5"
     code, _, err = _run(
         capsys, f"data generate --class t --n 2 --out {out} --jobs 1 --cache {tmp_path}"
@@ -182,7 +186,7 @@ def test_a_swallowed_sigterm_still_ends_the_command_as_terminated(tmp_path, caps
         return real(cfg, index)
 
     real = pythia.generate_chunk
-    monkeypatch.setattr(pythia, "generate_chunk", swallowing)
+    monkeypatch.setattr(production, "generate_chunk", swallowing)
     out = tmp_path / "t.hdf5"
     code, _, err = _run(
         capsys,
@@ -209,6 +213,41 @@ def test_an_interrupt_rethrown_by_a_c_extension_is_still_an_interrupt(
     code, _, err = _run(capsys, f"data check {tmp_path / 'x.hdf5'}")
     assert code == status and len(err.splitlines()) == 1
     assert ("terminated (SIGTERM)" if signalled else "interrupted;") in err
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (UserError("--n must be >= 1"), 2),
+        (MissingFileError("runs/x/t/flow.pt: no such file"), 2),
+        (OSError(28, "No space left on device"), 2),  # the environment: the user can fix it
+        (ValueError("operands could not be broadcast together"), 1),  # numpy, deep inside: a bug
+        (TypeError("unsupported operand type(s)"), 1),
+        (KeyError("mass"), 1),
+    ],
+)
+def test_user_errors_exit_2_and_bugs_exit_1_with_their_traceback_in_a_file(
+    tmp_path, capsys, monkeypatch, raised, status
+):
+    """It turned every ValueError/OSError, a bug's included, into "error: ..." with exit 2 and
+    no traceback, so a bug report had nothing to show (issue 26 #3)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the traceback goes
+
+    def deep_inside(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_data_check", deep_inside)
+    code, out, err = _run(capsys, f"data check {tmp_path / 'x.hdf5'}")
+    assert code == status and len(err.strip().splitlines()) == 1 and not out, err
+    tracebacks = list(tmp_path.glob("jetflows-traceback-*.txt"))
+    if status == 2:
+        assert err.startswith("jetflows: error: ") and not tracebacks
+        return
+    assert "internal error" in err and type(raised).__name__ in err and "--debug" in err
+    assert len(tracebacks) == 1 and str(tracebacks[0]) in err
+    assert "deep_inside" in tracebacks[0].read_text()  # the frame that raised it
+    with pytest.raises(type(raised)):  # --debug: the exception itself, with its traceback
+        main(["--debug", "data", "check", str(tmp_path / "x.hdf5")])
 
 
 def test_check_and_summary(tmp_path, capsys):
@@ -283,16 +322,16 @@ def test_check_nan_file(tmp_path, capsys):
 
 
 def test_download_offline(tmp_path, capsys, monkeypatch):
-    from pipelines import data
+    from pipelines.data import jetnet
 
-    monkeypatch.setattr(data, "_zenodo_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(jetnet, "_zenodo_reachable", lambda timeout=3.0: False)
     _error(capsys, f"data download --class top --dir {tmp_path}", match="zenodo.org is unreachable")
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00random bytes" * 40])
 def test_download_refuses_an_empty_or_damaged_file_already_there(tmp_path, capsys, content):
     """It printed "ready" for any file of the right name."""
-    from pipelines.data import jetnet_filename
+    from pipelines.data.jetnet import jetnet_filename
 
     path = tmp_path / jetnet_filename("t", 30)
     path.write_bytes(content)
@@ -365,7 +404,7 @@ def test_merge_of_a_missing_file_says_so(tmp_path, capsys):
 
 
 def test_evaluate_checks_class_and_out_before_any_work(tmp_path, capsys, monkeypatch):
-    from pipelines import evaluate
+    from pipelines.evaluation import evaluate
 
     monkeypatch.setattr(evaluate, "read_jetnet_file", lambda *a, **k: pytest.fail("read"))
     real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
@@ -391,7 +430,7 @@ def test_an_unknown_class_in_a_file_is_said_to_come_from_the_file(tmp_path, caps
 
 
 def test_evaluate_replaces_its_folder_whole_and_only_when_asked(tmp_path, capsys, monkeypatch):
-    from pipelines import evaluate
+    from pipelines.evaluation import evaluate
 
     real = write_jetnet_file(tmp_path / "t.hdf5", random_jets(300, 30))
     out = tmp_path / "o"

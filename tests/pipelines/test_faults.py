@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.checkpoints import load_checkpoint
 from pipelines.cli import main
-from pipelines.data import read_jetnet_file, write_jetnet_file
+from pipelines.data.jetnet import read_jetnet_file, write_jetnet_file
+from pipelines.run.checkpoints import load_checkpoint
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[2]

@@ -1,0 +1,1 @@
+"""Experiments over runs: Optuna tuning, the loss x metric study, sparse digits."""

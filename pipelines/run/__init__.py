@@ -1,0 +1,1 @@
+"""A run: configs, the generator registry, stages with checkpoints, the pipeline, sampling."""

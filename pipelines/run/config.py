@@ -1,0 +1,453 @@
+"""Pipeline configs: YAML that mirrors the frozen dataclasses one to one.
+
+`load_config` reads a YAML file, applies ``--set section.key=value`` overrides and builds a
+`PipelineConfig`; every key must name a dataclass field (an unknown key is a ValueError naming
+its path) and every value must have the field's type (ints are accepted for floats, lists for
+tuples). `to_yaml` writes the fully resolved config back, so a run directory holds exactly what
+ran and `jetflows pipeline --config runs/<name>/config.yaml` repeats it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convae.model import ConVAEConfig
+from convae.train import LossConfig
+from flows.latent import ENCODINGS, JOINT, MASKINGS
+from flows.models import FlowConfig
+from flows.particle import check_context
+from flows.setflow import SetFlowConfig
+from jetflows.checks import require
+from jetflows.classes import canonical_class
+from jetflows.distributed import DEVICES
+from jetflows.errors import MissingFileError, UserError
+from jetflows.normalize import STATISTICS
+from jetflows.training import TrainConfig
+from pipelines.evaluation.evaluate import EvalConfig
+from pipelines.io import require_file, stable_hash
+
+SOURCES = ("auto", "jetnet", "pythia")
+
+
+#: the keys of `pipelines.run.generators.GENERATORS` (a test keeps them equal; that module imports
+#: this one)
+TARGETS = ("latent", "particles", "cloud")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a plain directory name (letters, digits, . _ -; not . or ..), the
+    only kind of name that becomes a folder or file under --root/--runs: a slash, .. or an
+    absolute path would write outside it.
+
+    Raises:
+        ValueError: anything else; the message names ``what`` (the key or option).
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
+        raise UserError(f"{what} {value!r} must be a plain folder name (letters, digits, . _ -)")
+    return value
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def check_split(split: tuple[float, ...], what: str) -> None:
+    """Raise UserError unless ``split`` is (train, validation, test) fractions summing to 1."""
+    if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1) > 1e-6:
+        raise UserError(f"{what} must be 3 positive fractions summing to 1: {split}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the jets of each class come from.
+
+    Arguments:
+        source: "jetnet" (files in ``data_dir``), "pythia" (the embedded generator, cached),
+            or "auto" (JetNet files when present, else Pythia).
+        data_dir: directory with g.hdf5 ... (JetNet layout).
+        num_particles: P, 30 or 150.
+        n_jets: jets per class (generated, or the first of the JetNet file's seeded order).
+        split: train, validation, test fractions; the test part is the evaluation's real set.
+        seed: Pythia seed and split seed.
+        jobs: Pythia processes.
+        recipe: Pythia jets: a key of `pipelines.data.pythia.RECIPES` (particle, the default:
+            radians; fpnd-matched: phi_rel compressed to delta phi / pi).
+    """
+
+    source: str = "auto"
+    data_dir: str = "data/jetnet"
+    num_particles: int = 30
+    n_jets: int = 2000
+    split: tuple[float, ...] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    jobs: int = 2
+    recipe: str = "particle"
+
+    def __post_init__(self) -> None:
+        from pipelines.data.pythia import check_recipe  # numpy + h5py only
+
+        check_recipe(self.recipe, "data.recipe")
+        if self.source not in SOURCES:
+            raise UserError(f"unknown data source {self.source!r}: use one of {SOURCES}")
+        check_split(self.split, "data.split")
+        if self.n_jets < 10 or self.jobs < 1:
+            raise UserError("data.n_jets must be >= 10 and data.jobs >= 1")
+        require(self, ("num_particles",), low=1)
+        require(self, ("seed",))
+
+
+@dataclass(frozen=True)
+class LatentOptions:
+    """Two-stage options: how latents are taken and how decoded particles are masked.
+
+    Arguments:
+        encoding: "mean" (posterior mean) or "sample" (a draw of q(z|x)).
+        masking: "threshold", "multiplicity" (n drawn from the training jets, independent of
+            the rest) or "joint" (the latent flow samples n with z), see `flows.latent.Masking`.
+        pt_threshold: pt_rel below which a decoded particle is dropped (threshold masking).
+        project: the latent flow also samples each jet's (log mass, sum pt_rel) and the decoded
+            jet is projected onto them (`flows.latent.generate`); needs masking "joint".
+        kinematics: the latent flow is conditioned on each jet's (log pt, eta), so generated
+            jets carry the kinematics they were sampled for (`jetflows sample --pt`).
+    """
+
+    encoding: str = "mean"
+    masking: str = "multiplicity"
+    pt_threshold: float = 1e-3
+    project: bool = False
+    kinematics: bool = False
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise UserError(f"unknown latent.encoding {self.encoding!r}: use one of {ENCODINGS}")
+        if self.masking not in MASKINGS:
+            raise UserError(
+                f"unknown latent.masking {self.masking!r}: use one of {sorted(MASKINGS)}"
+            )
+        require(self, ("pt_threshold",))
+        if self.project and self.masking not in JOINT:
+            raise UserError("latent.project needs latent.masking: joint (n is sampled with z)")
+
+
+@dataclass(frozen=True)
+class ParticleOptions:
+    """Direct particle-flow options.
+
+    Arguments:
+        context: what the particle flow (or set flow) is conditioned on (names in
+            `flows.particle.CONTEXTS`: mass, multiplicity, pt_sum, tau21, tau32, d2).
+        jet_flow: the flow that samples (log mass, n and any other context) per jet.
+        centroid: the flow models the jet axis (pt-weighted centroid) in place of the leading
+            particle's angles (`flows.particle`); False: every particle's own angles.
+        project: generated jets are projected onto the mass and sum(pt_rel) the jet flow
+            sampled (pts scaled, angles dilated about the axis; `flows.particle`).
+        kinematics: the jet flow is conditioned on each jet's (log pt, eta), so generated jets
+            carry the kinematics they were sampled for (`jetflows sample --pt`).
+    """
+
+    context: tuple[str, ...] = ("mass", "multiplicity")
+    centroid: bool = False
+    project: bool = False
+    kinematics: bool = False
+    jet_flow: FlowConfig = FlowConfig(kind="zuko_nsf_coupling", transforms=4, hidden_features=64)
+
+    def __post_init__(self) -> None:
+        try:
+            check_context(self.context)
+        except ValueError as err:
+            raise UserError(f"particle.{err}") from None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a pipeline run needs; ``configs/*.yaml`` mirror it.
+
+    Arguments:
+        name: the run directory is ``runs/<name>``.
+        classes: jet classes (g, q, t, w, z or aliases), one model per class.
+        target: "latent" (ConVAE + latent flow, two-stage), "particles" (a flow on the 30 x 3
+            particle features) or "cloud" (a continuous flow on the particle set,
+            `flows.setflow`); the jet-level side of the last two is ``particle``.
+        normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
+            or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE, README).
+        set_flow: the cloud target's set flow (`flows.setflow.SetFlowConfig`); it trains with
+            ``flow_train``.
+        n_generate: jets generated per class for the evaluation.
+        device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
+            generation; not part of any stage's identity, so a run may continue elsewhere.
+    """
+
+    name: str = "quickstart"
+    classes: tuple[str, ...] = ("g", "q", "t", "w", "z")
+    target: str = "latent"
+    normalization: str = "standard"
+    n_generate: int = 1000
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    convae: ConVAEConfig = ConVAEConfig()
+    loss: LossConfig = LossConfig()
+    convae_train: TrainConfig = TrainConfig()
+    flow: FlowConfig = FlowConfig()
+    flow_train: TrainConfig = TrainConfig(lr=1e-3, batch_size=256, patience=10)
+    latent: LatentOptions = LatentOptions()
+    particle: ParticleOptions = ParticleOptions()
+    set_flow: SetFlowConfig = SetFlowConfig()
+    evaluate: EvalConfig = EvalConfig(fpnd=False)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}: use one of {DEVICES}")
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target {self.target!r}: use one of {TARGETS}")
+        if not self.classes:
+            raise UserError("classes must name at least one jet class")
+        if self.normalization not in STATISTICS:
+            raise UserError(
+                f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
+            )
+        check_name(self.name, "name")
+        self._check_models()
+        object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))
+        if self.n_generate < 100:
+            raise UserError("n_generate must be >= 100 (the evaluation's minimum sample)")
+        if round(self.data.n_jets * self.data.split[2]) < 200:  # two real halves of >= 100
+            raise UserError(
+                f"data.n_jets x data.split[2] = {self.data.n_jets * self.data.split[2]:.0f} test "
+                "jets: the evaluation needs >= 200 (raise n_jets or the test fraction)"
+            )
+
+    def _check_models(self) -> None:
+        # one model per class: a class-conditional flow (num_classes > 0) is a library feature
+        # the pipeline never feeds labels to
+        for key, flow in (("flow", self.flow), ("particle.jet_flow", self.particle.jet_flow)):
+            if flow.num_classes:
+                raise UserError(
+                    f"{key}.num_classes must be 0: the pipeline trains one model per class"
+                )
+        if self.target == "cloud" and self.particle.centroid:
+            raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
+        if self.target != "latent":
+            return
+        if self.convae.num_particles != self.data.num_particles:
+            raise UserError(
+                f"convae.num_particles ({self.convae.num_particles}) must equal "
+                f"data.num_particles ({self.data.num_particles})"
+            )
+        if self.convae.num_features != 3:
+            raise UserError(
+                f"convae.num_features must be 3 (eta_rel, phi_rel, pt_rel), "
+                f"got {self.convae.num_features}"
+            )
+
+    @property
+    def kinematics(self) -> bool:
+        """Whether the target's generator is conditioned on each jet's (log pt, eta)."""
+        return self.latent.kinematics if self.target == "latent" else self.particle.kinematics
+
+
+# --------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """``value`` as type ``tp`` (a field annotation), or ValueError naming ``path``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ValueError:
+                continue
+        raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{path}: expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string, not a float
+        value = float(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # no config value means NaN or infinity
+            raise UserError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, strictly (unknown keys and wrong types: ValueError)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names, key=str)  # a YAML key may be a number: 1: x
+    if unknown:
+        where = f"{path}." if path else ""
+        raise UserError(
+            f"unknown config key {where}{unknown[0]}: {cls.__name__} has {sorted(names)}"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path or 'config'}: {err}") from err
+
+
+def set_value(tree: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects section.key=value, got {assignment!r}")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # a traceback before; safe_load also refuses !!python tags
+        why = str(err).splitlines()[0]
+        raise UserError(f"--set {key}: the value {text!r} is not valid YAML ({why})") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key repeated in one mapping (yaml keeps the last value
+    silently, so a duplicated ``n_generate`` would quietly override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise UserError(f"duplicate key {key!r} (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from ``path``, strictly: duplicate keys and syntax errors are one-line
+    ValueErrors naming the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, not a mapping, or a duplicate key.
+    """
+    path = require_file(path, f"{what} file")
+    try:
+        tree = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+    if tree is None:  # it silently meant every built-in default
+        raise UserError(
+            f"{path}: the {what} file is empty; for the built-in defaults give no --config"
+        )
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Read a pipeline YAML (None: the defaults) and apply ``--set`` overrides.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, unknown key, wrong type or invalid value (one line, naming it).
+    """
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for assignment in overrides:
+        set_value(tree, assignment)
+    return build(PipelineConfig, tree)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as plain lists/dicts (tuples become lists), for YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML that `load_config` reads back to an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def model_identity(cfg: PipelineConfig) -> dict[str, Any]:
+    """A whole config as a stage's identity (studies and digits hash it): ``set_flow`` is left
+    out of the targets that do not use it, so their results keep the keys they had before the
+    set flow existed."""
+    tree = to_dict(cfg)
+    if cfg.target != "cloud":
+        del tree["set_flow"]
+    return tree
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of config parts (dataclasses or plain data): a stage's identity."""
+    plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return stable_hash(plain)
+
+
+# ------------------------------------------------------- configs built on a base pipeline
+
+
+def base_config_path(config: Path, base: str) -> Path:
+    """Where a tuning or study config's ``base`` is: relative to that config's own directory (so a
+    config works from any working directory), else, as written before, to the working
+    directory; absolute paths as they are.
+
+    Raises:
+        FileNotFoundError: neither exists (both places named).
+    """
+    candidates = [Path(base)] if Path(base).is_absolute() else [config.parent / base, Path(base)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c.resolve()) for c in candidates)
+    raise MissingFileError(f"{config}: base config {base} not found (looked for {tried})")
+
+
+def based_config(path: str | Path, cls: type, what: str) -> tuple[Any, dict[str, Any]]:
+    """A config of dataclass ``cls`` that names a base pipeline YAML (``base``, relative to
+    itself) and ``overrides``: the config, and the base tree with the overrides applied."""
+    path = Path(path)
+    cfg = build(cls, read_yaml(path, what))
+    base = read_yaml(base_config_path(path, cfg.base), "base config")
+    for assignment in cfg.overrides:
+        set_value(base, assignment)
+    return cfg, base
+
+
+def pipeline_config(base: dict[str, Any], values: dict[str, Any]) -> PipelineConfig:
+    """The base tree with ``values`` ({dotted key: value}) applied, built strictly."""
+    tree = json.loads(json.dumps(base))
+    for key, value in values.items():
+        set_value(tree, f"{key}={json.dumps(value)}")
+    return build(PipelineConfig, tree)

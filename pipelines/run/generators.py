@@ -1,0 +1,471 @@
+"""The generators a run can train, registered once: what each trains, what its checkpoints
+are, how its sampler is built from them, and what tuning searches.
+
+A `Generator` record is all the pipeline, ``jetflows sample``, ``jetflows tune``, the study and
+``benchmarks/quality.py`` know of a target: they look it up in `GENERATORS` by the config's
+``target`` (or the ``target`` recorded in a checkpoint) and call its ``train`` and ``sampler``.
+Adding a generator means writing those two functions and one entry here.
+
+- ``latent``: the ConVAE (convae.pt), then a flow on its latent space (flow.pt); sampling
+  decodes the flow's samples (two-stage, the paper's model).
+- ``particles``: a jet-level flow of (mass, n, ...) (jet_flow.pt), then a flow on the 30 x 3
+  particle features (flow.pt), conditioned on the jet-level rows.
+- ``cloud``: the same jet-level flow, then a continuous normalizing flow on the particle set
+  (`flows.setflow`, flow.pt), conditioned on the jet-level rows.
+
+Training goes through a `Trainer`: the pipeline's checkpoints and resumes each stage
+(`pipelines.run.pipeline.ClassRun.trained`), a tuning trial reports and prunes
+(`pipelines.experiments.tune`).
+This module stays light (no metrics, no Optuna, no stages until a model is trained), so that
+``jetflows sample`` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from convae.train import CHECKPOINT_KIND as CONVAE_KIND
+from convae.train import model_from_state
+from flows import latent, particle, setflow
+from flows.train import CHECKPOINT_KIND as FLOW_KIND
+from flows.train import flow_from_state
+from jetflows.classes import canonical_class
+from jetflows.distributed import resolve_device
+from jetflows.errors import MissingFileError, UserError
+from jetflows.normalize import Normalization
+from pipelines.run.checkpoints import check_provenance, load_checkpoint
+
+if TYPE_CHECKING:
+    from pipelines.data.jetnet import Jets
+    from pipelines.run.config import PipelineConfig
+
+#: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
+Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class SamplerRecord:
+    """What a trained generator is besides its weights, stored in its flow checkpoint
+    (``state["extra"]``): how the flows' samples become jets, and for which jets.
+
+    Arguments:
+        target: the generator's name, a key of `GENERATORS`: "latent" (latent flow -> ConVAE
+            decoder), "particles" (jet flow -> particle flow) or "cloud" (jet flow -> set flow).
+        jet_class: the class it was trained on.
+        num_particles: P of the jets it makes.
+        jet_kinematics: (M, 2) training jets' (pt [GeV], eta): the pool each generated jet's
+            kinematics are drawn from.
+        kinematics_norm: the mean and std of (log pt, eta) the flows' context was standardized
+            with; None: not conditioned on kinematics.
+        latent: `pipelines.run.config.LatentOptions` as a dict (masking, pt_threshold, project);
+            latent target only.
+        multiplicity_probs: (P + 1,) training multiplicity distribution; latent target only.
+        particle_target: `flows.particle.ParticleTarget.to_dict()`; particles and cloud
+            targets.
+    """
+
+    target: str
+    jet_class: str
+    num_particles: int
+    jet_kinematics: list[list[float]]
+    kinematics_norm: list[list[float]] | None = None
+    latent: dict[str, Any] | None = None
+    multiplicity_probs: list[float] | None = None
+    particle_target: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``extra`` (fields left None are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, extra: dict[str, Any], where: str | Path = "flow.pt") -> SamplerRecord:
+        """Read it back from a checkpoint's ``extra``.
+
+        Raises:
+            ValueError: not a pipeline flow (no known target, unknown or missing keys).
+        """
+        if extra.get("target") not in GENERATORS:
+            raise UserError(f"{where}: not a pipeline flow (no known target recorded)")
+        unknown = sorted(set(extra) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"{where}: an unknown generator record (keys {unknown})")
+        try:
+            return cls(**extra)
+        except TypeError as err:
+            raise UserError(f"{where}: an incomplete generator record: {err}") from err
+
+
+@dataclass
+class TrainedSampler:
+    """A trained generator of one class, ready to sample: its record, the ``sampler`` built
+    from its models, the jet (pt, eta) pool, and the device its models live on."""
+
+    record: SamplerRecord
+    sampler: Sampler
+    kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
+    device: torch.device  # where the models and their random stream live
+
+    @property
+    def num_particles(self) -> int:
+        return self.record.num_particles
+
+    @property
+    def conditional(self) -> bool:
+        """Whether each jet is generated for the (pt, eta) it is given."""
+        return self.record.kinematics_norm is not None
+
+
+def kinematics_norm(jet_features: np.ndarray) -> list[list[float]]:
+    """Mean and std of the training jets' (log pt, eta): the flows' context scale.
+
+    jet_features: (N, 4) JetNet jet features (pt, eta, mass, n).
+    """
+    x = np.stack([np.log(jet_features[:, 0]), jet_features[:, 1]], 1).astype(np.float64)
+    return [x.mean(0).tolist(), np.maximum(x.std(0), 1e-6).tolist()]
+
+
+def kinematics_context(kinematics: torch.Tensor, norm: list[list[float]]) -> torch.Tensor:
+    """(n, 2) (pt [GeV], eta) -> the flows' standardized (log pt, eta) context (n, 2)."""
+    x = torch.stack([kinematics[:, 0].log(), kinematics[:, 1]], 1)
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in norm)
+    return (x - mean) / std
+
+
+def _kinematics(record: SamplerRecord, kin: torch.Tensor | None) -> torch.Tensor | None:
+    """The flows' context for requested (pt, eta), if the generator is conditioned on them."""
+    scale = record.kinematics_norm
+    return kinematics_context(kin, scale) if scale and kin is not None else None
+
+
+# ----------------------------------------------------------------------------------- samplers
+
+
+def _latent_sampler(
+    record: SamplerRecord, states: Mapping[str, dict[str, Any]], device: torch.device
+) -> Sampler:
+    flow = flow_from_state(states["flow.pt"]).to(device)
+    vae_state = states["convae.pt"]
+    vae = model_from_state(vae_state).to(device).eval()
+    norm = Normalization.from_dict(vae_state["normalization"])
+    options = record.latent or {}
+    probs = torch.tensor(record.multiplicity_probs, device=device)
+    masking = latent.Masking(options["masking"], options["pt_threshold"], probs)
+    project = bool(options["project"])
+
+    def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
+        return latent.generate(
+            flow,
+            vae,
+            n,
+            masking=masking,
+            normalization=norm,
+            generator=g,
+            project=project,
+            context=_kinematics(record, kin),
+        )
+
+    return sample
+
+
+def _jet_level_sampler(
+    generate: Callable[..., Any],
+    build: Callable[[dict[str, Any]], torch.nn.Module],
+    record: SamplerRecord,
+    states: Mapping[str, dict[str, Any]],
+    device: torch.device,
+) -> Sampler:
+    """A jet flow (jet_flow.pt) feeding a particle-level model (flow.pt, rebuilt by ``build``)
+    through ``generate`` (`flows.particle.generate` or `flows.setflow.generate`)."""
+    model = build(states["flow.pt"]).to(device)
+    jet_flow = flow_from_state(states["jet_flow.pt"]).to(device)
+    target = particle.ParticleTarget.from_dict(record.particle_target)
+
+    def sample(n: int, g: torch.Generator, kin: torch.Tensor | None) -> Any:
+        return generate(
+            model, jet_flow, n, target, generator=g, kinematics=_kinematics(record, kin)
+        )
+
+    return sample
+
+
+def _ode_options(
+    states: Mapping[str, dict[str, Any]], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The checkpoints with the set flow's ODE ``options`` (solver, steps) replaced, checked
+    as a config would be (ValueError: an unknown solver, steps < 1, another key)."""
+    unknown = sorted(set(options) - set(setflow.SAMPLING_FIELDS))
+    if unknown:
+        raise UserError(
+            f"a set flow takes sampling options {', '.join(setflow.SAMPLING_FIELDS)}, not {unknown}"
+        )
+    config = {**states["flow.pt"]["set_flow_config"], **options}
+    setflow.SetFlowConfig(**config)  # validates
+    return {**states, "flow.pt": {**states["flow.pt"], "set_flow_config": config}}
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+class Trainer(Protocol):
+    """Trains (or restores) one stage: checkpoint file ``name`` of ``kind`` with identity
+    ``key``, by ``train(resume=, on_epoch=, progress=)``; ``inputs``: file name -> the state
+    of each model it is fitted on. Returns the stage's state."""
+
+    def __call__(
+        self,
+        name: str,
+        kind: str,
+        key: str,
+        train: Callable[..., dict[str, Any]],
+        **inputs: dict[str, Any],
+    ) -> dict[str, Any]: ...
+
+
+def direct_trainer(progress: bool = False) -> Trainer:
+    """A `Trainer` that trains every stage from scratch, keeping nothing (studies, digits)."""
+
+    def trained(
+        name: str, kind: str, key: str, train: Callable[..., dict[str, Any]], **inputs: Any
+    ) -> dict[str, Any]:
+        return train(resume=None, on_epoch=None, progress=progress)
+
+    return trained
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained generator: every checkpoint's state and identity, by file name."""
+
+    states: dict[str, dict[str, Any]]
+    keys: dict[str, str]
+
+
+def _train_latent(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
+) -> Trained:
+    """The ConVAE, then the latent flow on its latents."""
+    from pipelines.run import stages
+    from pipelines.run.config import digest
+
+    vae_key = digest(data_key, cfg.normalization, cfg.convae, cfg.loss, cfg.convae_train)
+    vae = trained(
+        "convae.pt", CONVAE_KIND, vae_key, functools.partial(stages.train_convae, cfg, parts)
+    )
+    key = digest(vae_key, cfg.flow, cfg.flow_train, cfg.latent)
+    train = functools.partial(stages.train_latent_flow, cfg, jet_class, parts, vae)
+    flow = trained("flow.pt", FLOW_KIND, key, train, **{"convae.pt": vae})
+    return Trained({"flow.pt": flow, "convae.pt": vae}, {"flow.pt": key, "convae.pt": vae_key})
+
+
+def _train_particles(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
+) -> Trained:
+    """The jet flow, then the particle flow."""
+    from pipelines.run import stages
+    from pipelines.run.config import digest
+
+    key = digest(data_key, cfg.flow, cfg.flow_train, cfg.particle)
+    record, jet_data, particle_data = stages.particle_flows_data(cfg, jet_class, parts)
+    jet = trained(
+        "jet_flow.pt", FLOW_KIND, key, functools.partial(stages.train_jet_flow, cfg, jet_data)
+    )
+    train = functools.partial(stages.train_particle_flow, cfg, particle_data, record)
+    flow = trained("flow.pt", FLOW_KIND, key, train, **{"jet_flow.pt": jet})
+    return Trained({"flow.pt": flow, "jet_flow.pt": jet}, {"flow.pt": key, "jet_flow.pt": key})
+
+
+def _train_cloud(
+    cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
+) -> Trained:
+    """The jet flow (as the particles target's), then the set flow."""
+    from pipelines.run import stages
+    from pipelines.run.config import digest
+
+    jet_key = digest(data_key, cfg.flow_train, cfg.particle)
+    record, jet_data, set_data = stages.set_flow_data(cfg, jet_class, parts)
+    jet = trained(
+        "jet_flow.pt", FLOW_KIND, jet_key, functools.partial(stages.train_jet_flow, cfg, jet_data)
+    )
+    # the ODE's solver and steps only sample: changing them re-samples, never retrains
+    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in setflow.SAMPLING_FIELDS}
+    key = digest(jet_key, network, cfg.flow_train)
+    train = functools.partial(stages.train_set_flow, cfg, set_data, record)
+    flow = trained("flow.pt", setflow.CHECKPOINT_KIND, key, train, **{"jet_flow.pt": jet})
+    return Trained({"flow.pt": flow, "jet_flow.pt": jet}, {"flow.pt": key, "jet_flow.pt": jet_key})
+
+
+# ----------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One target: what it trains, what its checkpoints are, how it samples, what to tune.
+
+    Arguments:
+        name: the config's ``target``.
+        checkpoints: (file, kind) of each model; the first (flow.pt) is the one sampled from,
+            whose record (`SamplerRecord`) names the generator; the others are what it was
+            fitted on.
+        train: (cfg, class, (train, valid) jets, data stage key, `Trainer`) -> `Trained`.
+        sampler: (record, states by file name, device) -> `Sampler`.
+        reconstructs: it has a ConVAE whose reconstructions the pipeline checks.
+        options: (states, {option: value}) -> states: sampling options a user may change
+            without retraining (``jetflows sample --solver --steps``); None: none.
+        sampling: the config's values of those options (cfg -> {option: value}).
+        reported: the stages whose epochs a tuning trial reports to the pruner, in order.
+        space: the default tuning search space ({config key:
+            `pipelines.experiments.tune.Param` fields}), used when a tuning config names none.
+    """
+
+    name: str
+    checkpoints: tuple[tuple[str, str], ...]
+    train: Callable[..., Trained]
+    sampler: Callable[..., Sampler]
+    reconstructs: bool = False
+    options: Callable[..., dict[str, dict[str, Any]]] | None = None
+    sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    reported: tuple[str, ...] = ("flow.pt",)
+    space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[tuple[str, str], ...]:
+        """(file, kind) of the models the sampled one was fitted on."""
+        return self.checkpoints[1:]
+
+
+_FLOW_SPACE = {
+    "flow.transforms": {"low": 2, "high": 12, "integer": True},
+    "flow.hidden_features": {"low": 32, "high": 512, "log": True, "integer": True},
+    "flow_train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+}
+
+GENERATORS: dict[str, Generator] = {
+    g.name: g
+    for g in (
+        Generator(
+            "latent",
+            (("flow.pt", FLOW_KIND), ("convae.pt", CONVAE_KIND)),
+            _train_latent,
+            _latent_sampler,
+            reconstructs=True,
+            reported=("convae.pt", "flow.pt"),
+            space=_FLOW_SPACE,
+        ),
+        Generator(
+            "particles",
+            (("flow.pt", FLOW_KIND), ("jet_flow.pt", FLOW_KIND)),
+            _train_particles,
+            functools.partial(_jet_level_sampler, particle.generate, flow_from_state),
+            space=_FLOW_SPACE,
+        ),
+        Generator(
+            "cloud",
+            (("flow.pt", setflow.CHECKPOINT_KIND), ("jet_flow.pt", FLOW_KIND)),
+            _train_cloud,
+            functools.partial(_jet_level_sampler, setflow.generate, setflow.set_flow_from_state),
+            options=_ode_options,
+            sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
+            space={
+                "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
+                "set_flow.layers": {"low": 2, "high": 6, "integer": True},
+                "set_flow.steps": {"low": 4, "high": 40, "log": True, "integer": True},
+                "set_flow.solver": {"choices": ["euler", "midpoint", "rk4"]},
+                "set_flow.time_power": {"low": 0.0, "high": 2.0},
+                "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
+            },
+        ),
+    )
+}
+#: every kind a flow.pt may hold
+SAMPLED_KINDS = tuple(sorted({g.checkpoints[0][1] for g in GENERATORS.values()}))
+
+
+def build_sampler(
+    states: Mapping[str, dict[str, Any]],
+    *,
+    device: str = "cpu",
+    options: Mapping[str, Any] | None = None,
+) -> TrainedSampler:
+    """The generator of trained states by file name (flow.pt, with its record inside, and the
+    models it was fitted on): the one builder behind `load_sampler`, the pipeline's
+    evaluation and every tuning trial, so all sample the same way. ``options``: sampling
+    options the generator takes (`Generator.options`; a set flow's solver and steps).
+
+    Raises:
+        ValueError: not a pipeline flow, or options the generator does not take.
+    """
+    device = resolve_device(device)
+    record = SamplerRecord.from_dict(states["flow.pt"].get("extra", {}))
+    gen = GENERATORS[record.target]
+    if options:
+        if gen.options is None:
+            raise UserError(
+                f"a {gen.name} generator takes no sampling options ({', '.join(options)}); "
+                "they apply to set flows (target cloud)"
+            )
+        states = gen.options(states, options)
+    sampler = gen.sampler(record, states, device)
+    kinematics = torch.tensor(record.jet_kinematics, dtype=torch.float32)
+    return TrainedSampler(record, sampler, kinematics, device)
+
+
+def class_dir(run: str | Path, jet_class: str) -> Path:
+    """``run/<class>``, checked to hold a model (ValueError naming what is missing)."""
+    run, jet_class = Path(run), canonical_class(jet_class)
+    if not run.is_dir():
+        where = "" if run.is_absolute() else f" (relative to {Path.cwd()}: {run.resolve()})"
+        raise MissingFileError(
+            f"{run}: no such run directory{where}; train one with jetflows pipeline"
+        )
+    path = run / jet_class
+    if (path / "flow.pt").is_dir():
+        raise UserError(f"{path / 'flow.pt'} is a directory, not a model checkpoint")
+    if not (path / "flow.pt").is_file():
+        have = sorted(p.parent.name for p in run.glob("*/flow.pt") if p.is_file())
+        raise UserError(
+            f"run {run} has no model for class {jet_class!r} (no {path / 'flow.pt'}); "
+            f"it has {have or 'none'}"
+        )
+    return path
+
+
+def load_sampler(
+    run: str | Path,
+    jet_class: str,
+    *,
+    device: str = "cpu",
+    options: Mapping[str, Any] | None = None,
+) -> TrainedSampler:
+    """Rebuild the generator of ``jet_class`` from the checkpoints in ``run/<class>/``, each
+    checked to belong to the class and to each other; ``device`` as
+    `jetflows.distributed.resolve_device` takes it (auto, cpu, cuda); ``options``: sampling
+    options the generator takes (`Generator.options`; a set flow's solver and steps).
+
+    Raises:
+        FileNotFoundError: no run directory or a missing checkpoint.
+        ValueError: no model of the class, a corrupt checkpoint, models that do not belong
+            together (`pipelines.run.checkpoints.check_provenance`), or options it does not take.
+    """
+    path = class_dir(run, jet_class)
+    state = load_checkpoint(path / "flow.pt", SAMPLED_KINDS)
+    record = SamplerRecord.from_dict(state.get("extra", {}), path / "flow.pt")
+    gen = GENERATORS[record.target]
+    if state["kind"] != gen.checkpoints[0][1]:
+        raise UserError(f"{path / 'flow.pt'}: a {state['kind']} checkpoint in a {gen.name} record")
+    states = {"flow.pt": state}
+    for name, kind in gen.inputs:
+        states[name] = load_checkpoint(path / name, kind)
+        check_provenance(states[name], path / name, path.name)
+    inputs = {name: states[name] for name, _ in gen.inputs}
+    check_provenance(state, path / "flow.pt", path.name, **inputs)
+    try:
+        return build_sampler(states, device=device, options=options)
+    except ValueError as err:
+        raise UserError(f"{path / 'flow.pt'}: {err}") from None

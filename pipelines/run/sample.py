@@ -1,0 +1,224 @@
+"""Sampling jets from a trained run: `jetflows sample --n 10000 --class top`.
+
+A run directory ``runs/<name>/<class>/`` holds ``flow.pt`` and the checkpoints it was fitted on
+(`pipelines.run.generators`: ``convae.pt`` for two-stage models, ``jet_flow.pt`` for particle and
+set flows); the generator is rebuilt from those checkpoints alone. Jets are generated in
+batches and streamed into a JetNet-layout HDF5 file, so n = 10^7 needs one batch in memory, not
+10^7 jets; the file appears only when complete (atomic rename).
+
+jet_features: (pt, eta) are drawn from the training jets' (pt, eta) pairs stored in the flow
+checkpoint (the models generate relative coordinates only); mass = (m / pT from the generated
+particles) x pt; n = number of generated particles.
+
+This module stays light (torch, h5py, the model libraries): no jetnet, no metrics, so that the
+command starts fast.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jetflows import __version__, interrupt
+from jetflows.classes import canonical_class
+from jetflows.errors import UserError
+from jetflows.physics import jet_observables
+from pipelines.data.jetnet import Jets
+from pipelines.io import atomic_path, check_disk_space, check_writable
+from pipelines.run.generators import TrainedSampler, class_dir, load_sampler
+
+
+def jet_features(
+    particles: torch.Tensor, mask: torch.Tensor, kinematics: torch.Tensor
+) -> torch.Tensor:
+    """(n, 4) JetNet jet_features (pt, eta, mass, n) for generated jets and drawn (pt, eta)."""
+    rel_mass = jet_observables(particles, mask)["mass"]  # m / pT_jet (pt_rel units)
+    pt, eta = kinematics[:, 0], kinematics[:, 1]
+    return torch.stack([pt, eta, rel_mass * pt, mask.sum(1).float()], 1)
+
+
+#: what a pipeline writes at a run's top level (beside one folder per class)
+RUN_FILES = ("config.yaml", "summary.md", "summary.json", "summary.png", "pipeline.log")
+
+
+def _refuse_run_files(out: Path, run: Path) -> None:
+    """Refuse an output that would replace a file the run owns: anything inside a class
+    folder (models, its data, real_test.hdf5, metrics) or the run's own top-level files. New
+    files beside them (runs/<name>/top_generated.hdf5) are fine.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    target, root = out.resolve(), run.resolve()
+    owned = target.parent != root and root in target.parents  # inside a class folder
+    if owned or (target.parent == root and target.name in RUN_FILES):
+        raise UserError(
+            f"{out} belongs to the run {run} (its models, data or results): write the jets "
+            "somewhere else"
+        )
+
+
+def check_kinematics(gen: TrainedSampler, kinematics: Any, n: int) -> torch.Tensor:
+    """Requested (pt, eta) per jet as an (n, 2) float32 tensor, checked.
+
+    Raises:
+        ValueError: the generator is not conditioned on kinematics, a wrong shape or count,
+            a pt <= 0 or a non-finite value.
+    """
+    if not gen.conditional:
+        raise UserError(
+            "this run's generator is not conditioned on jet kinematics: train it with "
+            "latent.kinematics: true (or particle.kinematics: true) to ask for a pt"
+        )
+    kin = torch.as_tensor(np.asarray(kinematics, dtype=np.float32))
+    if kin.shape != (n, 2):
+        raise UserError(f"kinematics must be (n, 2) = ({n}, 2) (pt, eta), got {tuple(kin.shape)}")
+    if not torch.isfinite(kin).all() or (kin[:, 0] <= 0).any():
+        raise UserError("kinematics must be finite with pt > 0")
+    _check_range(kin, gen.kinematics)
+    return kin
+
+
+def _check_range(kin: torch.Tensor, pool: torch.Tensor) -> None:
+    """Refuse (pt, eta) more than one standard deviation (of log pt, of eta) beyond the
+    training jets' range, where the flows' context is extrapolated blindly; warn, with the
+    range, for anything outside the range but within that margin. kin, pool: (n, 2), (M, 2)."""
+    asked = torch.stack([kin[:, 0].log(), kin[:, 1]], 1).double()
+    seen = torch.stack([pool[:, 0].log(), pool[:, 1]], 1).double()
+    lo, hi, margin = seen.min(0).values, seen.max(0).values, seen.std(0).nan_to_num(0.0)
+    for col, (name, show) in enumerate((("pt", math.exp), ("eta", float))):
+        low, high = float(asked[:, col].min()), float(asked[:, col].max())
+        span = f"{show(float(lo[col])):.4g}..{show(float(hi[col])):.4g}"
+        if low < lo[col] - margin[col] or high > hi[col] + margin[col]:
+            raise UserError(
+                f"{name} {show(low):.4g}..{show(high):.4g} asked, but this generator was trained "
+                f"on jets of {name} {span}: it cannot say what such jets look like"
+            )
+        if low < lo[col] or high > hi[col]:
+            warnings.warn(
+                f"{name} {show(low):.4g}..{show(high):.4g} reaches beyond the training jets' "
+                f"{span}: an extrapolation",
+                stacklevel=2,  # one place for every caller: shown once
+            )
+
+
+BATCH_SIZE = 10_000  # jets per generator call (and per streamed write)
+
+
+def generated_attributes(jet_class: str) -> dict[str, str]:
+    """The attributes every file of generated jets carries (`evaluate` reads the class)."""
+    return {"generator": "jetflows", "version": __version__, "jet_class": jet_class}
+
+
+def sampled_jets(
+    gen: TrainedSampler,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    kinematics: Any = None,
+    progress: bool = False,
+) -> Jets:
+    """``n`` generated jets in memory, the same jets `sample_to_file` writes for these
+    arguments: particles (n, P, 3), mask (n, P), jet_features (n, 4), labels -1."""
+    parts, jets = [], []
+    with tqdm(total=n, desc="sampling", unit="jet", disable=not progress) as bar:
+        for pf, jf in sample_jets(gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics):
+            parts.append(pf)
+            jets.append(jf)
+            bar.update(len(pf))
+    pf = np.concatenate(parts)
+    return Jets(pf[..., :3], pf[..., 3] > 0, np.concatenate(jets), np.full(n, -1))
+
+
+@torch.no_grad()
+def sample_jets(
+    gen: TrainedSampler,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    kinematics: Any = None,
+) -> Any:
+    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy.
+
+    ``kinematics`` (n, 2) (pt [GeV], eta): generate each jet for these (a conditional
+    generator only); None: draw them from the training jets' pool (a conditional generator
+    then generates each jet for its draw).
+    """
+    given = None if kinematics is None else check_kinematics(gen, kinematics, n)
+    g = torch.Generator(device=gen.device).manual_seed(seed)
+    picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
+    for start in range(0, n, batch_size):
+        interrupt.check()  # between batches: where a swallowed SIGTERM is raised again
+        b = min(batch_size, n - start)
+        if given is not None:
+            kin = given[start : start + b]
+        else:
+            kin = gen.kinematics[torch.randint(len(gen.kinematics), (b,), generator=picks)]
+        context = kin.to(gen.device) if gen.conditional else None
+        particles, mask = gen.sampler(b, g, context)
+        particles, mask = particles.float().cpu(), mask.cpu()
+        pf = torch.cat([particles * mask[..., None], mask[..., None].float()], -1)
+        yield pf.numpy(), jet_features(particles, mask, kin).numpy()
+
+
+def sample_to_file(
+    run: str | Path,
+    jet_class: str,
+    n: int,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    kinematics: Any = None,
+    options: dict[str, Any] | None = None,
+) -> Path:
+    """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout);
+    ``options``: the generator's sampling options (a set flow's solver and steps).
+
+    Reproducible: the same run, class, n, seed and batch size give the same file.
+    ``kinematics`` (n, 2) (pt [GeV], eta): each jet generated for these (`sample_jets`).
+    """
+    if n < 1 or batch_size < 1:
+        raise UserError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
+    jet_class = canonical_class(jet_class)
+    class_dir(run, jet_class)  # checked before the output: it names what is missing
+    _refuse_run_files(Path(out), Path(run))
+    out = check_writable(Path(out), overwrite=overwrite)
+    gen = load_sampler(run, jet_class, device=device, options=options)
+    if kinematics is not None:
+        kinematics = check_kinematics(gen, kinematics, n)
+    P = gen.num_particles
+    check_disk_space(out, n * (P * 4 + 4) * 4)  # float32 particle and jet features
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        pf = f.create_dataset("particle_features", (n, P, 4), dtype=np.float32)
+        jf = f.create_dataset("jet_features", (n, 4), dtype=np.float32)
+        f.attrs.update(
+            {
+                **generated_attributes(jet_class),
+                "run": str(run),
+                "seed": seed,
+                "batch_size": batch_size,
+                **{f"sampling_{k}": v for k, v in (options or {}).items()},
+            }
+        )
+        start = 0
+        with tqdm(total=n, desc=f"sampling {jet_class}", unit="jet", disable=not progress) as bar:
+            for parts, jets in sample_jets(
+                gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics
+            ):
+                pf[start : start + len(parts)], jf[start : start + len(parts)] = parts, jets
+                start += len(parts)
+                bar.update(len(parts))
+    return out

@@ -1,0 +1,170 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.run.config import PipelineConfig, digest, load_config, to_yaml
+from tests.conftest import assert_one_line_error
+
+CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
+#: file-name prefix -> the config kind; any other config is a pipeline config
+KINDS = ("tune_", "study_", "sparse_")
+PIPELINES = [p for p in CONFIGS if not p.name.startswith(KINDS)]
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=str)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    again = tmp_path / "again.yaml"
+    again.write_text(to_yaml(cfg))
+    assert load_config(again) == cfg
+
+
+def _tune(path):
+    from pipelines.experiments.tune import load_tune_config
+
+    cfg, base = load_tune_config(path)
+    assert cfg.space and base
+
+
+def _study(path):
+    from pipelines.experiments.study import load_study_config
+
+    cfg, base = load_study_config(path)
+    assert cfg.losses and base
+
+
+def _digits(path):
+    from pipelines.experiments.digits import load_digits_config
+
+    assert load_digits_config(path).losses
+
+
+LOADERS = {"tune_": _tune, "study_": _study, "sparse_": _digits}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith(KINDS)], ids=str)
+def test_every_other_shipped_config_loads_from_any_directory(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a base config resolves relative to its config file
+    LOADERS[next(k for k in KINDS if path.name.startswith(k))](path.resolve())
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("n_generate: 100\nflow:\n  transforms: 3\nn_generate: 200\n")
+    with pytest.raises(ValueError, match=r"dup.yaml: duplicate key 'n_generate' \(line 4\)"):
+        load_config(path)
+    path.write_text("flow:\n  transforms: 3\n  transforms: 4\n")
+    with pytest.raises(ValueError, match="duplicate key 'transforms'"):
+        load_config(path)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        None,
+        [
+            "flow.transforms=8",
+            "classes=[top, W]",
+            "convae_train.lr=1e-3",
+            "flow_train.clip_norm=5",
+            "particle.jet_flow.bins=4",
+        ],
+    )
+    assert cfg.flow.transforms == 8 and cfg.classes == ("t", "w")
+    assert cfg.convae_train.lr == 1e-3 and cfg.flow_train.clip_norm == 5.0
+    assert isinstance(cfg.flow_train.clip_norm, float) and cfg.particle.jet_flow.bins == 4
+    assert load_config(None) == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["flow.transformz=3"], "unknown config key flow.transformz"),
+        (["colour=red"], "unknown config key colour"),
+        (["flow.transforms=x"], r"flow\.transforms: expected int, got 'x'"),
+        (["flow.transforms=2.5"], "expected int, got 2.5"),
+        (["flow.transforms=true"], "expected int, got True"),
+        (["convae_train.lr=fast"], "expected float"),
+        (["data.split=[0.5, 0.5]"], "3 positive fractions"),
+        (["data.recipe=delphes"], "unknown data.recipe 'delphes'"),
+        (["classes=[top, muon]"], "unknown jet class 'muon'"),
+        (["flow=3"], "flow: expected a mapping"),
+        (["flow.kind=glow"], "unknown flow 'glow'"),
+        (["target=pixels"], "unknown target"),
+        (["data.n_jets=100"], "the evaluation needs >= 200"),
+        (["flow.transforms"], "expects section.key=value"),
+        (["loss.space=latent"], "unknown loss space 'latent'"),
+        (["loss.feature_weights=[1, 1]"], "feature_weights must be 3 positive numbers"),
+        (["loss.feature_weights=[1, 1, x]"], "expected float"),
+        (["loss.reflect=maybe"], "expected bool"),
+        (["latent.masking=topk"], "unknown latent.masking 'topk'"),
+        (["latent.encoding=median"], "unknown latent.encoding 'median'"),
+        (["latent.project=true"], "latent.project needs latent.masking: joint"),
+        (["particle.context=[mass, multiplicity, width]"], "context must include"),
+        (["particle.project=sometimes"], "expected bool"),
+        # values checked when the config is loaded, naming the key (issue 14 #9)
+        (["convae_train.lr=.nan"], r"convae_train\.lr: expected a finite number, got nan"),
+        (["flow_train.lr=.inf"], r"flow_train\.lr: expected a finite number"),
+        (["flow_train.lr=0"], r"flow_train: lr must be a finite number > 0"),
+        (["loss.feature_weights=[1, .nan, 1]"], r"feature_weights\[1\]: expected a finite"),
+        (["loss.beta=-1"], "loss: beta must be a finite number >= 0"),
+        (["convae_train.patience=-1"], "patience must be a finite number >= 0"),
+        (["flow_train.clip_norm=0"], "clip_norm must be a finite number > 0"),
+        (["flow.tail_bound=0"], "tail_bound must be a finite number > 0"),
+        (["latent.pt_threshold=-0.1"], "pt_threshold must be a finite number >= 0"),
+        (["data.num_particles=0"], "num_particles must be a finite number >= 1"),
+        (["data.seed=-1"], "data: seed must be a finite number >= 0"),
+        (["evaluate.n_jets=0"], "n_jets must be a finite number >= 1"),
+        (["flow.num_classes=2"], "flow.num_classes must be 0"),
+        (["particle.jet_flow.num_classes=5"], "particle.jet_flow.num_classes must be 0"),
+        (["normalization=robust"], "unknown normalization 'robust'"),
+        (["name=../elsewhere"], "must be a plain folder name"),
+        (["convae.num_particles=150"], r"convae\.num_particles \(150\) must equal"),
+        (["convae.num_features=4"], "convae.num_features must be 3"),
+        (["set_flow.steps=0"], "set_flow: steps must be a finite number >= 1"),
+        (["set_flow.solver=dopri9"], "unknown set_flow.solver 'dopri9'"),
+        (["set_flow.width=0"], "set_flow: width must be a finite number >= 1"),
+        (["set_flow.network=mlp"], "unknown set_flow.network 'mlp'"),
+        (["set_flow.divergence=guess"], "unknown set_flow.divergence 'guess'"),
+        (["set_flow.stepz=3"], "unknown config key set_flow.stepz"),
+        (["flow.transforms=["], r"--set flow.transforms: the value '\[' is not valid YAML"),
+        (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
+        (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
+    ],
+)
+def test_bad_configs_are_one_clear_error(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("value", ["set_flow.steps=0", "set_flow.solver=dopri9"])
+def test_bad_set_flow_values_are_one_line_from_the_cli(capsys, value):
+    assert_one_line_error(capsys, ["pipeline", "--set", value], value.split("=")[0].split(".")[0])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flow: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("# nothing but a comment\n")
+    with pytest.raises(ValueError, match="file is empty"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_digest_changes_with_what_a_stage_depends_on():
+    a, b = PipelineConfig(), load_config(None, ["flow.bins=4"])
+    assert digest(a.convae, a.loss) == digest(b.convae, b.loss)
+    assert digest(a.flow) != digest(b.flow)
+
+
+def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):
+    """It was a TypeError from sorting 1 beside "colour"."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("1: x\ncolour: red\n")
+    with pytest.raises(ValueError, match="unknown config key 1"):
+        load_config(bad)

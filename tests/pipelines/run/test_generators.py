@@ -1,0 +1,168 @@
+"""The generator registry: every registered generator trains, samples and resumes at tiny size
+through the one pipeline, and `jetflows sample` rebuilds it from its checkpoints alone."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.data.jetnet import write_jetnet_file
+from pipelines.run.checkpoints import save_checkpoint
+from pipelines.run.config import TARGETS, load_config
+from pipelines.run.generators import GENERATORS, load_sampler
+from pipelines.run.pipeline import run_pipeline
+from pipelines.run.sample import sampled_jets
+from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
+
+TINY = [
+    *TINY_MODELS,
+    "name=tiny",
+    "classes=[g]",
+    "data.split=[0.3, 0.1, 0.6]",
+    "convae_train.epochs=2",
+    "flow_train.epochs=3",
+    "n_generate=200",
+    "evaluate.n_jets=100",
+    "particle.jet_flow.transforms=2",
+    "particle.jet_flow.hidden_features=8",
+    "particle.centroid=false",
+    "particle.kinematics=true",
+    "set_flow.network=transformer",
+    "set_flow.width=16",
+    "set_flow.layers=1",
+    "set_flow.heads=2",
+    "set_flow.steps=3",
+]
+
+
+def test_the_config_targets_are_the_registry():
+    assert set(TARGETS) == set(GENERATORS)
+    for gen in GENERATORS.values():
+        assert gen.checkpoints[0][0] == "flow.pt" and gen.space
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jetnet")
+    write_jetnet_file(root / "g.hdf5", random_jets(600, seed=4))
+    return root
+
+
+@pytest.mark.parametrize("target", sorted(GENERATORS))
+def test_every_generator_trains_samples_and_resumes(target, data_dir, tmp_path, monkeypatch):
+    cfg = load_config(
+        "configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", f"target={target}"]
+    )
+    saves = []
+
+    def killed_after_an_epoch(path, state):  # the final stage dies after writing epoch 2
+        save_checkpoint(path, state)
+        saves.append(path.name)
+        if saves.count("flow.last.pt") == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipelines.run.pipeline.save_checkpoint", killed_after_an_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, root=tmp_path, progress=False)
+    assert (tmp_path / "tiny" / "g" / "flow.last.pt").is_file()
+    monkeypatch.undo()
+    run = run_pipeline(cfg, root=tmp_path, progress=False)
+    log = (run / "pipeline.log").read_text()
+    assert "g: resuming flow after epoch 2" in log
+    history = json.loads((run / "g" / "history.json").read_text())
+    assert len(history["flow"]) == 3 and not (run / "g" / "flow.last.pt").exists()
+    for name, _ in GENERATORS[target].checkpoints:
+        assert (run / "g" / name).is_file()
+
+    jets = sampled_jets(load_sampler(run, "g"), 300, seed=1)
+    assert jets.particles.shape == (300, 30, 3) and np.isfinite(jets.particles).all()
+    assert (jets.particles[~jets.mask] == 0).all() and (jets.particles[..., 2][jets.mask] > 0).all()
+    n = jets.mask.sum(1)
+    mass = jets.jet_features[:, 2]
+    # generated jets vary (a generator collapsed onto one jet fails): many multiplicities
+    # and masses spread like the training jets' (random jets: std/mean ~0.5)
+    assert len(np.unique(n)) >= 5 and mass.std() / mass.mean() > 0.1
+    metrics = json.loads((run / "g" / "metrics.json").read_text())["metrics"]
+    assert np.isfinite(metrics["w1m"]["value"])
+
+
+@pytest.fixture(scope="module")
+def cloud_run(data_dir, tmp_path_factory):
+    cfg = load_config(
+        "configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", "target=cloud"]
+    )
+    return run_pipeline(cfg, root=tmp_path_factory.mktemp("cloud"), progress=False)
+
+
+def test_sample_takes_a_set_flows_solver_and_steps(cloud_run, tmp_path, capsys):
+    calls = []
+    base = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--quiet"]
+    for extra in ([], ["--steps", "1", "--solver", "euler"]):
+        out = tmp_path / f"{len(extra)}.hdf5"
+        assert main([*base, "--out", str(out), *extra]) == 0
+        with h5py.File(out) as f:
+            calls.append((f["particle_features"][:], dict(f.attrs)))
+    assert calls[1][1]["sampling_steps"] == 1 and calls[1][1]["sampling_solver"] == "euler"
+    assert not np.allclose(calls[0][0], calls[1][0])  # another integration, other jets
+    out = tmp_path / "pt.hdf5"
+    assert main([*base, "--out", str(out), "--pt", "1100", "--eta", "0.3"]) == 0
+    with h5py.File(out) as f:  # jets generated for the kinematics asked for
+        assert np.allclose(f["jet_features"][:, :2], [1100, 0.3])
+    capsys.readouterr()
+    for bad, match in ((["--solver", "dopri9"], "unknown set_flow.solver"),):
+        assert_one_line_error(capsys, [*base, "--out", str(tmp_path / "x.hdf5"), *bad], match)
+    assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_a_set_flow_checkpoint_beside_another_jet_flow_is_refused(cloud_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(cloud_run, run)
+    state = torch.load(run / "g" / "jet_flow.pt", weights_only=False)
+    state["best_state_dict"] = {k: v + 1 for k, v in state["best_state_dict"].items()}
+    save_checkpoint(run / "g" / "jet_flow.pt", state)
+    with pytest.raises(ValueError, match=r"was fitted on another jet_flow\.pt"):
+        load_sampler(run, "g")
+
+
+def test_new_ode_steps_sample_again_without_retraining(cloud_run, data_dir):
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [*TINY, f"data.data_dir={data_dir}", "target=cloud", "set_flow.steps=2"],
+    )
+    run = run_pipeline(cfg, root=cloud_run.parent, progress=False, overwrite=True)
+    log = (run / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: flow up to date" in log and "g: generate done" in log
+
+
+def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_path, monkeypatch):
+    def killed(path, state):  # the particle flow dies after its first epoch
+        save_checkpoint(path, state)
+        if path.name == "flow.last.pt":
+            raise KeyboardInterrupt
+
+    base = [*TINY, f"data.data_dir={data_dir}"]
+    monkeypatch.setattr("pipelines.run.pipeline.save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(
+            load_config("configs/quickstart.yaml", [*base, "target=particles"]),
+            root=tmp_path,
+            progress=False,
+        )
+    monkeypatch.undo()
+    cfg = load_config("configs/quickstart.yaml", [*base, "target=cloud"])
+    run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    assert "g: not resuming flow" in (run / "pipeline.log").read_text()
+    assert load_sampler(run, "g").record.target == "cloud"
+
+
+def test_a_directory_where_a_class_model_belongs_is_named(tmp_path):
+    """It said "no model for class 't' ... it has ['t']"."""
+    from pipelines.run.generators import class_dir
+
+    (tmp_path / "t" / "flow.pt").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"t/flow\.pt is a directory, not a model checkpoint"):
+        class_dir(tmp_path, "t")

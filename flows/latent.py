@@ -9,7 +9,7 @@ the rest of it, as in real jets (a narrow, low-mass gluon jet has few particles)
 on (z, n + u), u ~ U(0, 1) dequantizing the integer n (`with_multiplicity`). With ``project`` the
 flow also samples the jet's (log mass, sum pt_rel) (`with_jet_observables`) and each decoded jet
 is projected onto them (`flows.particle.project_to_context`): the decoder gives the jet's
-shape, the flow its mass, which a smooth decoder misses (top: W1M 3.5x the floor).
+shape, the flow its mass, which a smooth decoder misses (measured: docs/benchmarks.md).
 
 Example (an untrained pair, for shapes):
     >>> from convae.model import ConVAE, ConVAEConfig

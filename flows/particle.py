@@ -7,7 +7,7 @@ multiplicity n, and after sampling only the first n slots are kept. The flow the
 has to put mass on an exact zero (a delta it cannot represent), and no padded value is ever
 read as a particle.
 
-Context: JetFlow (arXiv:2211.13630) missed the jet-mass distribution by 5-10x until it was
+Context: JetFlow (arXiv:2211.13630) missed the jet-mass distribution until it was
 conditioned on jet mass and n, so the particle flow takes context = (mass, n) (configurable,
 optionally with sum(pt_rel)), plus the class through the flow's embedding. A small jet-level
 flow on (log mass, n + u[, sum pt_rel]), u ~ U(0, 1) dequantizing the integer n, samples that
@@ -17,14 +17,14 @@ flow -> particles.
 The jet axis: eta_rel and phi_rel are relative to the jet axis, so the pt-weighted centroid of a
 real jet's particles is ~0 (std 0.01-0.02, against 0.15 for one particle's eta_rel). A flow that
 samples every particle's angles has to learn this as a correlation among 2P coordinates, and
-coupling flows did not (the generated axis spread was ~10x too wide). With ``centroid`` the
+coupling flows did not (the generated axis spread came out far too wide). With ``centroid`` the
 leading particle's (eta, phi) are replaced by the jet's centroid, an invertible change of
 variables given the pts (the leading particle has >= 6% of the jet's pt), so the flow models the
 axis as one narrow 2-D marginal and `decode` solves for the leading particle's angles.
 
 The jet mass and sum(pt_rel): conditioning on them is not enough for a coupling flow on 90
-coordinates (top jets, 20,000 jets, 15 epochs: W1M 5.0x the floor, and a few jets with
-sum(pt_rel) up to 1.46, which real jets never exceed, inflating FPD). With ``project`` each
+coordinates (it misses the mass distribution, and a few jets have sum(pt_rel) well above 1,
+which real jets never exceed, inflating FPD; measured: docs/benchmarks.md). With ``project`` each
 generated jet's pts are scaled to the sum(pt_rel) the jet flow sampled (when it is a context)
 and its angles dilated about its axis to the sampled mass (mass grows linearly with the angular
 size at fixed pts): a projection onto the constraints the flow was conditioned on, optional,

@@ -8,12 +8,10 @@ pixels; the exact EMD (`exact_image_emd`, POT's network simplex) is cubic-ish in
 pixels. PyWavelets provides the transform, POT the exact distance; neither has the
 approximation, so it is written here (a few lines over `pywt.wavedec2`).
 
-Equal to the EMD up to a constant factor where images are smooth: on random 16 x 16 and
-32 x 32 images of Gaussian blobs the ratio to the exact EMD was 10.9 +- 23% and 10.6 +- 18%,
-Pearson correlation 0.90, 26x and 220x faster (`benchmarks/wavelet_emd.py`). On jet images,
-a few hard pixels, it tracks the exact EMD only loosely (Pearson 0.3-0.6, ratio 58-80) and is
-hardly faster, so the study reports both. Haar wavelets with zero padding tracked the exact
-EMD best of haar, db2, sym3 and coif1 on the blobs, so they are the default.
+Equal to the EMD up to a constant factor where images are smooth (blobs); on jet images, a
+few hard pixels, it tracks the exact EMD only loosely and is hardly faster, so the study
+reports both. Haar wavelets with zero padding tracked the exact EMD best on smooth images, so
+they are the default. The measurements (`benchmarks/wavelet_emd.py`): docs/studies.md.
 """
 
 from __future__ import annotations

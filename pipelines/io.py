@@ -9,7 +9,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -339,6 +339,18 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as strict, indented JSON (NaN and inf -> null), atomically."""
     return write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False))
+
+
+def keyed_json(path: str | Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict:
+    """The JSON object at ``path`` if it was written for ``key``, else ``compute()`` written
+    there with its key (a study's cell done once: its data and model hashed into ``key``).
+    Returned as read back (NaN as null), the same either way."""
+    path = Path(path)
+    done = read_json(path) if path.is_file() else {}
+    if done.get("key") != key:
+        write_json(path, {"key": key, **compute()})
+        done = read_json(path)
+    return done
 
 
 def parse_json(text: str, source: str | Path) -> Any:

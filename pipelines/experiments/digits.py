@@ -20,6 +20,7 @@ A cell whose metrics.json holds the same config hash is skipped, so a rerun resu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,14 @@ from pipelines.data.jetnet import Jets
 from pipelines.evaluation.report import fmt, pyplot, save_figure
 from pipelines.evaluation.rows import MetricRow
 from pipelines.evaluation.wavelet import exact_image_emd
-from pipelines.io import markdown_table, read_json, write_json, write_text
+from pipelines.io import keyed_json, markdown_table, write_json, write_text
 from pipelines.run import stages
 from pipelines.run.config import (
-    PipelineConfig,
+    TwoStageConfig,
     build,
     check_name,
     check_split,
     digest,
-    model_identity,
     pipeline_config,
     read_yaml,
     set_value,
@@ -113,21 +113,20 @@ def load_digits_config(path: str | Path) -> DigitsConfig:
     return cfg
 
 
-def model_config(cfg: DigitsConfig, loss: str) -> PipelineConfig:
-    """The pipeline config of one digit model: ``overrides``, then the fields the data fix."""
+def model_config(cfg: DigitsConfig, loss: str) -> TwoStageConfig:
+    """The two-stage model of one digit and loss: ``overrides`` (keys of a two-stage model:
+    convae, loss, convae_train, flow, flow_train, latent, normalization, device), then the
+    fields the data fix."""
     tree: dict[str, Any] = {}
     for assignment in cfg.overrides:
         set_value(tree, assignment)
     fixed = {
-        "target": "latent",
-        "data.num_particles": cfg.pixels,  # data.n_jets and data.split stay unused here
         "convae.num_particles": cfg.pixels,
         "loss.particle": loss,
         "loss.gamma": 0.0,  # the jet terms (pT, mass) mean nothing for an image
         "latent.kinematics": False,
-        "n_generate": 100,
     }
-    return pipeline_config(tree, fixed)
+    return pipeline_config(tree, fixed, TwoStageConfig)
 
 
 # -------------------------------------------------------------------------------- images
@@ -319,13 +318,10 @@ def run_digits(
             cell = out / str(digit) / loss
             # what makes this cell: its data and its model (not the other digits and losses)
             data = (cfg.source, cfg.mnist_dir, cfg.pixels, cfg.n_images, list(cfg.split), cfg.seed)
-            key = digest(model_identity(model_config(cfg, loss)), digit, *data)
-            path = cell / "metrics.json"
-            done = read_json(path) if path.is_file() else {}
-            if done.get("key") != key:
-                done = {"key": key, **run_cell(cfg, digit, loss, jets, cell, progress=False)}
-                write_json(path, done)
-            summary[f"{digit}/{loss}"] = done
+            key = digest(model_config(cfg, loss), digit, *data)
+            summary[f"{digit}/{loss}"] = keyed_json(
+                cell / "metrics.json", key, partial(run_cell, cfg, digit, loss, jets, cell, False)
+            )
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", _summary(summary))
     return out

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -57,14 +56,14 @@ from pipelines.evaluation.evaluate import (
 from pipelines.evaluation.report import fmt, pyplot, save_figure
 from pipelines.evaluation.rows import MetricRow
 from pipelines.evaluation.wavelet import BINS, exact_image_emd, jet_images, wavelet_emd
-from pipelines.io import markdown_table, read_json, strict_json, write_json, write_text
+from pipelines.io import keyed_json, markdown_table, write_json, write_text
 from pipelines.run import stages
 from pipelines.run.config import (
     PipelineConfig,
+    TwoStageConfig,
     based_config,
     check_name,
     digest,
-    model_identity,
     pipeline_config,
 )
 from pipelines.run.twostage import train_two_stage
@@ -208,8 +207,9 @@ def score_cell(
     """Train one cell's ConVAE and latent flow on (train, valid), sample, and score against the
     test jets: {metric: {"value", "floor", "ratio"}} for every name in `METRICS`."""
     test = parts[2]
+    models = TwoStageConfig.of(cfg)
     trained = train_two_stage(
-        cfg, jet_class, parts, n=study.n_jets, seed=cfg.data.seed, progress=progress
+        models, jet_class, parts, n=study.n_jets, seed=cfg.data.seed, progress=progress
     )
     generated, rec = trained.generated, trained.reconstructed
     recon = reconstruction_diagnostics(
@@ -313,17 +313,18 @@ def _class_cells(
     cells = {}
     for loss in study.losses:
         cfg = cell_config(base, loss)
-        key = digest(model_identity(cfg), jet_class, study.n_jets, study.image_bins)
-        path = directory / f"{loss}.json"
-        done = read_json(path) if path.is_file() else {}
-        if done.get("key") != key:
+        # what makes this cell: its data and its model (not the other losses)
+        models = TwoStageConfig.of(cfg)
+        key = digest(cfg.data, models, jet_class, study.n_jets, study.image_bins)
+
+        def scored(cfg: PipelineConfig = cfg) -> dict[str, Any]:
+            nonlocal parts
             if parts is None:  # the class's jets, once: every loss sees the same split
                 jets = stages.class_jets(cfg, jet_class, directory, progress)
                 parts = stages.split_jets(jets, cfg)
-            metrics = score_cell(cfg, jet_class, parts, study, progress)
-            done = {"key": key, "metrics": json.loads(json.dumps(strict_json(metrics)))}
-            write_json(path, done)
-        cells[loss] = done["metrics"]
+            return {"metrics": score_cell(cfg, jet_class, parts, study, progress)}
+
+        cells[loss] = keyed_json(directory / f"{loss}.json", key, scored)["metrics"]
         bar.update()
     return cells
 

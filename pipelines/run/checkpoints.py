@@ -143,20 +143,18 @@ def check_provenance(
     state: dict[str, Any], path: str | Path, jet_class: str, **fitted_on: dict[str, Any]
 ) -> None:
     """Refuse a checkpoint of another class, or one fitted on other inputs than ``fitted_on``
-    (file name -> the state found beside it). Checkpoints written before provenance was
-    recorded cannot be checked: a warning says so.
+    (file name -> the state found beside it).
 
     Raises:
-        ValueError: the recorded class or an input's fingerprint differs.
+        ValueError: no provenance recorded, or the recorded class or an input's fingerprint
+            differs.
     """
     record = state.get("provenance")
     if record is None:
-        warnings.warn(
-            f"{path}: written before checkpoints recorded their class and inputs, so neither "
-            "can be checked; rerun its pipeline to record them (nothing is retrained)",
-            stacklevel=2,
+        raise UserError(
+            f"{path}: records no class and inputs (not a model the pipeline saved); "
+            "train it with `jetflows pipeline`"
         )
-        return
     if record["jet_class"] != jet_class:
         raise UserError(
             f"{path} is a model of class {record['jet_class']!r}, not {jet_class!r} "

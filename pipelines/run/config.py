@@ -168,6 +168,49 @@ class ParticleOptions:
             raise UserError(f"particle.{err}") from None
 
 
+#: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
+FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
+
+
+@dataclass(frozen=True)
+class TwoStageConfig:
+    """What a two-stage generator (ConVAE, then a flow on its latents) is made of, and nothing
+    else: the part of `PipelineConfig` its stages read, with the same keys, so the studies
+    (digits: no jets, no evaluation) build it on its own.
+
+    Arguments: as the fields of the same name in `PipelineConfig`.
+    """
+
+    normalization: str = "standard"
+    device: str = "auto"
+    convae: ConVAEConfig = ConVAEConfig()
+    loss: LossConfig = LossConfig()
+    convae_train: TrainConfig = TrainConfig()
+    flow: FlowConfig = FlowConfig()
+    flow_train: TrainConfig = FLOW_TRAIN
+    latent: LatentOptions = LatentOptions()
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}: use one of {DEVICES}")
+        if self.normalization not in STATISTICS:
+            raise UserError(
+                f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
+            )
+        if self.flow.num_classes:  # the class-conditional flow is a library feature only
+            raise UserError("flow.num_classes must be 0: the pipeline trains one model per class")
+        if self.convae.num_features != 3:
+            raise UserError(
+                f"convae.num_features must be 3 (eta_rel, phi_rel, pt_rel), "
+                f"got {self.convae.num_features}"
+            )
+
+    @classmethod
+    def of(cls, cfg: PipelineConfig) -> TwoStageConfig:
+        """The two-stage part of a pipeline config."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything a pipeline run needs; ``configs/*.yaml`` mirror it.
@@ -198,7 +241,7 @@ class PipelineConfig:
     loss: LossConfig = LossConfig()
     convae_train: TrainConfig = TrainConfig()
     flow: FlowConfig = FlowConfig()
-    flow_train: TrainConfig = TrainConfig(lr=1e-3, batch_size=256, patience=10)
+    flow_train: TrainConfig = FLOW_TRAIN
     latent: LatentOptions = LatentOptions()
     particle: ParticleOptions = ParticleOptions()
     set_flow: SetFlowConfig = SetFlowConfig()
@@ -238,15 +281,11 @@ class PipelineConfig:
             raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
         if self.target != "latent":
             return
+        TwoStageConfig.of(self)  # its checks
         if self.convae.num_particles != self.data.num_particles:
             raise UserError(
                 f"convae.num_particles ({self.convae.num_particles}) must equal "
                 f"data.num_particles ({self.data.num_particles})"
-            )
-        if self.convae.num_features != 3:
-            raise UserError(
-                f"convae.num_features must be 3 (eta_rel, phi_rel, pt_rel), "
-                f"got {self.convae.num_features}"
             )
 
     @property
@@ -399,16 +438,6 @@ def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def model_identity(cfg: PipelineConfig) -> dict[str, Any]:
-    """A whole config as a stage's identity (studies and digits hash it): ``set_flow`` is left
-    out of the targets that do not use it, so their results keep the keys they had before the
-    set flow existed."""
-    tree = to_dict(cfg)
-    if cfg.target != "cloud":
-        del tree["set_flow"]
-    return tree
-
-
 def digest(*parts: Any) -> str:
     """A short stable hash of config parts (dataclasses or plain data): a stage's identity."""
     plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
@@ -445,9 +474,12 @@ def based_config(path: str | Path, cls: type, what: str) -> tuple[Any, dict[str,
     return cfg, base
 
 
-def pipeline_config(base: dict[str, Any], values: dict[str, Any]) -> PipelineConfig:
-    """The base tree with ``values`` ({dotted key: value}) applied, built strictly."""
+def pipeline_config(
+    base: dict[str, Any], values: dict[str, Any], cls: type = PipelineConfig
+) -> Any:
+    """The base tree with ``values`` ({dotted key: value}) applied, built strictly as ``cls``
+    (`PipelineConfig`, or a part of it such as `TwoStageConfig`)."""
     tree = json.loads(json.dumps(base))
     for key, value in values.items():
         set_value(tree, f"{key}={json.dumps(value)}")
-    return build(PipelineConfig, tree)
+    return build(cls, tree)

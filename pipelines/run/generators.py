@@ -44,7 +44,7 @@ from pipelines.run.checkpoints import check_provenance, load_checkpoint
 
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets
-    from pipelines.run.config import PipelineConfig
+    from pipelines.run.config import PipelineConfig, TwoStageConfig
 
 #: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
 Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
@@ -251,6 +251,16 @@ def _train_latent(
     cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
 ) -> Trained:
     """The ConVAE, then the latent flow on its latents."""
+    from pipelines.run.config import TwoStageConfig
+
+    return train_latent_stages(TwoStageConfig.of(cfg), jet_class, parts, data_key, trained)
+
+
+def train_latent_stages(
+    cfg: TwoStageConfig, name: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
+) -> Trained:
+    """The two-stage generator's stages on (train, valid) ``parts``: the ConVAE, then the
+    latent flow on its latents (``name``: the class, or what the jets are)."""
     from pipelines.run import stages
     from pipelines.run.config import digest
 
@@ -259,7 +269,7 @@ def _train_latent(
         "convae.pt", CONVAE_KIND, vae_key, functools.partial(stages.train_convae, cfg, parts)
     )
     key = digest(vae_key, cfg.flow, cfg.flow_train, cfg.latent)
-    train = functools.partial(stages.train_latent_flow, cfg, jet_class, parts, vae)
+    train = functools.partial(stages.train_latent_flow, cfg, name, parts, vae)
     flow = trained("flow.pt", FLOW_KIND, key, train, **{"convae.pt": vae})
     return Trained({"flow.pt": flow, "convae.pt": vae}, {"flow.pt": key, "convae.pt": vae_key})
 

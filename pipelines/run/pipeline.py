@@ -100,12 +100,8 @@ class ClassRun:
         record = provenance(self.jet_class, **inputs)
         if stages.complete(path.stem, key, path):
             state = load_checkpoint(path, kind)
-            recorded = state.get("provenance")
-            if recorded in (None, record):
+            if state.get("provenance") == record:
                 stages.histories[path.stem] = state["history"]
-                if recorded is None and is_main():  # written before provenance existed:
-                    state["provenance"] = record  # the stage key vouches for its inputs
-                    save_checkpoint(path, state)
                 return state
             # its config is unchanged but its inputs are not (a ConVAE retrained after its
             # file was lost): a model fitted on another first stage must be fitted again
@@ -120,7 +116,7 @@ class ClassRun:
             except ValueError as err:  # e.g. another target's partial flow.pt
                 LOG.info("%s: not resuming %s (%s)", self.jet_class, path.stem, err)
                 state = {}
-            same = state.get("stage_key") == key and state.get("provenance", record) == record
+            same = state.get("stage_key") == key and state.get("provenance") == record
             resume = state if same else None
             if resume is not None:
                 LOG.info(

@@ -32,7 +32,7 @@ from jetflows.normalize import Normalization, fit_normalization
 from jetflows.training import TrainConfig
 from pipelines.data.jetnet import Jets, jetnet_file_size, locate_jetnet_file, read_jetnet_file
 from pipelines.io import check_model_memory
-from pipelines.run.config import PipelineConfig, to_dict
+from pipelines.run.config import PipelineConfig, TwoStageConfig, to_dict
 from pipelines.run.generators import SamplerRecord, kinematics_context, kinematics_norm
 
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
@@ -115,7 +115,7 @@ OnEpoch = Callable[[int, dict[str, float], dict[str, Any]], None] | None
 
 
 def train_convae(
-    cfg: PipelineConfig,
+    cfg: TwoStageConfig,
     parts: tuple[Jets, Jets],
     *,
     resume: dict[str, Any] | None = None,
@@ -209,7 +209,7 @@ def train_flow(
 
 
 def latent_data(
-    cfg: PipelineConfig, parts: tuple[Jets, Jets], vae: ConVAE, norm: Normalization
+    cfg: TwoStageConfig, parts: tuple[Jets, Jets], vae: ConVAE, norm: Normalization
 ) -> tuple[FlowData, FlowData]:
     """The latent flow's (train, valid) data: the ConVAE's encodings of the jets."""
     device = next(vae.parameters()).device
@@ -263,23 +263,24 @@ def particle_data(
 
 
 def sampler_record(
-    cfg: PipelineConfig, jet_class: str, train: Jets, **target: Any
+    target: str, jet_class: str, train: Jets, *, kinematics: bool, **fields: Any
 ) -> SamplerRecord:
-    """The record of the generator ``cfg`` trains on ``train`` jets; ``target``: the
-    target-specific fields (latent + multiplicity_probs, or particle_target)."""
+    """The record of a ``target`` generator trained on ``train`` jets, conditioned on each
+    jet's (pt, eta) or not (``kinematics``); ``fields``: the target-specific fields (latent +
+    multiplicity_probs, or particle_target)."""
     return SamplerRecord(
-        target=cfg.target,
+        target=target,
         jet_class=jet_class,
-        num_particles=cfg.data.num_particles,
+        num_particles=train.particles.shape[1],
         jet_kinematics=train.jet_features[:KINEMATICS_POOL, :2].astype(float).tolist(),
         # the sampler scales requested (pt, eta) as the training context was
-        kinematics_norm=kinematics_norm(train.jet_features) if cfg.kinematics else None,
-        **target,
+        kinematics_norm=kinematics_norm(train.jet_features) if kinematics else None,
+        **fields,
     )
 
 
 def train_latent_flow(
-    cfg: PipelineConfig,
+    cfg: TwoStageConfig,
     jet_class: str,
     parts: tuple[Jets, Jets],
     vae_state: dict[str, Any],
@@ -293,9 +294,10 @@ def train_latent_flow(
     device = resolve_device(cfg.device)
     vae, norm = convae_of(vae_state, device)
     record = sampler_record(
-        cfg,
+        "latent",
         jet_class,
         parts[0],
+        kinematics=cfg.latent.kinematics,
         latent=to_dict(cfg.latent),
         multiplicity_probs=latent.multiplicity_probs(torch.from_numpy(parts[0].mask)).tolist(),
     )
@@ -317,7 +319,13 @@ def particle_flows_data(
     """The direct generator's record and the (train, valid) data of its jet flow and of its
     particle flow."""
     target, jet_data, particle_data_ = particle_data(cfg, parts)
-    record = sampler_record(cfg, jet_class, parts[0], particle_target=target.to_dict())
+    record = sampler_record(
+        cfg.target,
+        jet_class,
+        parts[0],
+        kinematics=cfg.kinematics,
+        particle_target=target.to_dict(),
+    )
     return record, jet_data, particle_data_
 
 
@@ -354,7 +362,13 @@ def set_flow_data(
     particles target's) and of its set flow: standardized (eta_rel, phi_rel, log pt_rel)
     (N, P, 3), the mask (N, P) and the jet-level context (N, C)."""
     target, jet_data, (train, valid) = particle_data(cfg, parts)
-    record = sampler_record(cfg, jet_class, parts[0], particle_target=target.to_dict())
+    record = sampler_record(
+        cfg.target,
+        jet_class,
+        parts[0],
+        kinematics=cfg.kinematics,
+        particle_target=target.to_dict(),
+    )
     P = cfg.data.num_particles
     set_data = tuple(
         (x.reshape(len(x), P, 3), torch.from_numpy(jets.mask.copy()), context)

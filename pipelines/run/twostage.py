@@ -13,8 +13,8 @@ import torch
 from convae.diagnostics import reconstruct
 from pipelines.data.jetnet import Jets
 from pipelines.run import stages
-from pipelines.run.config import PipelineConfig
-from pipelines.run.generators import GENERATORS, build_sampler, direct_trainer
+from pipelines.run.config import TwoStageConfig
+from pipelines.run.generators import build_sampler, direct_trainer, train_latent_stages
 from pipelines.run.sample import sampled_jets
 
 
@@ -35,7 +35,7 @@ class TwoStage:
 
 
 def train_two_stage(
-    cfg: PipelineConfig,
+    cfg: TwoStageConfig,
     name: str,
     parts: tuple[Jets, Jets, Jets],
     *,
@@ -43,10 +43,11 @@ def train_two_stage(
     seed: int,
     progress: bool = False,
 ) -> TwoStage:
-    """Train ``cfg``'s ConVAE and latent flow on (train, valid) of ``parts`` (nothing kept on
-    disk), sample ``n`` jets with ``seed`` and reconstruct the test part."""
+    """Train ``cfg``'s ConVAE and latent flow on (train, valid) of ``parts`` (the pipeline's
+    stages, nothing kept on disk), sample ``n`` jets with ``seed`` and reconstruct the test
+    part."""
     train, valid, test = parts
-    trained = GENERATORS["latent"].train(cfg, name, (train, valid), "", direct_trainer(progress))
+    trained = train_latent_stages(cfg, name, (train, valid), "", direct_trainer(progress))
     generated = sampled_jets(build_sampler(trained.states, device=cfg.device), n, seed=seed)
     vae, norm = stages.convae_of(trained.states["convae.pt"], torch.device("cpu"))
     x, m = torch.from_numpy(test.particles.copy()), torch.from_numpy(test.mask.copy())

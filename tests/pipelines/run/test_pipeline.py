@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from jetflows.errors import UserError
 from pipelines.cli import main
 from pipelines.data.jetnet import read_jetnet_file, write_jetnet_file
 from pipelines.run.checkpoints import HASH_KEY, save_checkpoint
@@ -299,29 +300,18 @@ def test_a_convae_from_elsewhere_is_refused(tiny_run, tmp_path, capsys):
     _assert_models_belong_together(tiny_run, "convae.pt", tmp_path, capsys)
 
 
-def test_checkpoints_from_before_provenance_warn_once_then_a_rerun_records_it(
-    tiny_run, data_dir, tmp_path, capsys, monkeypatch
-):
+@pytest.mark.parametrize("name", ["convae.pt", "flow.pt"])
+def test_a_checkpoint_without_provenance_is_refused_in_one_line(tiny_run, tmp_path, capsys, name):
+    """Checkpoints from before provenance was recorded were sampled with a warning; no release
+    wrote them, and a model whose class and inputs cannot be checked is refused (issue 26 #5)."""
     run = tmp_path / "runs" / "tiny"
     shutil.copytree(tiny_run, run)
-    for name in ("convae.pt", "flow.pt"):  # as an older jetflows wrote them
-        state = torch.load(run / "g" / name, weights_only=False)
-        del state["provenance"], state[HASH_KEY]
-        torch.save(state, run / "g" / name)
+    state = torch.load(run / "g" / name, weights_only=False)
+    del state["provenance"], state[HASH_KEY]
+    save_checkpoint(run / "g" / name, state)
     argv = ["sample", "--n", "5", "--class", "g", "--run", str(run), "--quiet"]
-    assert main([*argv, "--out", str(tmp_path / "a.h5")]) == 0
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("jetflows: warning: ") for line in lines)
-    assert "convae.pt: written before checkpoints recorded" in lines[0]
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished stage was retrained")
-
-    monkeypatch.setattr("pipelines.run.stages.fit_convae", no_training)
-    monkeypatch.setattr("pipelines.run.stages.fit_flow", no_training)
-    run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)
-    assert main([*argv, "--out", str(tmp_path / "b.h5")]) == 0
-    assert capsys.readouterr().err == ""  # recorded: nothing left to warn about
+    assert_one_line_error(capsys, [*argv, "--out", str(tmp_path / "a.h5")], "records no class")
+    assert not (tmp_path / "a.h5").exists()
 
 
 def test_a_failed_write_is_one_line_and_leaves_nothing(tiny_run, tmp_path):
@@ -475,7 +465,7 @@ def test_data_and_config_fail_before_anything_is_written(tmp_path, capsys, short
 
 def test_a_failed_run_leaves_no_empty_folders(tmp_path, capsys, data_dir, monkeypatch):
     def broken(*args, **kwargs):
-        raise ValueError("the generator broke")
+        raise UserError("the generator broke")
 
     monkeypatch.setattr("pipelines.run.pipeline.class_jets", broken)
     sets = [*TINY, f"data.data_dir={data_dir}"]
@@ -616,9 +606,9 @@ def test_a_partial_checkpoint_that_cannot_resume_trains_from_scratch(tiny_run, d
     shutil.copytree(tiny_run, run)
     stages = json.loads((run / "g" / "stages.json").read_text())
     state = torch.load(run / "g" / "convae.pt", weights_only=False)
-    state["gamma_2"] += 1.0  # as written by an older jetflows: its settings differ
-    del state[HASH_KEY]  # (nor had it a content hash)
-    torch.save(state, run / "g" / "convae.last.pt")
+    state["gamma_2"] += 1.0  # its settings differ from what it would resume with
+    del state[HASH_KEY]
+    save_checkpoint(run / "g" / "convae.last.pt", state)
     (run / "g" / "convae.pt").unlink()
     assert state["stage_key"] == stages["convae"]
     run_pipeline(_config(data_dir), root=run.parent, classes=("g",), progress=False)

@@ -226,7 +226,7 @@ def fit(
 def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> None:
     """Raise ValueError unless ``state`` is a ConVAE checkpoint (for ``config``, if given)."""
     check_kind(state, CHECKPOINT_KIND)
-    # rebuilt, not compared raw: the stored dict holds lists where the config holds tuples
+    # compared as built configs (every field filled in), not as raw dicts
     if config is not None and asdict(ConVAEConfig(**state["model_config"])) != asdict(config):
         raise UserError(
             f"the checkpoint is for another ConVAE architecture: {state['model_config']}"

@@ -102,16 +102,11 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
     return state
 
 
-#: what, besides the weights, makes a model what it is (the keys a kind lacks are skipped)
-_IDENTITY = (
-    "kind",
-    "model_config",
-    "flow_config",
-    "set_flow_config",
-    "features",
-    "context",
-    "normalization",
-)
+#: what, besides the weights, makes a model what it is: keys hashed for every kind (None where
+#: a kind lacks one), and the set flow's own key, hashed only where present (so the fingerprints
+#: recorded in existing runs stay valid)
+_IDENTITY = ("kind", "model_config", "flow_config", "features", "context", "normalization")
+_SET_FLOW_IDENTITY = ("set_flow_config",)
 
 
 def fingerprint(state: dict[str, Any]) -> str:
@@ -119,7 +114,8 @@ def fingerprint(state: dict[str, Any]) -> str:
     (not its history or optimizer), so it survives re-saving and names the model itself."""
     h = hashlib.sha256(
         json.dumps(
-            {k: state[k] for k in _IDENTITY if k in state},
+            {k: state.get(k) for k in _IDENTITY}
+            | {k: state[k] for k in _SET_FLOW_IDENTITY if k in state},
             sort_keys=True,
             default=str,
         ).encode()

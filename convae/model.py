@@ -27,7 +27,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
 }
 #: Output layers: identity for standardized features (the default), sigmoid for features
-#: min-max scaled into [0, 1] as the research code did (that collapsed the ConVAE: README).
+#: min-max scaled into [0, 1] as the research code did (that collapsed the ConVAE: docs/models.md).
 OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
 DECODERS = ("deconv", "dense")
 

@@ -185,7 +185,7 @@ RECIPES: dict[str, Recipe] = {
     # (jetnet's JetNet.fpnd_norm) while anti-kT R = 0.8 jets reach |delta phi| ~0.9 and its
     # |eta_rel| reaches 1.621. FPND against jetnet's statistics prefers our delta phi
     # compressed by 0.25-0.40 for g, q and t, ~3x lower at 1/pi (a slip of units): so delta phi
-    # / pi (inferred, not documented; README "The embedded data and JetNet").
+    # / pi (inferred, not documented; docs/data.md "The embedded data and JetNet").
     "fpnd-matched": Recipe(
         "particle",
         "as particle, but phi_rel stored compressed as delta phi / pi (not an azimuth: masses "

@@ -168,6 +168,14 @@ class ParticleOptions:
             raise UserError(f"particle.{err}") from None
 
 
+def _check_device(device: str, normalization: str) -> None:
+    """Raise UserError unless the device and the ConVAE input scaling are known names."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}: use one of {DEVICES}")
+    if normalization not in STATISTICS:
+        raise UserError(f"unknown normalization {normalization!r}: use one of {sorted(STATISTICS)}")
+
+
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
 
@@ -191,12 +199,7 @@ class TwoStageConfig:
     latent: LatentOptions = LatentOptions()
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"unknown device {self.device!r}: use one of {DEVICES}")
-        if self.normalization not in STATISTICS:
-            raise UserError(
-                f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
-            )
+        _check_device(self.device, self.normalization)
         if self.flow.num_classes:  # the class-conditional flow is a library feature only
             raise UserError("flow.num_classes must be 0: the pipeline trains one model per class")
         if self.convae.num_features != 3:
@@ -222,7 +225,7 @@ class PipelineConfig:
             particle features) or "cloud" (a continuous flow on the particle set,
             `flows.setflow`); the jet-level side of the last two is ``particle``.
         normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
-            or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE, README).
+            or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE, docs/models.md).
         set_flow: the cloud target's set flow (`flows.setflow.SetFlowConfig`); it trains with
             ``flow_train``.
         n_generate: jets generated per class for the evaluation.
@@ -248,16 +251,11 @@ class PipelineConfig:
     evaluate: EvalConfig = EvalConfig(fpnd=False)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"unknown device {self.device!r}: use one of {DEVICES}")
+        _check_device(self.device, self.normalization)
         if self.target not in TARGETS:
             raise UserError(f"unknown target {self.target!r}: use one of {TARGETS}")
         if not self.classes:
             raise UserError("classes must name at least one jet class")
-        if self.normalization not in STATISTICS:
-            raise UserError(
-                f"unknown normalization {self.normalization!r}: use one of {sorted(STATISTICS)}"
-            )
         check_name(self.name, "name")
         self._check_models()
         object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))

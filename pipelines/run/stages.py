@@ -313,19 +313,22 @@ def train_latent_flow(
     )
 
 
+def _particle_record(
+    cfg: PipelineConfig, jet_class: str, train: Jets, target: particle.ParticleTarget
+) -> SamplerRecord:
+    """The record of a generator on the particles (direct or set flow), by its target."""
+    return sampler_record(
+        cfg.target, jet_class, train, kinematics=cfg.kinematics, particle_target=target.to_dict()
+    )
+
+
 def particle_flows_data(
     cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets]
 ) -> tuple[SamplerRecord, tuple[FlowData, FlowData], tuple[FlowData, FlowData]]:
     """The direct generator's record and the (train, valid) data of its jet flow and of its
     particle flow."""
     target, jet_data, particle_data_ = particle_data(cfg, parts)
-    record = sampler_record(
-        cfg.target,
-        jet_class,
-        parts[0],
-        kinematics=cfg.kinematics,
-        particle_target=target.to_dict(),
-    )
+    record = _particle_record(cfg, jet_class, parts[0], target)
     return record, jet_data, particle_data_
 
 
@@ -362,13 +365,7 @@ def set_flow_data(
     particles target's) and of its set flow: standardized (eta_rel, phi_rel, log pt_rel)
     (N, P, 3), the mask (N, P) and the jet-level context (N, C)."""
     target, jet_data, (train, valid) = particle_data(cfg, parts)
-    record = sampler_record(
-        cfg.target,
-        jet_class,
-        parts[0],
-        kinematics=cfg.kinematics,
-        particle_target=target.to_dict(),
-    )
+    record = _particle_record(cfg, jet_class, parts[0], target)
     P = cfg.data.num_particles
     set_data = tuple(
         (x.reshape(len(x), P, 3), torch.from_numpy(jets.mask.copy()), context)

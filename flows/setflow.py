@@ -50,6 +50,7 @@ SOLVERS = ("euler", "midpoint", "rk4")  # torchdiffeq's fixed-grid methods
 DIVERGENCES = ("exact", "hutchinson")
 COUPLINGS = ("independent", "particles")
 PREDICTIONS = ("velocity", "data")
+CONDITIONINGS = ("input", "blocks")
 #: a data-predicting flow's velocity is (D - x) / (1 - t); 1 - t is held >= this, so RK4's
 #: stage at t = 1 (and log_prob's start there) stays finite
 DATA_PREDICTION_TMIN = 0.05
@@ -92,6 +93,11 @@ class SetFlowConfig:
             again: E[x1 | x_t] gives E[x1 - x0 | x_t]); the ODE follows v = (D - x) / (1 - t),
             which pulls particles onto where the network places them as t -> 1, the regime
             where the prongs' sub-0.01-rad width is set.
+        conditioning: where the transformer sees the time and the jet context. "input": added
+            to every particle's embedding once; "blocks": also a scale and shift of the
+            particles' features before every block (FiLM, as DiT's adaptive norms), so that
+            each block can act differently near t = 1 (EPiC layers always take the context in
+            every layer).
     """
 
     network: str = "epic"
@@ -105,6 +111,7 @@ class SetFlowConfig:
     time_power: float = 0.0
     coupling: str = "independent"
     predict: str = "velocity"
+    conditioning: str = "input"
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -113,6 +120,10 @@ class SetFlowConfig:
             raise UserError(f"unknown set_flow.solver {self.solver!r}: use one of {SOLVERS}")
         if self.predict not in PREDICTIONS:
             raise UserError(f"unknown set_flow.predict {self.predict!r}: use one of {PREDICTIONS}")
+        if self.conditioning not in CONDITIONINGS:
+            raise UserError(
+                f"unknown set_flow.conditioning {self.conditioning!r}: use one of {CONDITIONINGS}"
+            )
         if self.coupling not in COUPLINGS:
             raise UserError(f"unknown set_flow.coupling {self.coupling!r}: use one of {COUPLINGS}")
         if self.divergence not in DIVERGENCES:
@@ -194,6 +205,11 @@ class TransformerNet(nn.Module):
             norm_first=True,
         )  # fmt: skip
         self.blocks = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
+        self.films = None
+        if config.conditioning == "blocks":
+            self.films = nn.ModuleList(nn.Linear(context, 2 * w) for _ in range(config.layers))
+            for film in self.films:  # start as the "input" network: scale 1, shift 0
+                nn.init.zeros_(film.weight), nn.init.zeros_(film.bias)
         self.out = nn.Linear(w, features)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -201,7 +217,13 @@ class TransformerNet(nn.Module):
         h = self.embed(torch.cat([x, c[:, None].expand(-1, x.shape[1], -1)], -1))
         # no key mask when every slot is real (top, W, Z jets at 30 particles): the same
         # attention without the masked softmax
-        h = self.blocks(h, src_key_padding_mask=None if bool(mask.all()) else ~mask)
+        keys = None if bool(mask.all()) else ~mask
+        if self.films is None:
+            h = self.blocks(h, src_key_padding_mask=keys)
+        else:
+            for block, film in zip(self.blocks.layers, self.films, strict=True):
+                scale, shift = film(c)[:, None].chunk(2, -1)  # (B, 1, w) each
+                h = block(h * (1 + scale) + shift, src_key_padding_mask=keys)
         return self.out(h) * mask[..., None].to(x.dtype)
 
 

@@ -21,10 +21,16 @@ def _batch(seed: int = 0, n: int = 6, P: int = 9, C: int = 2):
     return torch.randn(n, P, 3, generator=g), mask, torch.randn(n, C, generator=g)
 
 
-@pytest.mark.parametrize("network", ["epic", "transformer"])
-def test_velocity_is_permutation_equivariant_and_blind_to_padding(network):
+@pytest.mark.parametrize(
+    ("network", "conditioning"),
+    [("epic", "input"), ("transformer", "input"), ("transformer", "blocks")],
+)
+def test_velocity_is_permutation_equivariant_and_blind_to_padding(network, conditioning):
     torch.manual_seed(0)
-    flow = SetFlow(SetFlowConfig(network=network, **TINY), context=2)
+    config = SetFlowConfig(network=network, conditioning=conditioning, **TINY)
+    flow = SetFlow(config, context=2)
+    for film in getattr(flow.net, "films", None) or []:  # zero at init: make them act
+        torch.nn.init.normal_(film.weight), torch.nn.init.normal_(film.bias)
     x, mask, c = _batch()
     t = torch.rand(len(x))
     v = flow.velocity(x, t, mask, c)
@@ -97,6 +103,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"network": "transformer", "width": 10, "heads": 4}, "divide"),
         ({"coupling": "sinkhorn"}, "coupling"),
         ({"predict": "noise"}, "predict"),
+        ({"conditioning": "everywhere"}, "conditioning"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],

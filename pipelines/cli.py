@@ -509,8 +509,8 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         help="particle (default; every visible particle, phi_rel in radians), fpnd-matched (the "
         "same particles with phi_rel compressed to delta phi / pi: FPND against JetNet's "
         "statistics comes closest, but masses and substructure from its particles are not the "
-        "jet's) or detector (tracks + ECAL/HCAL cells, radians); see docs/data.md 'The embedded data "
-        "and JetNet'",
+        "jet's) or detector (tracks + ECAL/HCAL cells, radians); see docs/data.md 'The "
+        "embedded data and JetNet'",
     )
     gen.add_argument(
         "--chunk-size",

@@ -37,7 +37,7 @@ def test_provenance_is_checked_and_its_absence_said():
         check_provenance(model, "flow.pt", "g", **{"convae.pt": first})
     with pytest.raises(ValueError, match=r"fitted on another convae\.pt"):
         check_provenance(model, "flow.pt", "t", **{"convae.pt": other})
-    with pytest.warns(UserWarning, match="so neither can be checked"):
+    with pytest.raises(ValueError, match=r"old\.pt: records no class and inputs"):
         check_provenance(_state(3), "old.pt", "t", **{"convae.pt": first})
 
 

@@ -2,7 +2,7 @@
 # The main job on the embedded default data: the quickstart pipeline (per class: 4,500 Pythia8 +
 # FastJet jets -> ConVAE -> latent flow -> 1,000 generated jets scored against 1,000 held-out
 # real jets, beside the floor from 1,000 others), then 10,000 generated top jets. Set-up
-# included (about 8.5 minutes on 2 cores from a fresh clone); finished stages are skipped when
+# included (about 7.5 minutes on 2 cores from a fresh clone); finished stages are skipped when
 # run again (same config), so the second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,15 +22,21 @@ def _batch(seed: int = 0, n: int = 6, P: int = 9, C: int = 2):
 
 
 @pytest.mark.parametrize(
-    ("network", "conditioning"),
-    [("epic", "input"), ("transformer", "input"), ("transformer", "blocks")],
+    "options",
+    [
+        {"network": "epic"},
+        {"network": "transformer"},
+        {"network": "transformer", "conditioning": "blocks"},
+        {"network": "transformer", "pair_bias": True},
+    ],
 )
-def test_velocity_is_permutation_equivariant_and_blind_to_padding(network, conditioning):
+def test_velocity_is_permutation_equivariant_and_blind_to_padding(options):
     torch.manual_seed(0)
-    config = SetFlowConfig(network=network, conditioning=conditioning, **TINY)
-    flow = SetFlow(config, context=2)
-    for film in getattr(flow.net, "films", None) or []:  # zero at init: make them act
-        torch.nn.init.normal_(film.weight), torch.nn.init.normal_(film.bias)
+    flow = SetFlow(SetFlowConfig(**options, **TINY), context=2)
+    pairs = getattr(flow.net, "pairs", None)
+    zero_at_init = [*(getattr(flow.net, "films", None) or []), *([pairs.mlp[-1]] if pairs else [])]
+    for layer in zero_at_init:  # make them act
+        torch.nn.init.normal_(layer.weight), torch.nn.init.normal_(layer.bias)
     x, mask, c = _batch()
     t = torch.rand(len(x))
     v = flow.velocity(x, t, mask, c)
@@ -104,6 +110,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"coupling": "sinkhorn"}, "coupling"),
         ({"predict": "noise"}, "predict"),
         ({"conditioning": "everywhere"}, "conditioning"),
+        ({"pair_bias": True, "network": "epic"}, "pair_bias"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],

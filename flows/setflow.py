@@ -258,8 +258,17 @@ class TransformerNet(nn.Module):
             if film is not None:
                 scale, shift = film(c)[:, None].chunk(2, -1)  # (B, 1, w) each
                 h = h * (1 + scale) + shift
-            h = block(h, src_mask=bias, src_key_padding_mask=keys)
+            h = block(h, src_key_padding_mask=keys) if bias is None else _biased(block, h, bias)
         return self.out(h) * mask[..., None].to(x.dtype)
+
+
+def _biased(block: nn.TransformerEncoderLayer, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``block`` (pre-norm, no dropout) on h (B, P, W) with an additive attention bias
+    (B * heads, P, P). Written out because the layer's own inference fast path (eval, no grad)
+    gives NaN for such a per-head float mask in torch 2.13 (MultiheadAttention alone is right)."""
+    y = block.norm1(h)
+    h = h + block.self_attn(y, y, y, attn_mask=bias, need_weights=False)[0]
+    return h + block.linear2(block.activation(block.linear1(block.norm2(h))))
 
 
 #: name -> velocity network class (keyword arguments features, context, config)

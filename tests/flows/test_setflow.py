@@ -56,6 +56,11 @@ def test_velocity_is_permutation_equivariant_and_blind_to_padding(options):
     assert full.any() and not full.all()
     alone = flow.velocity(x[full], t[full], mask[full], c[full])
     assert torch.allclose(alone, v[full], atol=1e-5)
+    # sampling's path (eval, no grad: torch's inference fast paths) computes the same field
+    with torch.no_grad():
+        assert torch.allclose(flow.eval().velocity(x, t, mask, c), v, atol=1e-5)
+        fast = flow.velocity(x[full], t[full], mask[full], c[full])
+        assert torch.allclose(fast, alone, atol=1e-5)
 
 
 class _Linear(torch.nn.Module):

@@ -48,6 +48,7 @@ from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 CHECKPOINT_KIND = "jetflows.setflow"
 SOLVERS = ("euler", "midpoint", "rk4")  # torchdiffeq's fixed-grid methods
 DIVERGENCES = ("exact", "hutchinson")
+PRECISIONS = ("fp32", "bf16")
 COUPLINGS = ("independent", "particles")
 PREDICTIONS = ("velocity", "data")
 CONDITIONINGS = ("input", "blocks")
@@ -55,7 +56,7 @@ CONDITIONINGS = ("input", "blocks")
 #: stage at t = 1 (and log_prob's start there) stays finite
 DATA_PREDICTION_TMIN = 0.05
 #: `SetFlowConfig` fields that only sample (the ODE): changing them needs no retraining
-SAMPLING_FIELDS = ("solver", "steps")
+SAMPLING_FIELDS = ("solver", "steps", "precision")
 #: jets integrated at once when sampling: on 2 CPU cores 500 ran 1.7x faster than 10,000 in
 #: one batch (the attention's working set stays in cache); on a GPU larger chunks may pay
 SAMPLE_CHUNK = 512
@@ -103,6 +104,9 @@ class SetFlowConfig:
             as ParT's interaction features (arXiv:2202.03772). Dot products of embedded
             absolute positions resolve distances of a few 0.01 rad poorly, and tau3 is set by
             how tightly particles sit around their prong (zero-init: starts as no bias).
+        precision: the velocity network's arithmetic while sampling: "fp32", or "bf16"
+            (bfloat16 autocast; the ODE state stays fp32): faster on CPUs with native bf16
+            (AVX512-BF16, AMX) and on GPUs. ``log_prob`` and training stay fp32.
     """
 
     network: str = "epic"
@@ -118,6 +122,7 @@ class SetFlowConfig:
     predict: str = "velocity"
     conditioning: str = "input"
     pair_bias: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -132,6 +137,10 @@ class SetFlowConfig:
             )
         if self.coupling not in COUPLINGS:
             raise UserError(f"unknown set_flow.coupling {self.coupling!r}: use one of {COUPLINGS}")
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"unknown set_flow.precision {self.precision!r}: use one of {PRECISIONS}"
+            )
         if self.divergence not in DIVERGENCES:
             raise UserError(
                 f"unknown set_flow.divergence {self.divergence!r}: use one of {DIVERGENCES}"
@@ -422,11 +431,13 @@ class SetFlow(nn.Module):
         jets, so the jets do not depend on the chunking.
         """
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
+        bf16 = self.config.precision == "bf16"
         parts = []
         for start in range(0, len(mask), SAMPLE_CHUNK):
             rows = slice(start, start + SAMPLE_CHUNK)
             c = None if context is None else context[rows]
-            parts.append(self._integrate(x0[rows], mask[rows], c))
+            with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
+                parts.append(self._integrate(x0[rows], mask[rows], c).float())
         return torch.cat(parts) * mask[..., None]
 
     def _integrate(

@@ -298,7 +298,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        options={k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v},
+        options={k: getattr(args, k) for k in ("solver", "steps", "precision") if getattr(args, k)},
     )
     print(f"wrote {path} ({args.n} {jet_class} jets from {args.run})")
 
@@ -427,6 +427,11 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
         "faster and coarser (benchmarks/cloud_solvers.py)",
     )
     smp.add_argument("--solver", help="set flows: euler, midpoint or rk4 (default: the model's)")
+    smp.add_argument(
+        "--precision",
+        help="set flows: fp32 or bf16 (bfloat16 network, faster where the CPU has native bf16; "
+        "default: the model's)",
+    )
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")
     smp.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -116,6 +116,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"predict": "noise"}, "predict"),
         ({"conditioning": "everywhere"}, "conditioning"),
         ({"pair_bias": True, "network": "epic"}, "pair_bias"),
+        ({"precision": "fp16"}, "precision"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],

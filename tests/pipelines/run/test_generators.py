@@ -98,22 +98,31 @@ def cloud_run(data_dir, tmp_path_factory):
     return run_pipeline(cfg, root=tmp_path_factory.mktemp("cloud"), progress=False)
 
 
-def test_sample_takes_a_set_flows_solver_and_steps(cloud_run, tmp_path, capsys):
+def test_sample_takes_a_set_flows_solver_steps_and_precision(cloud_run, tmp_path, capsys):
     calls = []
     base = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--quiet"]
-    for extra in ([], ["--steps", "1", "--solver", "euler"]):
+    for extra in ([], ["--steps", "1", "--solver", "euler"], ["--precision", "bf16"]):
         out = tmp_path / f"{len(extra)}.hdf5"
         assert main([*base, "--out", str(out), *extra]) == 0
         with h5py.File(out) as f:
             calls.append((f["particle_features"][:], dict(f.attrs)))
     assert calls[1][1]["sampling_steps"] == 1 and calls[1][1]["sampling_solver"] == "euler"
     assert not np.allclose(calls[0][0], calls[1][0])  # another integration, other jets
+    # the same integration in bfloat16: the same jets up to rounding
+    assert calls[2][1]["sampling_precision"] == "bf16" and calls[2][0].dtype == np.float32
+    assert not np.array_equal(calls[0][0], calls[2][0])
+    totals = [c[0][..., :3].sum(1) for c in (calls[0], calls[2])]  # (N, 3): order-free
+    assert np.allclose(*totals, atol=0.05)
     out = tmp_path / "pt.hdf5"
     assert main([*base, "--out", str(out), "--pt", "1100", "--eta", "0.3"]) == 0
     with h5py.File(out) as f:  # jets generated for the kinematics asked for
         assert np.allclose(f["jet_features"][:, :2], [1100, 0.3])
     capsys.readouterr()
-    for bad, match in ((["--solver", "dopri9"], "unknown set_flow.solver"),):
+    bad_options = (
+        (["--solver", "dopri9"], "unknown set_flow.solver"),
+        (["--precision", "fp8"], "unknown set_flow.precision"),
+    )
+    for bad, match in bad_options:
         assert_one_line_error(capsys, [*base, "--out", str(tmp_path / "x.hdf5"), *bad], match)
     assert not (tmp_path / "x.hdf5").exists()
 

@@ -9,6 +9,7 @@ W1P, W1 of tau21 and tau32, COV off for speed), and times the sampling of ``--n`
 
     python benchmarks/cloud_solvers.py --run runs/standard_cloud --class t
     python benchmarks/cloud_solvers.py --grid euler:4,8,16 --grid midpoint:4,8,20
+    python benchmarks/cloud_solvers.py --grid midpoint:6,8 --precision fp32,bf16
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--class", dest="jet_class", default="t")
     parser.add_argument("--grid", action="append", help="solver:steps,steps (repeatable)")
     parser.add_argument("--n", type=int, default=10_000, help="jets timed per setting")
+    parser.add_argument("--precision", default="fp32", help="fp32,bf16: the network's arithmetic")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default: <run>/<class>/solvers")
     args = parser.parse_args()
@@ -61,27 +63,31 @@ def main() -> None:
     cfg = EvalConfig(n_jets=n_scored, fpnd=False, cov_mmd=False)
     shipped = states["flow.pt"]["set_flow_config"]
     print(f"shipped: {shipped['solver']} x {shipped['steps']}; scored on {n_scored} vs {n_scored}")
-    head = "| solver | steps | network calls | " + " | ".join(SHOWN) + f" | {args.n} jets (s) |"
-    lines = [head, "|---" * (len(SHOWN) + 4) + "|"]
+    columns = ["solver", "steps", "precision", "network calls", *SHOWN, f"{args.n} jets (s)"]
+    head = "| " + " | ".join(columns) + " |"
+    lines = [head, "|---" * len(columns) + "|"]
     print(lines[0], lines[1], sep="\n", flush=True)
     rows = []
     calls = {"euler": 1, "midpoint": 2, "rk4": 4}
     for spec in args.grid or GRID:
         solver, steps = spec.split(":")
         for n_steps in (int(s) for s in steps.split(",")):
-            gen = build_sampler(states, options={"solver": solver, "steps": n_steps})
-            jets = sampled_jets(gen, n_scored, seed=1)
-            metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
-            start = time.perf_counter()
-            sampled_jets(gen, args.n, seed=2)
-            seconds = time.perf_counter() - start
-            cells = " | ".join(f"{metrics[k]['ratio']:.2f}x" for k in SHOWN)
-            line = f"| {solver} | {n_steps} | {calls[solver] * n_steps} | {cells} | {seconds:.1f} |"
-            lines.append(line)
-            print(line, flush=True)
-            rows.append(
-                {"solver": solver, "steps": n_steps, "seconds": seconds, "metrics": metrics}
-            )
+            for precision in args.precision.split(","):
+                options = {"solver": solver, "steps": n_steps, "precision": precision}
+                gen = build_sampler(states, options=options)
+                jets = sampled_jets(gen, n_scored, seed=1)
+                metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
+                start = time.perf_counter()
+                sampled_jets(gen, args.n, seed=2)
+                seconds = time.perf_counter() - start
+                cells = " | ".join(f"{metrics[k]['ratio']:.2f}x" for k in SHOWN)
+                line = (
+                    f"| {solver} | {n_steps} | {precision} | {calls[solver] * n_steps} | {cells} "
+                    f"| {seconds:.1f} |"
+                )
+                lines.append(line)
+                print(line, flush=True)
+                rows.append({**options, "seconds": seconds, "metrics": metrics})
     out = Path(args.out) if args.out else class_dir / "solvers"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "solvers.json", {"machine": machine_line(), "rows": rows})

@@ -1,5 +1,6 @@
 """The set flow: equivariance, masking, exact likelihood, and three prongs learnt from a toy."""
 
+import dataclasses
 import itertools
 import math
 
@@ -117,6 +118,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"conditioning": "everywhere"}, "conditioning"),
         ({"pair_bias": True, "network": "epic"}, "pair_bias"),
         ({"precision": "fp16"}, "precision"),
+        ({"position_weight": 0.0}, "position_weight"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],
@@ -146,7 +148,8 @@ def test_pairing_permutes_each_jets_noise_onto_its_particles_at_least_cost():
 
 
 @pytest.mark.parametrize(
-    "values", [{"coupling": "particles"}, {"time_power": 1.0}, {"predict": "data"}]
+    "values",
+    [{"coupling": "particles"}, {"time_power": 1.0}, {"predict": "data"}, {"position_weight": 4.0}],
 )
 def test_training_options_keep_the_loss_masked_and_finite(values):
     """Padded particles stay out of the loss under every training option."""
@@ -204,6 +207,24 @@ def test_set_flow_learns_three_prongs_that_a_set_blind_model_misses():
     blob = _tau32_median(blind, mask[:1000])
     assert abs(got / real - 1) <= 0.2, (got, real)
     assert abs(blob / real - 1) > 0.2, (blob, real)
+
+
+def test_position_weight_reweights_the_coordinates_and_keeps_the_mean_weight_one():
+    """loss(w) = 3 (w P + L) / (2 w + 1) for the position and log pt parts P, L of the squared
+    error: two weights fix P and L, a third must agree."""
+    flow = SetFlow(SetFlowConfig(**TINY), context=2).eval()
+    x, mask, c = _batch(n=8)
+
+    def loss(weight: float) -> float:
+        flow.config = dataclasses.replace(flow.config, position_weight=weight)
+        with torch.no_grad():
+            return float(flow.loss(x, mask, c))
+
+    one, four, nine = loss(1.0), loss(4.0), loss(9.0)
+    position = (3 * four - one) / 3  # from one = P + L and 3 four = 4 P + L
+    log_pt = one - position
+    assert position > 0 and log_pt > 0 and four != pytest.approx(one, rel=1e-3)
+    assert nine == pytest.approx(3 * (9 * position + log_pt) / 19, rel=1e-5)
 
 
 def test_the_validation_loss_is_one_number_and_leaves_the_training_stream_alone():

@@ -104,6 +104,9 @@ class SetFlowConfig:
             as ParT's interaction features (arXiv:2202.03772). Dot products of embedded
             absolute positions resolve distances of a few 0.01 rad poorly, and tau3 is set by
             how tightly particles sit around their prong (zero-init: starts as no bias).
+        time_embedding: how the network sees t: "fourier" (cos/sin of pi t, 2 pi t, ...) or
+            "log_sigma" (t and the log noise-to-signal ratio log((1 - t) / t) with its cos/sin:
+            resolves the last percent of the path, where a prong's width is set).
         position_weight: the loss weight of the (eta, phi) coordinates relative to log pt_rel.
             The loss is a separate regression per coordinate, so any positive weight keeps the
             flow-matching minimizer; > 1 moves capacity to where the particles sit, which sets
@@ -127,6 +130,7 @@ class SetFlowConfig:
     predict: str = "velocity"
     conditioning: str = "input"
     pair_bias: bool = False
+    time_embedding: str = "fourier"
     position_weight: float = 1.0
     precision: str = "fp32"
 
@@ -152,6 +156,11 @@ class SetFlowConfig:
                 f"unknown set_flow.divergence {self.divergence!r}: use one of {DIVERGENCES}"
             )
         require(self, ("width", "layers", "global_width", "heads", "steps"), low=1)
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise UserError(
+                f"unknown set_flow.time_embedding {self.time_embedding!r}: use one of "
+                f"{sorted(TIME_EMBEDDINGS)}"
+            )
         if not 0.0 < self.position_weight <= 100.0:
             raise UserError(
                 f"set_flow.position_weight must lie in (0, 100], got {self.position_weight}"
@@ -301,6 +310,27 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], -1)
 
 
+LOG_SIGMA_LIMIT = 8.0  # |log((1 - t) / t)| clipped: t from 3e-4 to 1 - 3e-4
+
+
+def log_sigma_features(t: torch.Tensor) -> torch.Tensor:
+    """t (B,) -> (B, TIME_FEATURES): t, s = log((1 - t) / t) / 8 (clipped to [-1, 1]) and
+    cos/sin(k pi s) for k = 1..3. The noise level on a log scale (as EDM's c_noise): t = 0.99
+    and 0.999 are far apart here, while cos/sin of pi t barely tell them apart, and near t = 1
+    is where the velocity changes fastest."""
+    t = t.clamp(1e-6, 1 - 1e-6)
+    s = ((1 - t) / t).log().div(LOG_SIGMA_LIMIT).clamp(-1, 1)[:, None]  # (B, 1)
+    angles = s * math.pi * torch.arange(1, 4, device=t.device, dtype=t.dtype)  # (B, 3)
+    return torch.cat([t[:, None], s, angles.cos(), angles.sin()], -1)
+
+
+#: name -> t (B,) -> (B, TIME_FEATURES)
+TIME_EMBEDDINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "fourier": time_features,
+    "log_sigma": log_sigma_features,
+}
+
+
 def _ode_solver(field: Callable[..., torch.Tensor]) -> Any:
     # imported here: torchdiffeq imports scipy.integrate (~0.5 s), which `jetflows sample` of
     # the other generators must not pay at start-up
@@ -385,7 +415,8 @@ class SetFlow(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         """The network's output (B, P, F) (``config.predict``) at times t (B,)."""
-        c = torch.cat([time_features(t), self._context(context, len(x), x)], -1)
+        times = TIME_EMBEDDINGS[self.config.time_embedding](t)
+        c = torch.cat([times, self._context(context, len(x), x)], -1)
         return self.net(x, mask, c)
 
     def loss(

@@ -29,6 +29,7 @@ def _batch(seed: int = 0, n: int = 6, P: int = 9, C: int = 2):
         {"network": "transformer"},
         {"network": "transformer", "conditioning": "blocks"},
         {"network": "transformer", "pair_bias": True},
+        {"network": "transformer", "time_embedding": "log_sigma"},
     ],
 )
 def test_velocity_is_permutation_equivariant_and_blind_to_padding(options):
@@ -119,6 +120,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"pair_bias": True, "network": "epic"}, "pair_bias"),
         ({"precision": "fp16"}, "precision"),
         ({"position_weight": 0.0}, "position_weight"),
+        ({"time_embedding": "linear"}, "time_embedding"),
         ({"time_power": -1.0}, "time_power"),
         ({"time_power": float("nan")}, "time_power"),
     ],
@@ -207,6 +209,18 @@ def test_set_flow_learns_three_prongs_that_a_set_blind_model_misses():
     blob = _tau32_median(blind, mask[:1000])
     assert abs(got / real - 1) <= 0.2, (got, real)
     assert abs(blob / real - 1) > 0.2, (blob, real)
+
+
+def test_the_log_sigma_embedding_tells_the_last_percent_of_the_path_apart():
+    from flows.setflow import TIME_EMBEDDINGS
+
+    t = torch.tensor([0.99, 0.999, 0.0, 1.0])
+    gaps = {}
+    for name, embed in TIME_EMBEDDINGS.items():
+        f = embed(t)
+        assert f.shape == (4, 8) and torch.isfinite(f).all()
+        gaps[name] = float((f[0] - f[1]).norm())
+    assert gaps["log_sigma"] > 10 * gaps["fourier"]
 
 
 def test_position_weight_reweights_the_coordinates_and_keeps_the_mean_weight_one():

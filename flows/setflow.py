@@ -48,7 +48,7 @@ from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
 CHECKPOINT_KIND = "jetflows.setflow"
 SOLVERS = ("euler", "midpoint", "rk4")  # torchdiffeq's fixed-grid methods
 DIVERGENCES = ("exact", "hutchinson")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 COUPLINGS = ("independent", "particles")
 PREDICTIONS = ("velocity", "data")
 CONDITIONINGS = ("input", "blocks")
@@ -112,9 +112,10 @@ class SetFlowConfig:
             flow-matching minimizer; > 1 moves capacity to where the particles sit, which sets
             tau3 (0.01 rad of position noise moves top's tau32 median 0.39 -> 0.44, 0.6 in
             log pt_rel moves it 0.002).
-        precision: the velocity network's arithmetic while sampling: "fp32", or "bf16"
+        precision: the velocity network's arithmetic while sampling: "fp32", "bf16"
             (bfloat16 autocast; the ODE state stays fp32): faster on CPUs with native bf16
-            (AVX512-BF16, AMX) and on GPUs. ``log_prob`` and training stay fp32.
+            (AVX512-BF16, AMX) and on GPUs, slower on other CPUs; or "auto": bf16 where it is
+            native, else fp32. ``log_prob`` and training stay fp32.
     """
 
     network: str = "epic"
@@ -360,6 +361,18 @@ def pair_noise(x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor) -> torch.
     return x0.gather(1, order[..., None].expand_as(x0))
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` ("fp32", "bf16", "auto") samples in bfloat16 on ``device``."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # torch's own CPU probes (private, hence the fallbacks): without native bf16 the autocast
+    # emulates it and runs slower than fp32
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return device.type == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
 def _real_log_normal(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the real particles' coordinates: z (B, P, F) -> (B,)."""
     per = -0.5 * (z**2 + math.log(2 * math.pi))
@@ -479,7 +492,7 @@ class SetFlow(nn.Module):
         jets, so the jets do not depend on the chunking.
         """
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
-        bf16 = self.config.precision == "bf16"
+        bf16 = uses_bf16(self.config.precision, mask.device)
         parts = []
         for start in range(0, len(mask), SAMPLE_CHUNK):
             rows = slice(start, start + SAMPLE_CHUNK)

@@ -391,6 +391,7 @@ GENERATORS: dict[str, Generator] = {
                 "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
                 "set_flow.conditioning": {"choices": list(setflow.CONDITIONINGS)},
                 "set_flow.pair_bias": {"choices": [False, True]},
+                "flow_train.batch_size": {"choices": [32, 64, 256]},
             },
         ),
     )

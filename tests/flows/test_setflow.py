@@ -223,6 +223,17 @@ def test_the_log_sigma_embedding_tells_the_last_percent_of_the_path_apart():
     assert gaps["log_sigma"] > 10 * gaps["fourier"]
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(native, monkeypatch):
+    from flows.setflow import uses_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert uses_bf16("auto", cpu) is native
+    assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)
+
+
 def test_position_weight_reweights_the_coordinates_and_keeps_the_mean_weight_one():
     """loss(w) = 3 (w P + L) / (2 w + 1) for the position and log pt parts P, L of the squared
     error: two weights fix P and L, a third must agree."""

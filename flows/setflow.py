@@ -101,17 +101,18 @@ class SetFlowConfig:
             every layer).
         pair_bias: the transformer's attention adds, per head, a learnt function of each pair
             of particles' distance ln(d_eta^2 + d_phi^2) and log pt_rel (min and difference),
-            as ParT's interaction features (arXiv:2202.03772). Dot products of embedded
-            absolute positions resolve distances of a few 0.01 rad poorly, and tau3 is set by
-            how tightly particles sit around their prong (zero-init: starts as no bias).
+            as ParT's interaction features (arXiv:2202.03772): dot products of embedded
+            absolute positions may resolve small distances poorly, and tau3 is set by how
+            tightly particles sit around their prong (zero-init: starts as no bias).
         time_embedding: how the network sees t: "fourier" (cos/sin of pi t, 2 pi t, ...) or
             "log_sigma" (t and the log noise-to-signal ratio log((1 - t) / t) with its cos/sin:
             resolves the last percent of the path, where a prong's width is set).
+            These two and ``conditioning: blocks`` did not move top's tau32 when measured
+            (docs/benchmarks.md); they stay off.
         position_weight: the loss weight of the (eta, phi) coordinates relative to log pt_rel.
             The loss is a separate regression per coordinate, so any positive weight keeps the
             flow-matching minimizer; > 1 moves capacity to where the particles sit, which sets
-            tau3 (0.01 rad of position noise moves top's tau32 median 0.39 -> 0.44, 0.6 in
-            log pt_rel moves it 0.002).
+            tau3 far more than log pt_rel does (docs/benchmarks.md).
         precision: the velocity network's arithmetic while sampling: "fp32", "bf16"
             (bfloat16 autocast; the ODE state stays fp32): faster on CPUs with native bf16
             (AVX512-BF16, AMX) and on GPUs, slower on other CPUs; or "auto": bf16 where it is
@@ -237,7 +238,6 @@ class PairBias(nn.Module):
 
     def __init__(self, heads: int, hidden: int = 32) -> None:
         super().__init__()
-        self.heads = heads
         self.mlp = _mlp(3, hidden, heads)
         nn.init.zeros_(self.mlp[-1].weight), nn.init.zeros_(self.mlp[-1].bias)
 

@@ -389,8 +389,6 @@ GENERATORS: dict[str, Generator] = {
                 "set_flow.solver": {"choices": ["euler", "midpoint", "rk4"]},
                 "set_flow.time_power": {"low": 0.0, "high": 2.0},
                 "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
-                "set_flow.conditioning": {"choices": list(setflow.CONDITIONINGS)},
-                "set_flow.pair_bias": {"choices": [False, True]},
                 "flow_train.batch_size": {"choices": [32, 64, 256]},
             },
         ),

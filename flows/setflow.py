@@ -494,11 +494,13 @@ class SetFlow(nn.Module):
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
         bf16 = uses_bf16(self.config.precision, mask.device)
         parts = []
-        for start in range(0, len(mask), SAMPLE_CHUNK):
-            rows = slice(start, start + SAMPLE_CHUNK)
-            c = None if context is None else context[rows]
-            with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
-                parts.append(self._integrate(x0[rows], mask[rows], c).float())
+        # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
+        # comes out fp32: it is multiplied by the fp32 mask)
+        with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for start in range(0, len(mask), SAMPLE_CHUNK):
+                rows = slice(start, start + SAMPLE_CHUNK)
+                c = None if context is None else context[rows]
+                parts.append(self._integrate(x0[rows], mask[rows], c))
         return torch.cat(parts) * mask[..., None]
 
     def _integrate(

@@ -429,8 +429,8 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--solver", help="set flows: euler, midpoint or rk4 (default: the model's)")
     smp.add_argument(
         "--precision",
-        help="set flows: fp32 or bf16 (bfloat16 network, faster where the CPU has native bf16; "
-        "default: the model's)",
+        help="set flows: fp32, bf16 (bfloat16 network, faster where the CPU has native bf16) "
+        "or auto (bf16 where native); default: the model's",
     )
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")

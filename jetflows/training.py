@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from jetflows import __version__, interrupt
@@ -58,6 +59,9 @@ class TrainConfig:
             measure with benchmarks/convae_throughput.py.
         compile: a torch.compile backend for the loss ("inductor" on a GPU; None: eager).
             Compiling takes tens of seconds per model: meant for long GPU runs.
+        ema: decay of an exponential moving average of the weights, updated after every
+            step (0: none). With it, validation, early stopping and the best weights are the
+            average's, while the optimizer keeps stepping the raw weights.
     """
 
     epochs: int = 300
@@ -71,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     compile: str | None = None
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -83,7 +88,9 @@ class TrainConfig:
             raise UserError(f"unknown schedule {self.schedule!r}: use one of {sorted(SCHEDULES)}")
         require(self, ("epochs", "batch_size"), low=1)
         require(self, ("lr", "clip_norm"), strict=True)
-        require(self, ("weight_decay", "patience", "seed"))
+        require(self, ("weight_decay", "patience", "seed", "ema"))
+        if self.ema >= 1:
+            raise UserError(f"ema must be a decay in [0, 1), got {self.ema}")
 
 
 SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], Any]] = {
@@ -140,6 +147,7 @@ def _epoch(
     cfg: TrainConfig,
     generator: torch.Generator | None,
     epoch: int,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass; trains when ``opt`` is given. Mean of each term over the jets.
 
@@ -174,6 +182,8 @@ def _epoch(
             if cfg.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
             opt.step()
+            if after_step is not None:
+                after_step()
     if sums is None:
         raise UserError(f"no batch of at least {world} jets (one per process)")
     return dict(zip(names, (sums / seen).tolist(), strict=True))
@@ -237,11 +247,13 @@ def fit_loop(
         unit="epoch",
         disable=not progress or not is_main(),
     )
+    # validation scores the weights that are kept: the moving average's, if there is one
+    scored = module if run.ema is None else _Bound(run.kept(), objective)
     for epoch in bar:
         start = time.perf_counter()
         try:
-            fitted = _epoch(module, train, opt, config, run.generator, epoch)
-            checked = _epoch(module, valid, None, config, None, epoch)
+            fitted = _epoch(module, train, opt, config, run.generator, epoch, run.after_step)
+            checked = _epoch(scored, valid, None, config, None, epoch)
         except FloatingPointError as err:  # say which model: a pipeline trains several
             raise FloatingPointError(f"training {desc} ({kind}) stopped at {err}") from None
         row = {f"train_{k}": v for k, v in fitted.items()}
@@ -253,9 +265,10 @@ def fit_loop(
             on_epoch(epoch, row, run.state())
         if run.should_stop():
             break
+    state = run.state()  # before the best weights go back in: it resumes from the last ones
     model.load_state_dict(run.best_weights)
     # early: patience ran out before the epoch budget did
-    return FitResult(run.history, run.state(), run.epoch < config.epochs)
+    return FitResult(run.history, state, run.epoch < config.epochs)
 
 
 class _Run:
@@ -275,13 +288,28 @@ class _Run:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_weights = copy.deepcopy(model.state_dict())
+        # torch's AveragedModel rather than a hand-written average: it keeps buffers in sync
+        # (use_buffers=False) and its state (n_averaged included) resumes exactly
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
+            if config.ema > 0
+            else None
+        )
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def kept(self) -> nn.Module:
+        """The weights validation scores and the best weights copy: the average's, if any."""
+        return self.model if self.ema is None else self.ema.module
 
     def end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         self.epoch = epoch + 1
         self.history.append({"epoch": epoch, "lr": self.opt.param_groups[0]["lr"], **row})
         if row["valid_loss"] < self.best:
             self.best, self.bad_epochs = row["valid_loss"], 0
-            self.best_weights = copy.deepcopy(self.model.state_dict())
+            self.best_weights = copy.deepcopy(self.kept().state_dict())
         else:
             self.bad_epochs += 1
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -307,18 +335,25 @@ class _Run:
             "bad_epochs": self.bad_epochs,
             "optimizer": copy.deepcopy(self.opt.state_dict()),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         check_kind(state, self.kind)
         for key, value in self.describe.items():
-            if state.get(key) != value:
+            stored = state.get(key)
+            if key == "train_config" and isinstance(stored, dict):
+                # a field added since the checkpoint was written had its default then
+                stored = {**asdict(TrainConfig()), **stored}
+            if stored != value:
                 raise UserError(f"cannot resume: the checkpoint was trained with another {key}")
         self.model.load_state_dict(state["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["shuffle"])
         self.epoch, self.history = state["epoch"], copy.deepcopy(state["history"])

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -39,22 +41,26 @@ def test_fit_lowers_validation_nll_and_keeps_the_best():
         assert nll(flow.eval(), *valid)[0].item() == pytest.approx(min(losses), rel=1e-5)
 
 
-def test_resume_is_exact():
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_is_exact(ema: float):
+    config = dataclasses.replace(CFG, ema=ema)
     train, valid = _data(), _data(seed=1)
-    full = fit(_flow(), train, valid, config=CFG, progress=False)
+    full = fit(_flow(), train, valid, config=config, progress=False)
     states = []
     first = fit(
         _flow(),
         train,
         valid,
-        config=CFG,
+        config=config,
         progress=False,
         on_epoch=lambda e, row, state: states.append(state),
     )
     assert without_times(first.history) == without_times(full.history)
-    resumed = fit(_flow(), train, valid, config=CFG, resume=states[1], progress=False)
+    resumed = fit(_flow(), train, valid, config=config, resume=states[1], progress=False)
     assert [r["valid_loss"] for r in resumed.history] == [r["valid_loss"] for r in full.history]
     assert resumed.history[2]["epoch"] == 2
+    for name, tensor in resumed.state["best_state_dict"].items():
+        assert torch.equal(tensor, full.state["best_state_dict"][name]), name
 
 
 def test_nan_is_reported_with_the_epoch():

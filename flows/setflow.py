@@ -211,6 +211,9 @@ class EPiCNet(nn.Module):
         included); config: `SetFlowConfig`.
     """
 
+    #: its second pool divides by the number of slots P: padding slots cannot be cut away
+    cuts_padding = False
+
     def __init__(self, *, features: int, context: int, config: SetFlowConfig) -> None:
         super().__init__()
         w, gw = config.width, config.global_width
@@ -257,6 +260,9 @@ class TransformerNet(nn.Module):
     """Permutation-equivariant velocity network: pre-norm transformer blocks over the real
     particles (padding excluded as keys), no positional encoding, the context added to every
     particle's embedding."""
+
+    #: padding slots reach no real particle: sampling may cut them away
+    cuts_padding = True
 
     def __init__(self, *, features: int, context: int, config: SetFlowConfig) -> None:
         super().__init__()
@@ -489,19 +495,27 @@ class SetFlow(nn.Module):
         """Particles (B, P, F) for a mask (B, P): noise -> ODE (``config.solver``, ``steps``).
 
         The noise is drawn for the whole batch, then integrated in chunks of `SAMPLE_CHUNK`
-        jets, so the jets do not depend on the chunking.
+        jets, so the jets do not depend on the chunking. The chunks take the jets in order of
+        multiplicity and, for the transformer, drop the slots past their last real particle:
+        padding takes no part in a real particle's velocity, so the jets are those of the whole
+        padded batch, while a chunk of full jets runs without an attention mask (one short jet
+        in a chunk made the whole chunk pay for the mask) and a chunk of short jets runs on
+        fewer slots.
         """
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
+        x = torch.zeros_like(x0)
         bf16 = uses_bf16(self.config.precision, mask.device)
-        parts = []
+        order = mask.sum(1).argsort(stable=True)
         # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
         # comes out fp32: it is multiplied by the fp32 mask)
         with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
-            for start in range(0, len(mask), SAMPLE_CHUNK):
-                rows = slice(start, start + SAMPLE_CHUNK)
+            for rows in order.split(SAMPLE_CHUNK):
+                slots = mask.shape[1]
+                if self.net.cuts_padding:  # up to the chunk's last real slot
+                    slots = int(mask[rows].any(0).nonzero().max()) + 1
                 c = None if context is None else context[rows]
-                parts.append(self._integrate(x0[rows], mask[rows], c))
-        return torch.cat(parts) * mask[..., None]
+                x[rows, :slots] = self._integrate(x0[rows, :slots], mask[rows, :slots], c)
+        return x * mask[..., None]
 
     def _integrate(
         self, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None

@@ -76,6 +76,34 @@ def chamfer(
     return torch.where(mask_x, d_xy, 0).sum(1) + torch.where(mask_y, d_yx, 0).sum(1)
 
 
+def chamfer_pt(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`chamfer` with each particle's nearest-partner distance weighted by its share of its
+    own cloud's pt, times the cloud's multiplicity (mean weight 1 over the real particles).
+
+    tau_N, the mass and every EFP are pt-weighted sums over the particles; the plain Chamfer
+    counts a soft particle's misplacement as much as a hard one's, so a decoder may spread a
+    prong's hard core as long as the many soft particles sit right. Returns (B,); symmetric
+    in (x, y); zero for identical clouds. Needs pt_rel >= 0 in the third feature (physical
+    units: `LossConfig.space` "physical").
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    d_xy, _, d_yx, _ = _nearest(_sq_distances(x, y), mask_x, mask_y)
+    return (torch.where(mask_x, d_xy, 0) * _pt_shares(x, mask_x)).sum(1) + (
+        torch.where(mask_y, d_yx, 0) * _pt_shares(y, mask_y)
+    ).sum(1)
+
+
+def _pt_shares(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, P): each real particle's pt / the cloud's sum pt x its multiplicity (0 on padding)."""
+    pt = torch.where(mask, x[..., 2], 0).clamp_min(0)
+    return pt / pt.sum(1, keepdim=True).clamp_min(1e-12) * mask.sum(1, keepdim=True)
+
+
 def chamfer_positions(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -214,6 +242,7 @@ EMD_METHODS: dict[str, Callable[..., torch.Tensor]] = {
 #: Particle-level reconstruction losses by name, each (x, y, mask_x, mask_y) -> (B,).
 PARTICLE_LOSSES: dict[str, Loss] = {
     "chamfer": chamfer,
+    "chamfer_pt": chamfer_pt,
     "chamfer_positions": chamfer_positions,
     "nearest_position": nearest_position,
     "intensity_axis": intensity_axis,

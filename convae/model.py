@@ -29,7 +29,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: Output layers: identity for standardized features (the default), sigmoid for features
 #: min-max scaled into [0, 1] as the research code did (that collapsed the ConVAE: docs/models.md).
 OUTPUTS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "identity": nn.Identity}
-DECODERS = ("deconv", "dense")
+DECODERS = ("deconv", "dense", "set")
+#: the set decoder's per-slot width and heads: fixed rather than dense_width (1,500 in the
+#: research architecture would make 30 slots of attention cost more than the rest of the model)
+SET_WIDTH, SET_HEADS = 64, 4
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ class ConVAEConfig:
         output: a name in `OUTPUTS`.
         decoder: "deconv" (the paper's: transposed convolutions mirroring the encoder) or
             "dense" (two dense layers of dense_width, then every particle's features at once:
-            each slot may go anywhere, where a transposed convolution ties neighbouring slots).
+            each slot may go anywhere, where a transposed convolution ties neighbouring slots),
+            or "set" (P learnt slots, each told the latent vector before every one of
+            ``conv_layers`` transformer blocks, in which the slots attend to each other: a
+            particle is placed knowing where the others go, as a prong's members must be).
     """
 
     num_particles: int = 30
@@ -147,7 +153,9 @@ class ConVAE(nn.Module):
             nn.Linear(cfg.dense_width, 2 * cfg.latent_dim),
         )
         head: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.dense_width), act()]
-        if cfg.decoder == "dense":  # every particle's features from one more dense layer
+        if cfg.decoder == "set":  # the slots read the dense features
+            self.decoder_set = SetDecoder(cfg)
+        elif cfg.decoder == "dense":  # every particle's features from one more dense layer
             out = cfg.num_particles * cfg.num_features
             head += [nn.Linear(cfg.dense_width, cfg.dense_width), act()]
             head += [nn.Linear(cfg.dense_width, out), OUTPUTS[cfg.output]()]
@@ -174,6 +182,8 @@ class ConVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """latent (B, latent_dim) -> particles (B, P, F)."""
         cfg = self.config
+        if cfg.decoder == "set":
+            return self.decoder_set(self.decoder_dense(z))
         if cfg.decoder == "dense":
             return self.decoder_dense(z).view(-1, cfg.num_particles, cfg.num_features)
         h = self.decoder_dense(z).view(-1, cfg.channels[-1], 1, cfg.conv_width)  # (B, C, 1, W)
@@ -196,6 +206,37 @@ class ConVAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
         return self.decode(z)
+
+
+class SetDecoder(nn.Module):
+    """The "set" decoder: from the latent's dense features h (B, dense_width), P learnt slots
+    of width `SET_WIDTH` are given a projection of h before each pre-norm transformer block
+    (self-attention among the slots), then each slot's features -> particles (B, P, F).
+
+    A slot is a particle the decoder is free to put anywhere (the Chamfer loss does not care
+    which slot lands where); attention lets the slots of one prong share its position.
+    """
+
+    def __init__(self, cfg: ConVAEConfig) -> None:
+        super().__init__()
+        w = SET_WIDTH
+        # unit-scale slots: distinct enough to take distinct particles from the start
+        self.slots = nn.Parameter(torch.randn(cfg.num_particles, w))
+        self.tell = nn.ModuleList(nn.Linear(cfg.dense_width, w) for _ in range(cfg.conv_layers))
+        block = nn.TransformerEncoderLayer(
+            w, SET_HEADS, 2 * w, dropout=0.0, activation="gelu", batch_first=True,
+            norm_first=True,
+        )  # fmt: skip
+        self.blocks = nn.TransformerEncoder(block, cfg.conv_layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.num_features))
+        self.output = OUTPUTS[cfg.output]()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, dense_width) -> particles (B, P, F)."""
+        x = self.slots.expand(len(h), -1, -1)
+        for tell, block in zip(self.tell, self.blocks.layers, strict=True):
+            x = block(x + tell(h)[:, None])
+        return self.output(self.out(x))
 
 
 def decoded_particles(decoded: torch.Tensor, normalization: Normalization | None) -> torch.Tensor:

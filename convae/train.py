@@ -40,7 +40,7 @@ class LossConfig:
     """How the ELBO is assembled.
 
     Arguments:
-        particle: a name in `losses.PARTICLE_LOSSES` (chamfer, chamfer_positions,
+        particle: a name in `losses.PARTICLE_LOSSES` (chamfer, chamfer_pt, chamfer_positions,
             nearest_position, intensity_axis, emd, emd_sinkhorn).
         weighting: a name in `losses.WEIGHTINGS` ("seed" or "beta_vae").
         alpha, beta: weights of the particle term and of the KL term.
@@ -78,6 +78,8 @@ class LossConfig:
             )
         if self.space not in SPACES:
             raise UserError(f"unknown loss space {self.space!r}: use one of {SPACES}")
+        if self.particle == "chamfer_pt" and self.space != "physical":
+            raise UserError("loss.particle chamfer_pt weights by pt_rel: it needs space physical")
         if len(self.feature_weights) != 3 or min(self.feature_weights) <= 0:
             raise UserError(
                 f"feature_weights must be 3 positive numbers (eta, phi, pt): {self.feature_weights}"

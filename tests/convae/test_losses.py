@@ -39,6 +39,25 @@ def test_chamfer_by_hand():
     assert L.chamfer(x, y).item() == pytest.approx(1.75)
 
 
+def test_pt_weighted_chamfer_by_hand():
+    """x: a hard (pt 0.9) and a soft (0.1) particle; y: one particle of pt 1 at the soft one's
+    place. Plain Chamfer counts the misplaced hard particle once; chamfer_pt 2 x 0.9 times."""
+    x = torch.tensor([[[0.0, 0.0, 0.9], [1.0, 0.0, 0.1]]])
+    y = torch.tensor([[[1.0, 0.0, 1.0]]])
+    # x -> y: hard 1 + 0.1^2, weight 2 x 0.9; soft 0.9^2, weight 2 x 0.1; y -> x: soft 0.81, x1
+    want = 1.8 * 1.01 + 0.2 * 0.81 + 1.0 * 0.81
+    assert L.chamfer_pt(x, y).item() == pytest.approx(want)
+    assert L.chamfer(x, y).item() == pytest.approx(1.01 + 0.81 + 0.81)
+
+
+def test_pt_weighted_chamfer_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 5, 3, generator=gen, dtype=torch.float64)
+    y = torch.rand(2, 5, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    torch.autograd.gradcheck(lambda y: L.chamfer_pt(x, y, mask, mask), (y,))
+
+
 def test_exact_emd_agrees_with_an_exact_solver():
     from energyflow.emd import emd as energyflow_emd
 

@@ -85,7 +85,7 @@ def test_sampling_is_reproducible_with_a_generator():
         ({"output": "softmax"}, "unknown output"),
         ({"num_particles": 10}, "do not fit 10 particles"),
         ({"latent_dim": 0}, "latent_dim must be >= 1"),
-        ({"decoder": "set"}, "unknown decoder 'set'"),
+        ({"decoder": "sets"}, "unknown decoder .sets."),
     ],
 )
 def test_bad_configs(kwargs, match):

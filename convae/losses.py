@@ -82,19 +82,29 @@ def chamfer_pt(
     mask_x: torch.Tensor | None = None,
     mask_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`chamfer` with each particle's nearest-partner distance weighted by its share of its
-    own cloud's pt, times the cloud's multiplicity (mean weight 1 over the real particles).
+    """`chamfer` with every nearest-partner distance weighted by the pt share of the input
+    particle it involves (its share of the input's pt x the input's multiplicity: mean 1).
 
     tau_N, the mass and every EFP are pt-weighted sums over the particles; the plain Chamfer
     counts a soft particle's misplacement as much as a hard one's, so a decoder may spread a
-    prong's hard core as long as the many soft particles sit right. Returns (B,); symmetric
-    in (x, y); zero for identical clouds. Needs pt_rel >= 0 in the third feature (physical
-    units: `LossConfig.space` "physical").
+    prong's hard core as long as the many soft particles sit right. Each input particle's
+    term takes its own share, each reconstructed particle's term the share of the input
+    particle nearest to it: the weights come from the input alone, so the decoder cannot
+    lower the loss by moving pt off its misplaced particles.
+
+    Arguments:
+        x: (B, P, F) input particles, pt_rel >= 0 in feature 2 (physical units);
+            y: (B, Q, F) reconstruction.
+        mask_x, mask_y: (B, P), (B, Q) real particles (default: y uses x's mask when Q == P).
+
+    Returns:
+        (B,) losses; zero for identical clouds.
     """
     mask_x, mask_y = _masks(x, y, mask_x, mask_y)
-    d_xy, _, d_yx, _ = _nearest(_sq_distances(x, y), mask_x, mask_y)
-    return (torch.where(mask_x, d_xy, 0) * _pt_shares(x, mask_x)).sum(1) + (
-        torch.where(mask_y, d_yx, 0) * _pt_shares(y, mask_y)
+    d_xy, _, d_yx, i_of_j = _nearest(_sq_distances(x, y), mask_x, mask_y)
+    share = _pt_shares(x, mask_x)  # (B, P)
+    return (torch.where(mask_x, d_xy, 0) * share).sum(1) + (
+        torch.where(mask_y, d_yx, 0) * share.gather(1, i_of_j)
     ).sum(1)
 
 
@@ -239,6 +249,8 @@ EMD_METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "sinkhorn": _emd_sinkhorn,
 }
 
+#: the particle losses that read pt_rel as a weight: they need physical units (pt_rel >= 0)
+PT_WEIGHTED = ("chamfer_pt", "emd", "emd_sinkhorn")
 #: Particle-level reconstruction losses by name, each (x, y, mask_x, mask_y) -> (B,).
 PARTICLE_LOSSES: dict[str, Loss] = {
     "chamfer": chamfer,

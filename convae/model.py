@@ -52,7 +52,7 @@ class ConVAEConfig:
         decoder: "deconv" (the paper's: transposed convolutions mirroring the encoder) or
             "dense" (two dense layers of dense_width, then every particle's features at once:
             each slot may go anywhere, where a transposed convolution ties neighbouring slots),
-            or "set" (P learnt slots, each told the latent vector before every one of
+            or "set" (P learnt slots, each told the latent's dense features before each of
             ``conv_layers`` transformer blocks, in which the slots attend to each other: a
             particle is placed knowing where the others go, as a prong's members must be).
     """

@@ -78,8 +78,10 @@ class LossConfig:
             )
         if self.space not in SPACES:
             raise UserError(f"unknown loss space {self.space!r}: use one of {SPACES}")
-        if self.particle == "chamfer_pt" and self.space != "physical":
-            raise UserError("loss.particle chamfer_pt weights by pt_rel: it needs space physical")
+        if self.particle in L.PT_WEIGHTED and self.space != "physical":
+            raise UserError(
+                f"loss.particle {self.particle} weights by pt_rel: it needs space physical"
+            )
         if len(self.feature_weights) != 3 or min(self.feature_weights) <= 0:
             raise UserError(
                 f"feature_weights must be 3 positive numbers (eta, phi, pt): {self.feature_weights}"

@@ -510,11 +510,14 @@ class SetFlow(nn.Module):
         # comes out fp32: it is multiplied by the fp32 mask)
         with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
             for rows in order.split(SAMPLE_CHUNK):
-                slots = mask.shape[1]
-                if self.net.cuts_padding:  # up to the chunk's last real slot
-                    slots = int(mask[rows].any(0).nonzero().max()) + 1
+                real = mask[rows].any(0)  # (P,) slots real in some jet of the chunk
+                if not real.any():  # jets without particles: nothing to integrate
+                    continue
+                cut = getattr(self.net, "cuts_padding", False)  # only networks that say so
+                slots = int(real.nonzero()[-1]) + 1 if cut else mask.shape[1]
                 c = None if context is None else context[rows]
-                x[rows, :slots] = self._integrate(x0[rows, :slots], mask[rows, :slots], c)
+                out = self._integrate(x0[rows, :slots], mask[rows, :slots], c)
+                x[rows, :slots] = out.to(x.dtype)
         return x * mask[..., None]
 
     def _integrate(

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from jetflows import __version__, interrupt
@@ -60,8 +60,10 @@ class TrainConfig:
         compile: a torch.compile backend for the loss ("inductor" on a GPU; None: eager).
             Compiling takes tens of seconds per model: meant for long GPU runs.
         ema: decay of an exponential moving average of the weights, updated after every
-            step (0: none). With it, validation, early stopping and the best weights are the
-            average's, while the optimizer keeps stepping the raw weights.
+            step (0: none), warmed up as min(ema, (1 + n) / (10 + n)) after n updates so that
+            the first steps' weights fade fast. With it, validation, early stopping and the
+            best weights are the average's, while the optimizer keeps stepping the raw
+            weights; buffers (batch-norm statistics) are the raw model's.
     """
 
     epochs: int = 300
@@ -149,7 +151,8 @@ def _epoch(
     epoch: int,
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """One pass; trains when ``opt`` is given. Mean of each term over the jets.
+    """One pass; trains when ``opt`` is given (calling ``after_step`` after every optimizer
+    step). Mean of each term over the jets.
 
     Data-parallel: every rank draws the same global batches (same shuffling seed) and takes
     its contiguous slice of each; DDP averages the gradients, so a step is the step of one
@@ -206,7 +209,9 @@ def fit_loop(
     """Train ``model`` on ``train`` tensors (first dimension N), early-stopping on ``valid``.
 
     Arguments:
-        model: updated in place; ends with its best weights (lowest validation loss).
+        model: updated in place; ends with its best weights (lowest validation loss; with
+            ``config.ema``, the moving average's best), in eval mode. The returned state's
+            ``state_dict`` holds the last raw weights, from which it resumes.
         objective: ``objective(model, *batch)`` -> (mean loss, {term name: mean value}).
         train, valid: tuples of tensors sharing the first dimension (None entries pass through).
         config: `TrainConfig`.
@@ -249,6 +254,8 @@ def fit_loop(
     )
     # validation scores the weights that are kept: the moving average's, if there is one
     scored = module if run.ema is None else _Bound(run.kept(), objective)
+    if run.ema is not None and config.compile is not None:
+        scored = torch.compile(scored, backend=config.compile)
     for epoch in bar:
         start = time.perf_counter()
         try:
@@ -267,6 +274,7 @@ def fit_loop(
             break
     state = run.state()  # before the best weights go back in: it resumes from the last ones
     model.load_state_dict(run.best_weights)
+    model.train(False)  # as the last validation left it when it scored the model itself
     # early: patience ran out before the epoch budget did
     return FitResult(run.history, state, run.epoch < config.epochs)
 
@@ -291,12 +299,13 @@ class _Run:
         # torch's AveragedModel rather than a hand-written average: it keeps buffers in sync
         # (use_buffers=False) and its state (n_averaged included) resumes exactly
         self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
+            AveragedModel(model, multi_avg_fn=functools.partial(_ema_update, config.ema))
             if config.ema > 0
             else None
         )
 
     def after_step(self) -> None:
+        """After every optimizer step: the moving average takes the new weights in."""
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
@@ -359,6 +368,16 @@ class _Run:
         self.epoch, self.history = state["epoch"], copy.deepcopy(state["history"])
         self.best, self.bad_epochs = state["best_valid_loss"], state["bad_epochs"]
         self.best_weights = copy.deepcopy(state["best_state_dict"])
+
+
+def _ema_update(
+    decay: float, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor
+) -> None:
+    """`AveragedModel`'s multi_avg_fn: averaged <- d averaged + (1 - d) current, in place, with
+    d = min(decay, (1 + n) / (10 + n)) after n updates (torch's own EMA function has a fixed
+    decay, which at 0.9999 still carries the first epochs' weights after 19,000 steps)."""
+    d = min(decay, (1 + float(n)) / (10 + float(n)))
+    torch._foreach_lerp_(averaged, current, 1 - d)
 
 
 def check_kind(state: Any, kind: str) -> None:

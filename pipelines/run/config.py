@@ -437,10 +437,24 @@ def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+#: fields a config gained after runs were made with it: left out of a stage's digest while
+#: they hold their default, so that those runs' finished stages stay finished
+ADDED_FIELDS: dict[type, dict[str, Any]] = {TrainConfig: {"ema": 0.0}}
+
+
 def digest(*parts: Any) -> str:
     """A short stable hash of config parts (dataclasses or plain data): a stage's identity."""
-    plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
-    return stable_hash(plain)
+    return stable_hash([_digested(p) for p in parts])
+
+
+def _digested(part: Any) -> Any:
+    if not dataclasses.is_dataclass(part):
+        return part
+    plain = to_dict(part)
+    for name, default in ADDED_FIELDS.get(type(part), {}).items():
+        if plain[name] == default:
+            del plain[name]
+    return plain
 
 
 # ------------------------------------------------------- configs built on a base pipeline

@@ -22,7 +22,9 @@ def test_particle_losses_zero_symmetric_padding_blind_with_gradients(name):
     assert loss(x, x, mask).abs().max() < 1e-9
     value = loss(x, y, mask)
     assert value.shape == (6,) and (value > 0).all()
-    if name != "emd_sinkhorn":  # Sinkhorn's iterations are symmetric only up to convergence
+    # Sinkhorn's iterations are symmetric only up to convergence; chamfer_pt's weights are
+    # the input's (its first argument's) pt shares
+    if name not in ("emd_sinkhorn", "chamfer_pt"):
         torch.testing.assert_close(loss(y, x, mask), value)
     junk = torch.where(mask[..., None], y, torch.full_like(y, 7.0))  # garbage in the padding
     torch.testing.assert_close(loss(x, junk, mask), value)
@@ -41,12 +43,12 @@ def test_chamfer_by_hand():
 
 def test_pt_weighted_chamfer_by_hand():
     """x: a hard (pt 0.9) and a soft (0.1) particle; y: one particle of pt 1 at the soft one's
-    place. Plain Chamfer counts the misplaced hard particle once; chamfer_pt 2 x 0.9 times."""
+    place. Plain Chamfer counts the misplaced hard particle once; chamfer_pt 2 x 0.9 times, and
+    y's own term takes the share of its nearest input particle, the soft one (2 x 0.1)."""
     x = torch.tensor([[[0.0, 0.0, 0.9], [1.0, 0.0, 0.1]]])
     y = torch.tensor([[[1.0, 0.0, 1.0]]])
-    # x -> y: hard 1 + 0.1^2, weight 2 x 0.9; soft 0.9^2, weight 2 x 0.1; y -> x: soft 0.81, x1
-    want = 1.8 * 1.01 + 0.2 * 0.81 + 1.0 * 0.81
-    assert L.chamfer_pt(x, y).item() == pytest.approx(want)
+    # x -> y: hard 1 + 0.1^2, weight 1.8; soft 0.9^2, weight 0.2; y -> x: 0.81, weight 0.2
+    assert L.chamfer_pt(x, y).item() == pytest.approx(1.8 * 1.01 + 0.2 * 0.81 + 0.2 * 0.81)
     assert L.chamfer(x, y).item() == pytest.approx(1.01 + 0.81 + 0.81)
 
 

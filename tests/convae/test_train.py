@@ -161,6 +161,7 @@ def test_bad_checkpoints(tmp_path, data):
         ({"weighting": "x"}, "unknown weighting"),
         ({"space": "latent"}, "unknown loss space"),
         ({"particle": "chamfer_pt", "space": "normalized"}, "chamfer_pt weights by pt_rel"),
+        ({"particle": "emd", "space": "normalized"}, "emd weights by pt_rel"),
         ({"feature_weights": (1.0, 1.0)}, "3 positive numbers"),
         ({"feature_weights": (1.0, 0.0, 1.0)}, "3 positive numbers"),
         ({"gamma_tau": -1.0}, "gamma_tau must be a finite number >= 0"),

@@ -265,20 +265,35 @@ def test_the_validation_loss_is_one_number_and_leaves_the_training_stream_alone(
     assert flow.train().loss(x, mask, c) != first  # training draws its own noise
 
 
-@pytest.mark.parametrize("network", ["epic", "transformer"])
-def test_sampling_does_not_depend_on_the_chunking(network, monkeypatch):
+@pytest.mark.parametrize(
+    ("options", "slots"),
+    [
+        ({"network": "epic"}, [9, 9, 9, 9]),  # its sum pool divides by P: no slot is cut
+        ({"network": "transformer"}, [2, 7, 9, 9]),
+        ({"network": "transformer", "pair_bias": True}, [2, 7, 9, 9]),
+        ({"network": "transformer", "conditioning": "blocks"}, [2, 7, 9, 9]),
+    ],
+)
+def test_sampling_does_not_depend_on_the_chunking(options, slots, monkeypatch):
     """Chunks of jets sorted by multiplicity, cut after their last real slot, give the jets of
-    the whole padded batch integrated at once."""
+    the whole padded batch integrated at once; a chunk of empty jets is skipped."""
     torch.manual_seed(0)
-    flow = SetFlow(SetFlowConfig(**TINY, network=network), context=2).eval()
+    flow = SetFlow(SetFlowConfig(**{**TINY, **options}), context=2).eval()
     _, mask, c = _batch(n=10)
     mask[3] = True  # a full jet beside short ones
     x0 = torch.randn((*mask.shape, 3), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         padded = flow._integrate(x0, mask, c) * mask[..., None]
     whole = flow.sample(mask, c, generator=torch.Generator().manual_seed(4))
+    seen, integrate = [], flow._integrate
+    monkeypatch.setattr(
+        flow, "_integrate", lambda x, *a: seen.append(x.shape[1]) or integrate(x, *a)
+    )
     monkeypatch.setattr("flows.setflow.SAMPLE_CHUNK", 3)
     chunked = flow.sample(mask, c, generator=torch.Generator().manual_seed(4))
+    assert seen == slots
     assert torch.allclose(whole, padded, atol=1e-5)
     assert torch.allclose(chunked, padded, atol=1e-5)
-    assert (chunked[~mask] == 0).all()
+    empty = torch.zeros(4, 9, dtype=torch.bool)
+    empty[3, :2] = True  # three jets without particles, then one of two (chunks of 3)
+    assert flow.sample(empty, c[:4])[:3].abs().sum() == 0

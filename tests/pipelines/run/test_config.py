@@ -162,6 +162,19 @@ def test_digest_changes_with_what_a_stage_depends_on():
     assert digest(a.flow) != digest(b.flow)
 
 
+def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default():
+    """Runs made before `TrainConfig.ema` existed keep their finished stages; setting it
+    makes a new stage."""
+    from dataclasses import asdict, replace
+
+    from pipelines.io import stable_hash
+
+    train = PipelineConfig().flow_train
+    before = {k: v for k, v in asdict(train).items() if k != "ema"}  # as such runs hashed it
+    assert digest(train) == stable_hash([before])
+    assert digest(replace(train, ema=0.999)) != digest(train)
+
+
 def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):
     """It was a TypeError from sorting 1 beside "colour"."""
     bad = tmp_path / "bad.yaml"

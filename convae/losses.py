@@ -71,9 +71,17 @@ def chamfer(
     Returns:
         (B,) losses; symmetric in (x, y); zero for identical clouds.
     """
-    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
-    d_xy, _, d_yx, _ = _nearest(_sq_distances(x, y), mask_x, mask_y)
-    return torch.where(mask_x, d_xy, 0).sum(1) + torch.where(mask_y, d_yx, 0).sum(1)
+    term_x, term_y, _ = _chamfer_terms(x, y, *_masks(x, y, mask_x, mask_y))
+    return term_x.sum(1) + term_y.sum(1)
+
+
+def _chamfer_terms(
+    x: torch.Tensor, y: torch.Tensor, mask_x: torch.Tensor, mask_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each real particle's squared distance to its nearest real partner in the other cloud,
+    0 on padding: (B, P) for x, (B, Q) for y, and the index in x of each y's partner (B, Q)."""
+    d_xy, _, d_yx, i_of_j = _nearest(_sq_distances(x, y), mask_x, mask_y)
+    return torch.where(mask_x, d_xy, 0), torch.where(mask_y, d_yx, 0), i_of_j
 
 
 def chamfer_pt(
@@ -101,17 +109,17 @@ def chamfer_pt(
         (B,) losses; zero for identical clouds.
     """
     mask_x, mask_y = _masks(x, y, mask_x, mask_y)
-    d_xy, _, d_yx, i_of_j = _nearest(_sq_distances(x, y), mask_x, mask_y)
-    share = _pt_shares(x, mask_x)  # (B, P)
-    return (torch.where(mask_x, d_xy, 0) * share).sum(1) + (
-        torch.where(mask_y, d_yx, 0) * share.gather(1, i_of_j)
-    ).sum(1)
+    term_x, term_y, i_of_j = _chamfer_terms(x, y, mask_x, mask_y)
+    share = _pt_fractions(x, mask_x)[0] * mask_x.sum(1, keepdim=True)  # (B, P), mean 1
+    return (term_x * share).sum(1) + (term_y * share.gather(1, i_of_j)).sum(1)
 
 
-def _pt_shares(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, P): each real particle's pt / the cloud's sum pt x its multiplicity (0 on padding)."""
+def _pt_fractions(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each real particle's share of its cloud's pt (B, P), 0 on padding, and the cloud's sum
+    pt (B,). Negative pt (an identity output layer can produce it) carries none: clamped at 0."""
     pt = torch.where(mask, x[..., 2], 0).clamp_min(0)
-    return pt / pt.sum(1, keepdim=True).clamp_min(1e-12) * mask.sum(1, keepdim=True)
+    total = pt.sum(1)
+    return pt / total.clamp_min(1e-12)[:, None], total
 
 
 def chamfer_positions(
@@ -192,11 +200,7 @@ def emd(
     if method not in EMD_METHODS:
         raise UserError(f"unknown EMD method {method!r}: use one of {sorted(EMD_METHODS)}")
     mask_x, mask_y = _masks(x, y, mask_x, mask_y)
-    # negative pt (an identity output layer can produce it) carries no energy: clamp at 0
-    pt_x = torch.where(mask_x, x[..., 2], 0).clamp_min(0)
-    pt_y = torch.where(mask_y, y[..., 2], 0).clamp_min(0)
-    total_x, total_y = pt_x.sum(1), pt_y.sum(1)
-    a, b = pt_x / total_x.clamp_min(1e-12)[:, None], pt_y / total_y.clamp_min(1e-12)[:, None]
+    (a, total_x), (b, total_y) = _pt_fractions(x, mask_x), _pt_fractions(y, mask_y)
     # padding positions to 0: they carry no weight, but Sinkhorn's annealing sees every point
     pos_x, pos_y = x[..., :2] * mask_x[..., None], y[..., :2] * mask_y[..., None]
     flow = EMD_METHODS[method](pos_x, pos_y, a, b, blur=blur, scaling=scaling) / radius

@@ -506,6 +506,7 @@ class SetFlow(nn.Module):
         x = torch.zeros_like(x0)
         bf16 = uses_bf16(self.config.precision, mask.device)
         order = mask.sum(1).argsort(stable=True)
+        cut = getattr(self.net, "cuts_padding", False)  # only networks that say so
         # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
         # comes out fp32: it is multiplied by the fp32 mask)
         with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -513,7 +514,6 @@ class SetFlow(nn.Module):
                 real = mask[rows].any(0)  # (P,) slots real in some jet of the chunk
                 if not real.any():  # jets without particles: nothing to integrate
                     continue
-                cut = getattr(self.net, "cuts_padding", False)  # only networks that say so
                 slots = int(real.nonzero()[-1]) + 1 if cut else mask.shape[1]
                 c = None if context is None else context[rows]
                 out = self._integrate(x0[rows, :slots], mask[rows, :slots], c)

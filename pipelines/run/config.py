@@ -439,7 +439,7 @@ def to_yaml(config: Any) -> str:
 
 #: fields a config gained after runs were made with it: left out of a stage's digest while
 #: they hold their default, so that those runs' finished stages stay finished
-ADDED_FIELDS: dict[type, dict[str, Any]] = {TrainConfig: {"ema": 0.0}}
+ADDED_FIELDS: dict[type, tuple[str, ...]] = {TrainConfig: ("ema",)}
 
 
 def digest(*parts: Any) -> str:
@@ -451,8 +451,9 @@ def _digested(part: Any) -> Any:
     if not dataclasses.is_dataclass(part):
         return part
     plain = to_dict(part)
-    for name, default in ADDED_FIELDS.get(type(part), {}).items():
-        if plain[name] == default:
+    defaults = {f.name: f.default for f in dataclasses.fields(part)}
+    for name in ADDED_FIELDS.get(type(part), ()):
+        if plain[name] == defaults[name]:
             del plain[name]
     return plain
 

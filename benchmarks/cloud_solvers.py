@@ -33,7 +33,8 @@ SHOWN = ("w1m", "w1p", "emd_tau21", "emd_tau32", "emd_d2")
 
 
 def states_of(class_dir: Path) -> dict[str, dict]:
-    """The run's checkpoints by file name (a cloud run: flow.pt and jet_flow.pt)."""
+    """The run's checkpoints by file name (a cloud run: flow.pt, jet_flow.pt and, when
+    there, its guide.pt)."""
     flow = load_checkpoint(class_dir / "flow.pt", SAMPLED_KINDS)
     target = flow["extra"]["target"]
     if target != "cloud":
@@ -41,6 +42,9 @@ def states_of(class_dir: Path) -> dict[str, dict]:
     states = {"flow.pt": flow}
     for name, kind in GENERATORS[target].inputs:
         states[name] = load_checkpoint(class_dir / name, kind)
+    for name, kind in GENERATORS[target].companions:
+        if (class_dir / name).is_file():
+            states[name] = load_checkpoint(class_dir / name, kind)
     return states
 
 

@@ -45,6 +45,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: `jetflows sample` flags that become sampling options (`flows.setflow.SAMPLING_FIELDS`)
+SAMPLE_OPTIONS = ("solver", "steps", "precision", "guidance", "guidance_from")
 SEED_MAX = 2**63 - 1  # numpy, torch and HDF5 attributes all take a 64-bit seed
 
 
@@ -298,7 +300,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        options={k: getattr(args, k) for k in ("solver", "steps", "precision") if getattr(args, k)},
+        options={k: getattr(args, k) for k in SAMPLE_OPTIONS if getattr(args, k) is not None},
     )
     print(f"wrote {path} ({args.n} {jet_class} jets from {args.run})")
 
@@ -431,6 +433,17 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
         "--precision",
         help="set flows: fp32, bf16 (bfloat16 network, faster where the CPU has native bf16) "
         "or auto (bf16 where native); default: the model's",
+    )
+    smp.add_argument(
+        "--guidance",
+        type=float,
+        help="set flows: autoguidance weight w (1: off; > 1 needs the run's guide.pt); "
+        "default: the model's",
+    )
+    smp.add_argument(
+        "--guidance-from",
+        type=float,
+        help="set flows: guide only for t >= this (0: the whole path); default: the model's",
     )
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")

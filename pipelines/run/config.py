@@ -278,6 +278,11 @@ class PipelineConfig:
                 )
         if self.target == "cloud" and self.particle.centroid:
             raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
+        if self.set_flow.guidance != 1.0 and not self.set_flow.guide_epochs:
+            raise UserError(
+                f"set_flow.guidance {self.set_flow.guidance} needs a guide: set "
+                "set_flow.guide_epochs > 0 (the epochs the guide trains for)"
+            )
         if self.target != "latent":
             return
         TwoStageConfig.of(self)  # its checks

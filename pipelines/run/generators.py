@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -195,6 +195,25 @@ def _jet_level_sampler(
     return sample
 
 
+def _cloud_sampler(
+    record: SamplerRecord, states: Mapping[str, dict[str, Any]], device: torch.device
+) -> Sampler:
+    """The jet flow feeding the set flow, which guide.pt guides when its config's
+    ``guidance`` asks for it (`flows.setflow.SetFlow.guided_velocity`)."""
+    guidance = states["flow.pt"]["set_flow_config"].get("guidance", 1.0)
+    guide = None
+    if guidance != 1.0:
+        if "guide.pt" not in states:
+            raise MissingFileError(
+                f"set_flow.guidance {guidance} needs the run's guide.pt, which it lacks: train "
+                "one with jetflows pipeline and set_flow.guide_epochs > 0, or sample unguided "
+                "(guidance 1)"
+            )
+        guide = setflow.set_flow_from_state(states["guide.pt"]).to(device)
+    generate = functools.partial(setflow.generate, guide=guide)
+    return _jet_level_sampler(generate, setflow.set_flow_from_state, record, states, device)
+
+
 def _ode_options(
     states: Mapping[str, dict[str, Any]], options: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
@@ -303,12 +322,25 @@ def _train_cloud(
     jet = trained(
         "jet_flow.pt", FLOW_KIND, jet_key, functools.partial(stages.train_jet_flow, cfg, jet_data)
     )
-    # the ODE's solver and steps only sample: changing them re-samples, never retrains
-    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in setflow.SAMPLING_FIELDS}
+    # the ODE's solver, steps and guidance only sample: changing them re-samples, never
+    # retrains; the guide's epochs train the guide alone
+    skip = (*setflow.SAMPLING_FIELDS, *setflow.GUIDE_FIELDS)
+    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in skip}
     key = digest(jet_key, network, cfg.flow_train)
     train = functools.partial(stages.train_set_flow, cfg, set_data, record)
     flow = trained("flow.pt", setflow.CHECKPOINT_KIND, key, train, **{"jet_flow.pt": jet})
-    return Trained({"flow.pt": flow, "jet_flow.pt": jet}, {"flow.pt": key, "jet_flow.pt": jet_key})
+    states = {"flow.pt": flow, "jet_flow.pt": jet}
+    keys = {"flow.pt": key, "jet_flow.pt": jet_key}
+    if cfg.set_flow.guide_epochs:
+        # the guide: the same flow trained for fewer epochs (its schedule annealed over them)
+        epochs = cfg.set_flow.guide_epochs
+        guide_cfg = replace(cfg, flow_train=replace(cfg.flow_train, epochs=epochs))
+        keys["guide.pt"] = digest(jet_key, network, guide_cfg.flow_train, "guide")
+        train = functools.partial(stages.train_set_flow, guide_cfg, set_data, record)
+        states["guide.pt"] = trained(
+            "guide.pt", setflow.CHECKPOINT_KIND, keys["guide.pt"], train, **{"jet_flow.pt": jet}
+        )
+    return Trained(states, keys)
 
 
 # ----------------------------------------------------------------------------------- registry
@@ -326,6 +358,8 @@ class Generator:
         train: (cfg, class, (train, valid) jets, data stage key, `Trainer`) -> `Trained`.
         sampler: (record, states by file name, device) -> `Sampler`.
         reconstructs: it has a ConVAE whose reconstructions the pipeline checks.
+        companions: (file, kind) of models sampled beside flow.pt when present, fitted on
+            the same inputs (a set flow's guide); a missing one is the sampler's to refuse.
         options: (states, {option: value}) -> states: sampling options a user may change
             without retraining (``jetflows sample --solver --steps``); None: none.
         sampling: the config's values of those options (cfg -> {option: value}).
@@ -339,6 +373,7 @@ class Generator:
     train: Callable[..., Trained]
     sampler: Callable[..., Sampler]
     reconstructs: bool = False
+    companions: tuple[tuple[str, str], ...] = ()
     options: Callable[..., dict[str, dict[str, Any]]] | None = None
     sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
     reported: tuple[str, ...] = ("flow.pt",)
@@ -379,7 +414,8 @@ GENERATORS: dict[str, Generator] = {
             "cloud",
             (("flow.pt", setflow.CHECKPOINT_KIND), ("jet_flow.pt", FLOW_KIND)),
             _train_cloud,
-            functools.partial(_jet_level_sampler, setflow.generate, setflow.set_flow_from_state),
+            _cloud_sampler,
+            companions=(("guide.pt", setflow.CHECKPOINT_KIND),),
             options=_ode_options,
             sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
             space={
@@ -476,6 +512,10 @@ def load_sampler(
         check_provenance(states[name], path / name, path.name)
     inputs = {name: states[name] for name, _ in gen.inputs}
     check_provenance(state, path / "flow.pt", path.name, **inputs)
+    for name, kind in gen.companions:
+        if (path / name).is_file():
+            states[name] = load_checkpoint(path / name, kind)
+            check_provenance(states[name], path / name, path.name, **inputs)
     try:
         return build_sampler(states, device=device, options=options)
     except ValueError as err:

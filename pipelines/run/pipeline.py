@@ -178,6 +178,19 @@ def _generate_stage(
     return stored(jets, generated), True
 
 
+def _keep_sampling(
+    path: Path, states: dict[str, dict[str, Any]], sampled: dict[str, dict[str, Any]]
+) -> None:
+    """Store the config's sampling options (a set flow's solver, steps, guidance) in the
+    flow's checkpoint at ``path`` when they differ from those it holds, so that ``jetflows
+    sample`` draws as the pipeline's evaluation did after options changed on a trained model
+    (the weights are unchanged)."""
+    before, after = states["flow.pt"], sampled["flow.pt"]
+    # the options replace entries; what they leave is the same object (weights included)
+    if is_main() and any(v is not before.get(k) and v != before.get(k) for k, v in after.items()):
+        save_checkpoint(path, after)
+
+
 def run_class(
     cfg: PipelineConfig, jet_class: str, directory: Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -202,6 +215,9 @@ def run_class(
     # a set flow's ODE (solver, steps) samples only: new steps, new jets, the same model; the
     # other targets have no such options and keep their keys
     sampling = generator.sampling(cfg)
+    if sampling and generator.options is not None:
+        sampled = generator.options(trained.states, sampling)
+        _keep_sampling(directory / "flow.pt", trained.states, sampled)
     generate = (trained.keys["flow.pt"], cfg.n_generate, *([sampling] if sampling else []))
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], trained.states, sampling)

@@ -129,6 +129,7 @@ def test_overrides_are_typed_and_nested():
         (["flow.transforms=["], r"--set flow.transforms: the value '\[' is not valid YAML"),
         (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
         (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
+        (["target=cloud", "set_flow.guidance=2"], "needs a guide"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):

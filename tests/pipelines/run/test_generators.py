@@ -145,6 +145,42 @@ def test_new_ode_steps_sample_again_without_retraining(cloud_run, data_dir):
     run = run_pipeline(cfg, root=cloud_run.parent, progress=False, overwrite=True)
     log = (run / "pipeline.log").read_text().split("class g")[-1]
     assert "g: flow up to date" in log and "g: generate done" in log
+    # and `jetflows sample` now integrates as the evaluation did
+    assert torch.load(run / "g" / "flow.pt", weights_only=False)["set_flow_config"]["steps"] == 2
+
+
+def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
+    cloud_run, data_dir, tmp_path, capsys
+):
+    shutil.copytree(cloud_run, tmp_path / "tiny")
+    more = ["target=cloud", "set_flow.guide_epochs=1", "set_flow.guidance=3"]
+    cfg = load_config("configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", *more])
+    run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    log = (run / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: flow up to date" in log  # the guide's epochs do not retrain the flow
+    guide = torch.load(run / "g" / "guide.pt", weights_only=False)
+    assert len(guide["history"]) == 1 and guide["provenance"]["jet_class"] == "g"
+    files = {}
+    for name, run_dir, extra in (
+        ("guided", run, []),  # the config's guidance 3
+        ("unguided", run, ["--guidance", "1"]),
+        ("before", cloud_run, ["--steps", "3"]),  # TINY's (another test may change it)
+    ):
+        files[name] = tmp_path / f"{name}.hdf5"
+        args = ["sample", "--run", str(run_dir), "--class", "g", "--n", "50", "--quiet"]
+        assert main([*args, "--out", str(files[name]), *extra]) == 0
+    jets = {}
+    for name, path in files.items():
+        with h5py.File(path) as f:
+            jets[name] = f["particle_features"][:]
+    assert np.array_equal(jets["unguided"], jets["before"])  # the same flow, unguided
+    assert not np.allclose(jets["guided"], jets["unguided"])
+    # a run without a guide refuses guidance in one line, and writes nothing
+    out = tmp_path / "x.hdf5"
+    args = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--out", str(out)]
+    assert_one_line_error(capsys, [*args, "--guidance", "2"], "guide.pt")
+    assert_one_line_error(capsys, [*args, "--guidance-from", "1.5"], "guidance_from")
+    assert not out.exists()
 
 
 def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_path, monkeypatch):

@@ -334,8 +334,12 @@ def _train_cloud(
     if cfg.set_flow.guide_epochs:
         # the guide: the same flow trained for fewer epochs (its schedule annealed over them)
         epochs = cfg.set_flow.guide_epochs
-        guide_cfg = replace(cfg, flow_train=replace(cfg.flow_train, epochs=epochs))
-        keys["guide.pt"] = digest(jet_key, network, guide_cfg.flow_train, "guide")
+        guide_flow = cfg.set_flow.guide()
+        guide_cfg = replace(
+            cfg, set_flow=guide_flow, flow_train=replace(cfg.flow_train, epochs=epochs)
+        )
+        guide_network = {k: v for k, v in asdict(guide_flow).items() if k not in skip}
+        keys["guide.pt"] = digest(jet_key, guide_network, guide_cfg.flow_train, "guide")
         train = functools.partial(stages.train_set_flow, guide_cfg, set_data, record)
         states["guide.pt"] = trained(
             "guide.pt", setflow.CHECKPOINT_KIND, keys["guide.pt"], train, **{"jet_flow.pt": jet}

@@ -171,6 +171,7 @@ def test_sampling_then_scoring_is_finite_and_resumes_from_state():
         ({"guidance": 0.5}, "guidance"),
         ({"guidance_from": 1.0}, "guidance_from"),
         ({"guide_epochs": -1}, "guide_epochs"),
+        ({"network": "transformer", "heads": 4, "guide_width": 10}, "guide_width"),
     ],
 )
 def test_bad_config_values_are_refused(values, match):

@@ -153,13 +153,19 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     cloud_run, data_dir, tmp_path, capsys
 ):
     shutil.copytree(cloud_run, tmp_path / "tiny")
-    more = ["target=cloud", "set_flow.guide_epochs=1", "set_flow.guidance=3"]
+    more = [
+        "target=cloud",
+        "set_flow.guide_epochs=1",
+        "set_flow.guide_width=8",
+        "set_flow.guidance=3",
+    ]
     cfg = load_config("configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", *more])
     run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
     log = (run / "pipeline.log").read_text().split("class g")[-1]
     assert "g: flow up to date" in log  # the guide's epochs do not retrain the flow
     guide = torch.load(run / "g" / "guide.pt", weights_only=False)
     assert len(guide["history"]) == 1 and guide["provenance"]["jet_class"] == "g"
+    assert guide["set_flow_config"]["width"] == 8 and guide["set_flow_config"]["guidance"] == 1
     files = {}
     for name, run_dir, extra in (
         ("guided", run, []),  # the config's guidance 3

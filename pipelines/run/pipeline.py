@@ -218,7 +218,9 @@ def run_class(
     if sampling and generator.options is not None:
         sampled = generator.options(trained.states, sampling)
         _keep_sampling(directory / "flow.pt", trained.states, sampled)
-    generate = (trained.keys["flow.pt"], cfg.n_generate, *([sampling] if sampling else []))
+    # models sampled beside the flow (a set flow's guide) make other jets when retrained
+    beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
+    generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([sampling] if sampling else []))
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], trained.states, sampling)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)

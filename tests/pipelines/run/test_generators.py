@@ -166,6 +166,14 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     guide = torch.load(run / "g" / "guide.pt", weights_only=False)
     assert len(guide["history"]) == 1 and guide["provenance"]["jet_class"] == "g"
     assert guide["set_flow_config"]["width"] == 8 and guide["set_flow_config"]["guidance"] == 1
+    # another guide: the guide alone is trained again, and the jets are drawn again
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [*TINY, f"data.data_dir={data_dir}", *more, "set_flow.guide_width=4"],
+    )
+    again = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    log = (again / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: flow up to date" in log and "g: guide done" in log and "g: generate done" in log
     files = {}
     for name, run_dir, extra in (
         ("guided", run, []),  # the config's guidance 3

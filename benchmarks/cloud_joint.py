@@ -7,7 +7,8 @@ it sees the same jet-epochs, i.e. the same CPU time, as the per-class models tog
 class keeps its own jet-level flow and feature scaling (small and cheap: what the comparison
 is about is the set flow). Every class is then generated and scored exactly as its per-class
 run was (the run's held-out real jets, its evaluation settings and sampling seed), and its
-row is printed beside the per-class run's ``metrics.json``.
+row is printed beside the per-class flow's, both sampled without guidance (a joint guide is
+not trained here).
 
 Needs finished per-class cloud runs of the same config (``benchmarks/quality.py --configs
 configs/standard_cloud.yaml`` or ``jetflows pipeline``):
@@ -29,7 +30,7 @@ from torch import nn
 
 from flows import setflow
 from pipelines.data.jetnet import read_jetnet_file
-from pipelines.evaluation.evaluate import evaluate, read_metrics
+from pipelines.evaluation.evaluate import evaluate
 from pipelines.io import atomic_path, write_json
 from pipelines.run import stages
 from pipelines.run.config import load_config
@@ -49,9 +50,15 @@ class ClassConditioned(nn.Module):
         self.register_buffer("onehot", onehot)
 
     def sample(
-        self, mask: torch.Tensor, context: torch.Tensor, *, generator: torch.Generator | None
+        self,
+        mask: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        generator: torch.Generator | None,
+        guide: setflow.SetFlow | None = None,
     ) -> torch.Tensor:
-        """Particles (B, P, F) for a mask (B, P) and context (B, C)."""
+        """Particles (B, P, F) for a mask (B, P) and context (B, C) (unguided: the joint flow
+        has no guide)."""
         tag = self.onehot.expand(len(mask), -1)
         return self.flow.sample(mask, torch.cat([context, tag], -1), generator=generator)
 
@@ -91,7 +98,10 @@ def main() -> None:
         train_cfg = dataclasses.replace(train_cfg, epochs=args.epochs)
     train, valid = joined([class_data(run, c, k, len(classes)) for k, c in enumerate(classes)])
     torch.manual_seed(train_cfg.seed)
-    flow = setflow.SetFlow(cfg.set_flow, context=train[2].shape[1])
+    # unguided, both the joint flow and the per-class flows it is compared with: a joint
+    # guide was never trained
+    flow_cfg = dataclasses.replace(cfg.set_flow, guidance=1.0, guidance_from=0.0)
+    flow = setflow.SetFlow(flow_cfg, context=train[2].shape[1])
     start = time.perf_counter()
     setflow.fit(flow, train, valid, config=train_cfg, progress=True)
     minutes = (time.perf_counter() - start) / 60
@@ -102,9 +112,11 @@ def main() -> None:
     for k, jet_class in enumerate(classes):
         class_dir = run / jet_class
         states = states_of(class_dir)
-        alone = read_metrics(class_dir / "metrics.json")["metrics"]
         per_class_min = sum(r["seconds"] for r in states["flow.pt"]["history"]) / 60
-        trained = build_sampler(states)
+        trained = build_sampler(states, options={"guidance": 1.0})
+        real = read_jetnet_file(class_dir / "real_test.hdf5")
+        jets = sampled_jets(trained, cfg.n_generate, seed=cfg.data.seed)
+        alone = evaluate(real, jets, cfg=cfg.evaluate, progress=False)["metrics"]
         onehot = torch.zeros(1, len(classes))
         onehot[0, k] = 1.0
         model = ClassConditioned(flow, onehot)
@@ -113,7 +125,6 @@ def main() -> None:
         )
         joint_gen = dataclasses.replace(trained, sampler=sampler)
         jets = sampled_jets(joint_gen, cfg.n_generate, seed=cfg.data.seed)
-        real = read_jetnet_file(class_dir / "real_test.hdf5")
         scored = evaluate(real, jets, cfg=cfg.evaluate, progress=False)["metrics"]
         for model_name, metrics, mins in (
             ("per class", alone, per_class_min),

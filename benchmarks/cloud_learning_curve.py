@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--class", dest="jet_class", default="t")
     parser.add_argument("--snapshots", required=True, help="glob of flow.last.pt copies")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="for every snapshot; default: the run's"
+    )
     parser.add_argument("--out", default=None, help="default: <run>/<class>/learning_curve")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,6 +52,11 @@ def main() -> None:
     real = read_jetnet_file(class_dir / "real_test.hdf5")
     cfg = EvalConfig(n_jets=len(real) // 2, fpnd=False, cov_mmd=True)
     paths = [*sorted(glob.glob(args.snapshots)), str(class_dir / "flow.pt")]
+    # every snapshot samples as the finished flow does (snapshots of older runs hold no guidance)
+    final = states["flow.pt"]["set_flow_config"]
+    guidance = args.guidance if args.guidance is not None else final.get("guidance", 1.0)
+    options = {"guidance": guidance, "guidance_from": final.get("guidance_from", 0.0)}
+    print(f"guidance {options['guidance']:g} from t = {options['guidance_from']:g}")
     head = "| snapshot | epochs | train min | " + " | ".join(SHOWN) + " |"
     lines = [head, "|---" * (len(SHOWN) + 3) + "|"]
     print(f"{len(real) // 2} vs {len(real) // 2} jets; ratios to the truth floor", *lines, sep="\n")
@@ -56,7 +64,7 @@ def main() -> None:
     for path in paths:
         state = load_checkpoint(path, CHECKPOINT_KIND)
         minutes = sum(row["seconds"] for row in state["history"]) / 60
-        gen = build_sampler({**states, "flow.pt": state})
+        gen = build_sampler({**states, "flow.pt": state}, options=options)
         jets = sampled_jets(gen, len(real) // 2, seed=1)
         metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
         cells = " | ".join(f"{metrics[k]['ratio']:.2f}x" for k in SHOWN)

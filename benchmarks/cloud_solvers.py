@@ -66,7 +66,10 @@ def main() -> None:
     n_scored = len(real) // 2
     cfg = EvalConfig(n_jets=n_scored, fpnd=False, cov_mmd=False)
     shipped = states["flow.pt"]["set_flow_config"]
-    print(f"shipped: {shipped['solver']} x {shipped['steps']}; scored on {n_scored} vs {n_scored}")
+    guided = (
+        f"guidance {shipped.get('guidance', 1.0):g} from t = {shipped.get('guidance_from', 0.0):g}"
+    )
+    print(f"shipped: {shipped['solver']} x {shipped['steps']}, {guided}; {n_scored} vs {n_scored}")
     columns = ["solver", "steps", "precision", "network calls", *SHOWN, f"{args.n} jets (s)"]
     head = "| " + " | ".join(columns) + " |"
     lines = [head, "|---" * len(columns) + "|"]

@@ -57,6 +57,9 @@ CONDITIONINGS = ("input", "blocks")
 DATA_PREDICTION_TMIN = 0.05
 #: `SetFlowConfig` fields that only sample (the ODE): changing them needs no retraining
 SAMPLING_FIELDS = ("solver", "steps", "precision", "guidance", "guidance_from")
+#: sampling fields added after runs were sampled, with their defaults (at which the pipeline
+#: leaves them out of its generate stage's key, so that those runs' jets stay up to date)
+ADDED_SAMPLING_FIELDS = {"guidance": 1.0, "guidance_from": 0.0}
 #: `SetFlowConfig` fields that shape only the guide's training, never the flow's own
 GUIDE_FIELDS = ("guide_epochs", "guide_width", "guide_layers")
 #: jets integrated at once when sampling: on 2 CPU cores 500 ran 1.7x faster than 10,000 in
@@ -512,19 +515,19 @@ class SetFlow(nn.Module):
         context: torch.Tensor | None = None,
         guide: SetFlow | None = None,
     ) -> torch.Tensor:
-        """The velocity the ODE follows: v, or with ``config.guidance`` w > 1 and t >=
-        ``config.guidance_from`` (t: a scalar, as the solvers pass it) v_guide + w (v -
-        v_guide), the guide a `SetFlow` of the same features and context. x (B, P, F), mask
-        (B, P) -> (B, P, F)."""
+        """The velocity the ODE follows: v, or with ``config.guidance`` w > 1, for the jets
+        whose t >= ``config.guidance_from``, v_guide + w (v - v_guide), the guide a `SetFlow`
+        of the same features and context. x (B, P, F), t scalar or (B,), mask (B, P) ->
+        (B, P, F)."""
         v = self.velocity(x, t, mask, context)
-        w = self.config.guidance
-        if w == 1.0 or float(t.reshape(-1)[0]) < self.config.guidance_from:
+        if self.config.guidance == 1.0:
             return v
-        if guide is None:
-            raise UserError(
-                f"set_flow.guidance {w} needs a guide flow (set_flow.guide_epochs > 0 trains one)"
-            )
+        self._check_guide(guide)
+        guided = t.to(x.dtype).reshape(-1).expand(len(x)) >= self.config.guidance_from
+        if not guided.any():  # before guidance_from: the guide is not asked
+            return v
         v_guide = guide.velocity(x, t, mask, context)
+        w = torch.where(guided, self.config.guidance, 1.0)[:, None, None].to(v.dtype)
         return v_guide + w * (v - v_guide)
 
     def _flat_velocity(
@@ -541,6 +544,12 @@ class SetFlow(nn.Module):
         return field
 
     def _check_guide(self, guide: SetFlow | None) -> None:
+        """Refuse a missing guide when guidance is asked for, or one of another shape."""
+        if guide is None and self.config.guidance != 1.0:
+            raise UserError(
+                f"set_flow.guidance {self.config.guidance} needs a guide flow "
+                "(set_flow.guide_epochs > 0 trains one)"
+            )
         if guide is not None and (guide.features, guide.context) != (self.features, self.context):
             raise UserError(
                 f"the guide flow takes {guide.features} features and context {guide.context}, "
@@ -578,7 +587,9 @@ class SetFlow(nn.Module):
         x = torch.zeros_like(x0)
         bf16 = uses_bf16(self.config.precision, mask.device)
         order = mask.sum(1).argsort(stable=True)
-        cut = getattr(self.net, "cuts_padding", False)  # only networks that say so
+        # only networks that say so, the guide's too (EPiC's pool divides by every slot)
+        nets = [self.net] + ([guide.net] if guide is not None else [])
+        cut = all(getattr(net, "cuts_padding", False) for net in nets)
         # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
         # comes out fp32: it is multiplied by the fp32 mask)
         with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -23,6 +23,7 @@ This module stays light (no metrics, no Optuna, no stages until a model is train
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ from pipelines.run.checkpoints import check_provenance, load_checkpoint
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets
     from pipelines.run.config import PipelineConfig, TwoStageConfig
+
+LOG = logging.getLogger("jetflows.pipeline")
 
 #: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
 Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
@@ -205,9 +208,9 @@ def _cloud_sampler(
     if guidance != 1.0:
         if "guide.pt" not in states:
             raise MissingFileError(
-                f"set_flow.guidance {guidance} needs the run's guide.pt, which it lacks: train "
-                "one with jetflows pipeline and set_flow.guide_epochs > 0, or sample unguided "
-                "(guidance 1)"
+                f"set_flow.guidance {guidance} needs the run's guide.pt, which is missing or not "
+                "fitted with this run's models: train one with jetflows pipeline and "
+                "set_flow.guide_epochs > 0, or sample unguided (guidance 1)"
             )
         guide = setflow.set_flow_from_state(states["guide.pt"]).to(device)
     generate = functools.partial(setflow.generate, guide=guide)
@@ -367,6 +370,8 @@ class Generator:
         options: (states, {option: value}) -> states: sampling options a user may change
             without retraining (``jetflows sample --solver --steps``); None: none.
         sampling: the config's values of those options (cfg -> {option: value}).
+        added_sampling: options added after runs were sampled, with their defaults: left out
+            of the generate stage's key at their default (those runs' jets stay up to date).
         reported: the stages whose epochs a tuning trial reports to the pruner, in order.
         space: the default tuning search space ({config key:
             `pipelines.experiments.tune.Param` fields}), used when a tuning config names none.
@@ -380,6 +385,7 @@ class Generator:
     companions: tuple[tuple[str, str], ...] = ()
     options: Callable[..., dict[str, dict[str, Any]]] | None = None
     sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    added_sampling: Mapping[str, Any] = field(default_factory=dict)
     reported: tuple[str, ...] = ("flow.pt",)
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -422,6 +428,7 @@ GENERATORS: dict[str, Generator] = {
             companions=(("guide.pt", setflow.CHECKPOINT_KIND),),
             options=_ode_options,
             sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
+            added_sampling=setflow.ADDED_SAMPLING_FIELDS,
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
                 "set_flow.layers": {"low": 2, "high": 6, "integer": True},
@@ -517,10 +524,16 @@ def load_sampler(
     inputs = {name: states[name] for name, _ in gen.inputs}
     check_provenance(state, path / "flow.pt", path.name, **inputs)
     for name, kind in gen.companions:
-        if (path / name).is_file():
-            states[name] = load_checkpoint(path / name, kind)
-            check_provenance(states[name], path / name, path.name, **inputs)
+        # a companion that is not this run's (or not readable) is left out: only a sampler
+        # that needs it refuses, so unguided sampling never fails on a stale guide.pt
+        try:
+            companion = load_checkpoint(path / name, kind)
+            check_provenance(companion, path / name, path.name, **inputs)
+        except ValueError as err:
+            LOG.info("%s: left out (%s)", path / name, err)
+            continue
+        states[name] = companion
     try:
         return build_sampler(states, device=device, options=options)
-    except ValueError as err:
-        raise UserError(f"{path / 'flow.pt'}: {err}") from None
+    except ValueError as err:  # the same kind of error, naming the run's flow
+        raise type(err)(f"{path / 'flow.pt'}: {err}") from None

@@ -205,6 +205,10 @@ def run_class(
     trained = generator.train(cfg, jet_class, run.parts, digest(cfg.data, jet_class), run.trained)
     if not is_main():  # data-parallel: the other ranks only help to train
         return {}
+    for name, _ in generator.companions:  # e.g. a guide the config no longer trains
+        if name not in trained.states and (directory / name).is_file():
+            (directory / name).unlink()
+            LOG.info("%s: %s removed (this config trains none)", jet_class, name)
     reconstruction = (
         _reconstruction_stage(run, trained.keys["convae.pt"], trained.states["convae.pt"])
         if generator.reconstructs
@@ -220,7 +224,9 @@ def run_class(
         _keep_sampling(directory / "flow.pt", trained.states, sampled)
     # models sampled beside the flow (a set flow's guide) make other jets when retrained
     beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
-    generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([sampling] if sampling else []))
+    added = generator.added_sampling
+    keyed = {k: v for k, v in sampling.items() if k not in added or v != added[k]}
+    generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([keyed] if keyed else []))
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], trained.states, sampling)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)

@@ -195,6 +195,17 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     assert_one_line_error(capsys, [*args, "--guidance", "2"], "guide.pt")
     assert_one_line_error(capsys, [*args, "--guidance-from", "1.5"], "guidance_from")
     assert not out.exists()
+    # a damaged guide blocks only guided sampling
+    (run / "g" / "guide.pt").write_bytes(b"not a checkpoint")
+    args = ["sample", "--run", str(run), "--class", "g", "--n", "50", "--out", str(out)]
+    assert_one_line_error(capsys, args, "guide.pt")  # the run's config guides
+    assert main([*args, "--guidance", "1", "--quiet"]) == 0 and out.is_file()
+    # a config that trains no guide removes the run's old one
+    cfg = load_config(
+        "configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", "target=cloud"]
+    )
+    run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    assert not (run / "g" / "guide.pt").exists()
 
 
 def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_path, monkeypatch):

@@ -43,6 +43,14 @@ def fake_pythia(monkeypatch):
     monkeypatch.setattr(production, "generate_chunk", chunk)
 
 
+def test_sample_offers_every_set_flow_sampling_option():
+    from flows.setflow import SAMPLING_FIELDS
+
+    assert set(cli.SAMPLE_OPTIONS) == set(SAMPLING_FIELDS)
+    args = cli.build_parser().parse_args(["sample", "--n", "1", "--class", "t"])
+    assert all(getattr(args, k) is None for k in SAMPLING_FIELDS)  # default: the model's
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -23,7 +23,7 @@ import torch
 from cloud_solvers import states_of
 from common import machine_line
 
-from flows.setflow import CHECKPOINT_KIND
+from flows.setflow import CHECKPOINT_KIND, SetFlowConfig
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.evaluation.evaluate import EvalConfig, evaluate
 from pipelines.io import atomic_path, write_json
@@ -53,9 +53,9 @@ def main() -> None:
     cfg = EvalConfig(n_jets=len(real) // 2, fpnd=False, cov_mmd=True)
     paths = [*sorted(glob.glob(args.snapshots)), str(class_dir / "flow.pt")]
     # every snapshot samples as the finished flow does (snapshots of older runs hold no guidance)
-    final = states["flow.pt"]["set_flow_config"]
-    guidance = args.guidance if args.guidance is not None else final.get("guidance", 1.0)
-    options = {"guidance": guidance, "guidance_from": final.get("guidance_from", 0.0)}
+    final = SetFlowConfig(**states["flow.pt"]["set_flow_config"])
+    guidance = args.guidance if args.guidance is not None else final.guidance
+    options = {"guidance": guidance, "guidance_from": final.guidance_from}
     print(f"guidance {options['guidance']:g} from t = {options['guidance_from']:g}")
     head = "| snapshot | epochs | train min | " + " | ".join(SHOWN) + " |"
     lines = [head, "|---" * (len(SHOWN) + 3) + "|"]

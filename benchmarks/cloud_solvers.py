@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from common import machine_line
 
+from flows.setflow import SetFlowConfig
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.evaluation.evaluate import EvalConfig, evaluate
 from pipelines.io import atomic_path, write_json
@@ -66,9 +67,8 @@ def main() -> None:
     n_scored = len(real) // 2
     cfg = EvalConfig(n_jets=n_scored, fpnd=False, cov_mmd=False)
     shipped = states["flow.pt"]["set_flow_config"]
-    guided = (
-        f"guidance {shipped.get('guidance', 1.0):g} from t = {shipped.get('guidance_from', 0.0):g}"
-    )
+    stored = SetFlowConfig(**shipped)
+    guided = f"guidance {stored.guidance:g} from t = {stored.guidance_from:g}"
     print(f"shipped: {shipped['solver']} x {shipped['steps']}, {guided}; {n_scored} vs {n_scored}")
     columns = ["solver", "steps", "precision", "network calls", *SHOWN, f"{args.n} jets (s)"]
     head = "| " + " | ".join(columns) + " |"

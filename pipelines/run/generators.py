@@ -203,7 +203,7 @@ def _cloud_sampler(
 ) -> Sampler:
     """The jet flow feeding the set flow, which guide.pt guides when its config's
     ``guidance`` asks for it (`flows.setflow.SetFlow.guided_velocity`)."""
-    guidance = states["flow.pt"]["set_flow_config"].get("guidance", 1.0)
+    guidance = setflow.SetFlowConfig(**states["flow.pt"]["set_flow_config"]).guidance
     guide = None
     if guidance != 1.0:
         if "guide.pt" not in states:
@@ -313,6 +313,12 @@ def _train_particles(
     return Trained({"flow.pt": flow, "jet_flow.pt": jet}, {"flow.pt": key, "jet_flow.pt": key})
 
 
+def _trained_fields(config: setflow.SetFlowConfig) -> dict[str, Any]:
+    """The set flow config's fields that its training depends on: a stage key's part."""
+    skip = (*setflow.SAMPLING_FIELDS, *setflow.GUIDE_FIELDS)
+    return {k: v for k, v in asdict(config).items() if k not in skip}
+
+
 def _train_cloud(
     cfg: PipelineConfig, jet_class: str, parts: tuple[Jets, Jets], data_key: str, trained: Trainer
 ) -> Trained:
@@ -327,9 +333,7 @@ def _train_cloud(
     )
     # the ODE's solver, steps and guidance only sample: changing them re-samples, never
     # retrains; the guide's epochs train the guide alone
-    skip = (*setflow.SAMPLING_FIELDS, *setflow.GUIDE_FIELDS)
-    network = {k: v for k, v in asdict(cfg.set_flow).items() if k not in skip}
-    key = digest(jet_key, network, cfg.flow_train)
+    key = digest(jet_key, _trained_fields(cfg.set_flow), cfg.flow_train)
     train = functools.partial(stages.train_set_flow, cfg, set_data, record)
     flow = trained("flow.pt", setflow.CHECKPOINT_KIND, key, train, **{"jet_flow.pt": jet})
     states = {"flow.pt": flow, "jet_flow.pt": jet}
@@ -341,8 +345,8 @@ def _train_cloud(
         guide_cfg = replace(
             cfg, set_flow=guide_flow, flow_train=replace(cfg.flow_train, epochs=epochs)
         )
-        guide_network = {k: v for k, v in asdict(guide_flow).items() if k not in skip}
-        keys["guide.pt"] = digest(jet_key, guide_network, guide_cfg.flow_train, "guide")
+        network = _trained_fields(guide_flow)
+        keys["guide.pt"] = digest(jet_key, network, guide_cfg.flow_train, "guide")
         train = functools.partial(stages.train_set_flow, guide_cfg, set_data, record)
         states["guide.pt"] = trained(
             "guide.pt", setflow.CHECKPOINT_KIND, keys["guide.pt"], train, **{"jet_flow.pt": jet}

@@ -159,7 +159,7 @@ def _reconstruction_stage(run: ClassRun, key: str, vae_state: dict[str, Any]) ->
 
 
 def _generate_stage(
-    run: ClassRun, key: str, states: dict[str, dict[str, Any]], options: dict[str, Any]
+    run: ClassRun, key: str, states: dict[str, dict[str, Any]]
 ) -> tuple[Jets, bool]:
     """n_generate jets from the trained models in memory, written to generated.hdf5 (with the
     real test jets beside them in real_test.hdf5) for the record; read back only when the
@@ -169,7 +169,7 @@ def _generate_stage(
     if run.stages.complete("generate", key, generated, real):
         return read_jetnet_file(generated), False
     write_jetnet_file(real, run.test, {"jet_class": run.jet_class, "split": "test"})
-    sampler = build_sampler(states, device=run.cfg.device, options=options)
+    sampler = build_sampler(states, device=run.cfg.device)
     seed = run.cfg.data.seed
     jets = sampled_jets(sampler, run.cfg.n_generate, seed=seed, progress=run.progress)
     attrs = {"run": str(run.directory.parent), "seed": seed, "batch_size": BATCH_SIZE}
@@ -218,17 +218,17 @@ def run_class(
     curves = training_curves(run.stages.histories, directory / "plots")
     # a set flow's ODE (solver, steps) samples only: new steps, new jets, the same model; the
     # other targets have no such options and keep their keys
-    sampling = generator.sampling(cfg)
+    sampling, states = generator.sampling(cfg), trained.states
     if sampling and generator.options is not None:
-        sampled = generator.options(trained.states, sampling)
-        _keep_sampling(directory / "flow.pt", trained.states, sampled)
+        states = generator.options(trained.states, sampling)  # what the jets are drawn with
+        _keep_sampling(directory / "flow.pt", trained.states, states)
     # models sampled beside the flow (a set flow's guide) make other jets when retrained
     beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
     added = generator.added_sampling
     keyed = {k: v for k, v in sampling.items() if k not in added or v != added[k]}
     generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([keyed] if keyed else []))
     keys = {"generate": digest(*generate)}
-    generated, regenerated = _generate_stage(run, keys["generate"], trained.states, sampling)
+    generated, regenerated = _generate_stage(run, keys["generate"], states)
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
     metrics = directory / "metrics.json"
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again

@@ -34,6 +34,7 @@ from jetflows.errors import MissingFileError, UserError
 from jetflows.normalize import STATISTICS
 from jetflows.training import TrainConfig
 from pipelines.evaluation.evaluate import EvalConfig
+from pipelines.evaluation.metrics import EMD_OBSERVABLES
 from pipelines.io import require_file, stable_hash
 
 SOURCES = ("auto", "jetnet", "pythia")
@@ -176,6 +177,55 @@ def _check_device(device: str, normalization: str) -> None:
         raise UserError(f"unknown normalization {normalization!r}: use one of {sorted(STATISTICS)}")
 
 
+#: set flow sampling options a calibration may choose: each trades one figure against another
+#: (sharper prongs against spread), while more steps or a higher-order solver only score better
+#: at more time, which a quality criterion cannot weigh
+CALIBRATED = ("guidance", "guidance_from")
+MIN_CALIBRATION_JETS = 100  # below this the W1 floor is noise
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Sampling options chosen per class on the validation jets (`pipelines.run.calibrate`).
+
+    Each class samples its validation jets once with every entry of ``settings`` and keeps
+    the one whose worst W1 ratio to the floor over ``observables`` is lowest; the test jets
+    the pipeline scores take no part. The choice is stored in the class's flow.pt, so
+    ``jetflows sample`` draws as the evaluation did.
+
+    Arguments:
+        settings: sampling options to compare ({option: value}, options in `CALIBRATED`; an
+            option left out keeps the config's ``set_flow`` value); empty: no calibration,
+            every class samples with the config's options.
+        observables: jet observables the criterion reads (`pipelines.evaluation.metrics`
+            ``EMD_OBSERVABLES``).
+        n_jets: validation jets scored (and as many generated, and training jets as the
+            floor); 0: every validation jet.
+    """
+
+    settings: tuple[dict[str, float], ...] = ()
+    observables: tuple[str, ...] = ("mass", "tau21", "tau32", "d2")
+    n_jets: int = 0
+
+    def __post_init__(self) -> None:
+        for setting in self.settings:
+            unknown = sorted(set(setting) - set(CALIBRATED))
+            if unknown or not setting:
+                raise UserError(
+                    f"calibrate.settings: each entry sets some of {CALIBRATED}, got {setting}"
+                )
+        unknown = sorted(set(self.observables) - set(EMD_OBSERVABLES))
+        if unknown or not self.observables:
+            raise UserError(
+                f"calibrate.observables: use some of {EMD_OBSERVABLES}, got {self.observables}"
+            )
+        if self.n_jets and self.n_jets < MIN_CALIBRATION_JETS:
+            raise UserError(
+                f"calibrate.n_jets must be 0 (every validation jet) or >= "
+                f"{MIN_CALIBRATION_JETS}, got {self.n_jets}"
+            )
+
+
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
 
@@ -230,6 +280,7 @@ class PipelineConfig:
         set_flow: the cloud target's set flow (`flows.setflow.SetFlowConfig`); it trains with
             ``flow_train``.
         n_generate: jets generated per class for the evaluation.
+        calibrate: sampling options chosen per class on the validation jets (cloud target).
         device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
             generation; not part of any stage's identity, so a run may continue elsewhere.
     """
@@ -250,6 +301,7 @@ class PipelineConfig:
     particle: ParticleOptions = ParticleOptions()
     set_flow: SetFlowConfig = SetFlowConfig()
     evaluate: EvalConfig = EvalConfig(fpnd=False)
+    calibrate: CalibrateConfig = CalibrateConfig()
 
     def __post_init__(self) -> None:
         _check_device(self.device, self.normalization)
@@ -283,6 +335,7 @@ class PipelineConfig:
                 f"set_flow.guidance {self.set_flow.guidance} needs a guide: set "
                 "set_flow.guide_epochs > 0 (the epochs the guide trains for)"
             )
+        self._check_calibration()
         if self.target != "latent":
             return
         TwoStageConfig.of(self)  # its checks
@@ -291,6 +344,26 @@ class PipelineConfig:
                 f"convae.num_particles ({self.convae.num_particles}) must equal "
                 f"data.num_particles ({self.data.num_particles})"
             )
+
+    def _check_calibration(self) -> None:
+        """Calibrated options must be the set flow's, each setting a valid config of it."""
+        if not self.calibrate.settings:
+            return
+        if self.target != "cloud":
+            raise UserError(
+                f"calibrate.settings choose a set flow's sampling options: target {self.target} "
+                "has none (use target cloud, or calibrate.settings: [])"
+            )
+        for setting in self.calibrate.settings:
+            try:
+                flow = dataclasses.replace(self.set_flow, **setting)  # its own checks
+            except ValueError as err:
+                raise UserError(f"calibrate.settings {setting}: {err}") from None
+            if flow.guidance != 1.0 and not flow.guide_epochs:
+                raise UserError(
+                    f"calibrate.settings {setting} guides: set set_flow.guide_epochs > 0 "
+                    "(the epochs the guide trains for)"
+                )
 
     @property
     def kinematics(self) -> bool:

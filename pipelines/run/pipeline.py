@@ -32,6 +32,7 @@ from pipelines.evaluation.reconstruction import markdown as reconstruction_markd
 from pipelines.evaluation.reconstruction import reconstruction_plots
 from pipelines.evaluation.report import summary_figure, training_curves
 from pipelines.io import folder_lock, markdown_table, read_json, write_json, write_text
+from pipelines.run import calibrate
 from pipelines.run.checkpoints import load_checkpoint, provenance, save_checkpoint
 from pipelines.run.config import PipelineConfig, digest, load_config, to_dict, to_yaml
 from pipelines.run.generators import GENERATORS, build_sampler
@@ -178,6 +179,30 @@ def _generate_stage(
     return stored(jets, generated), True
 
 
+def _calibration_stage(
+    run: ClassRun, key: str, states: dict[str, dict[str, Any]], sampling: dict[str, Any]
+) -> dict[str, Any]:
+    """calibration.json: the sampling options chosen on the validation jets
+    (`pipelines.run.calibrate`)."""
+    path = run.directory / "calibration.json"
+    if run.stages.complete("calibrate", key, path):
+        return read_json(path)
+    result = calibrate.calibrate(
+        states,
+        sampling,
+        run.cfg.calibrate,
+        valid=run.valid,
+        train=run.train,
+        seed=run.cfg.data.seed,
+        device=run.cfg.device,
+        progress=run.progress,
+    )
+    write_json(path, result)
+    run.stages.mark("calibrate", key)
+    LOG.info("%s: sampling with %s (chosen on validation jets)", run.jet_class, result["chosen"])
+    return result
+
+
 def _keep_sampling(
     path: Path, states: dict[str, dict[str, Any]], sampled: dict[str, dict[str, Any]]
 ) -> None:
@@ -219,17 +244,24 @@ def run_class(
     # a set flow's ODE (solver, steps) samples only: new steps, new jets, the same model; the
     # other targets have no such options and keep their keys
     sampling, states = generator.sampling(cfg), trained.states
+    # models sampled beside the flow (a set flow's guide) make other jets when retrained
+    beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
+    calibration = None
+    if cfg.calibrate.settings:  # the config's check: a generator with sampling options
+        key = digest(trained.keys["flow.pt"], *beside, sampling, cfg.calibrate, cfg.data.seed)
+        calibration = _calibration_stage(run, key, trained.states, sampling)
+        sampling = {**sampling, **calibration["chosen"]}
     if sampling and generator.options is not None:
         states = generator.options(trained.states, sampling)  # what the jets are drawn with
         _keep_sampling(directory / "flow.pt", trained.states, states)
-    # models sampled beside the flow (a set flow's guide) make other jets when retrained
-    beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
     added = generator.added_sampling
     keyed = {k: v for k, v in sampling.items() if k not in added or v != added[k]}
     generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([keyed] if keyed else []))
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], states)
-    keys["evaluate"] = digest(keys["generate"], cfg.evaluate)
+    # the report shows the calibration: a new one (even choosing the same) is reported again
+    calibrated = [cfg.calibrate] if calibration else []
+    keys["evaluate"] = digest(keys["generate"], cfg.evaluate, *calibrated)
     metrics = directory / "metrics.json"
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again
     done = run.stages.complete("evaluate", keys["evaluate"], metrics, directory / "report.md")
@@ -243,9 +275,14 @@ def run_class(
         cfg=cfg.evaluate,
         progress=progress,
         inputs={"real": directory / "real_test.hdf5", "gen": directory / "generated.hdf5"},
-        extra={"reconstruction": reconstruction} if reconstruction else None,
+        extra={
+            **({"reconstruction": reconstruction} if reconstruction else {}),
+            **({"calibration": calibration} if calibration else {}),
+        }
+        or None,
         extra_report=[
             *(reconstruction_markdown(reconstruction) if reconstruction else ()),
+            *(calibrate.markdown(calibration) if calibration else ()),
             *training_markdown(curves),
         ],
     )
@@ -314,8 +351,37 @@ def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
             ([k, *(_cell(results[c]["metrics"].get(k)) for c in classes)] for k in everything),
         ),
         *reconstruction_summary(results),
+        *calibration_summary(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def calibration_summary(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A summary.md section: the sampling options each class chose on its validation jets
+    (only for runs that calibrate; each class's report.md has every candidate)."""
+    rows = [(c, r["calibration"]) for c, r in results.items() if r.get("calibration")]
+    if not rows:
+        return []
+    return [
+        "",
+        "## Sampling options chosen on the validation jets",
+        "",
+        f"Per class, the setting with {calibrate.CRITERION} lowest on the validation jets "
+        "(each class's report.md lists every candidate); the test jets above were drawn with it.",
+        "",
+        *markdown_table(
+            ["class", "chosen", "worst W1 / floor (validation)", "candidates"],
+            (
+                [
+                    c,
+                    ", ".join(f"{k} {v:g}" for k, v in cal["chosen"].items()),
+                    f"{min(row['worst'] for row in cal['settings']):.2f}",
+                    len(cal["settings"]),
+                ]
+                for c, cal in rows
+            ),
+        ),
+    ]
 
 
 def reconstruction_summary(results: dict[str, dict[str, Any]]) -> list[str]:

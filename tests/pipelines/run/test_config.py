@@ -130,6 +130,17 @@ def test_overrides_are_typed_and_nested():
         (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
         (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
         (["target=cloud", "set_flow.guidance=2"], "needs a guide"),
+        (["target=cloud", "calibrate.settings=[{steps: 4}]"], "each entry sets some of"),
+        (["target=cloud", "calibrate.settings=[{}]"], "each entry sets some of"),
+        (["calibrate.settings=[{guidance: 1}]"], "target latent has none"),
+        (["target=cloud", "calibrate.settings=[{guidance: 2}]"], "guides: set set_flow.guide"),
+        (
+            ["target=cloud", "calibrate.settings=[{guidance_from: 1.5}]"],
+            "settings .*guidance_from must lie",
+        ),
+        (["target=cloud", "calibrate.settings=[{guidance: x}]"], r"settings\[0\]\.guidance"),
+        (["calibrate.observables=[mass, width]"], "calibrate.observables: use some of"),
+        (["calibrate.n_jets=10"], "calibrate.n_jets must be 0"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):

@@ -5,7 +5,8 @@ how long each stage took), ``summary.md``/``summary.json`` (one row per
 class, every metric beside its truth floor) and one directory per class with ``data.hdf5``
 (Pythia jets, when generated), ``convae.pt``, ``flow.pt`` (+ ``jet_flow.pt``),
 ``history.json``, ``generated.hdf5``, ``real_test.hdf5``, ``metrics.json``, ``report.md`` and
-``plots/``.
+``plots/`` (a set flow with ``calibrate.settings`` also ``guide.pt`` and ``calibration.json``:
+the guidance chosen on the validation jets, `pipelines.run.calibrate`).
 
 Resumption: every stage has an identity (a hash of the config parts it depends on, chained to
 the stages before it), recorded in ``stages.json`` once its output is complete. A stage whose

@@ -121,7 +121,8 @@ class SetFlowConfig:
         precision: the velocity network's arithmetic while sampling: "fp32", "bf16"
             (bfloat16 autocast; the ODE state stays fp32): faster on CPUs with native bf16
             (AVX512-BF16, AMX) and on GPUs, slower on other CPUs; or "auto": bf16 where it is
-            native, else fp32. ``log_prob`` and training stay fp32.
+            native, else fp32, and on a CPU fp32 for a network narrower than
+            `AUTO_BF16_MIN_WIDTH` (a small guide). ``log_prob`` and training stay fp32.
         guidance: autoguidance (Karras et al. arXiv:2406.02507): sampling follows
             v_guide + w (v - v_guide), w = ``guidance``, where the guide is a worse version of
             the same flow (the same network trained for ``guide_epochs``). An under-trained
@@ -405,12 +406,23 @@ def pair_noise(x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor) -> torch.
     return x0.gather(1, order[..., None].expand_as(x0))
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` ("fp32", "bf16", "auto") samples in bfloat16 on ``device``."""
+#: "auto" precision on a CPU runs a network this narrow in fp32 even with native bf16: the
+#: casts outweigh the smaller matmuls (AMD EPYC with AVX512-BF16, one thread, 512 jets of 30
+#: particles: width 96 x 3 blocks 180 us a jet in bf16 against 286 in fp32; the guide's width
+#: 48 x 2 blocks 86 against 58)
+AUTO_BF16_MIN_WIDTH = 64
+
+
+def uses_bf16(precision: str, device: torch.device, width: int | None = None) -> bool:
+    """Whether ``precision`` ("fp32", "bf16", "auto") samples in bfloat16 on ``device``, for
+    a network of ``width`` (None: any; "auto" keeps a CPU network narrower than
+    `AUTO_BF16_MIN_WIDTH` in fp32)."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if width is not None and width < AUTO_BF16_MIN_WIDTH:
+        return False
     # torch's own CPU probes (private, hence the fallbacks): without native bf16 the autocast
     # emulates it and runs slower than fp32
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -514,11 +526,14 @@ class SetFlow(nn.Module):
         mask: torch.Tensor,
         context: torch.Tensor | None = None,
         guide: SetFlow | None = None,
+        *,
+        guide_bf16: bool | None = None,
     ) -> torch.Tensor:
         """The velocity the ODE follows: v, or with ``config.guidance`` w > 1, for the jets
         whose t >= ``config.guidance_from``, v_guide + w (v - v_guide), the guide a `SetFlow`
         of the same features and context. x (B, P, F), t scalar or (B,), mask (B, P) ->
-        (B, P, F)."""
+        (B, P, F). ``guide_bf16``: the guide's network in bfloat16 or not (None: as the
+        surrounding autocast says)."""
         v = self.velocity(x, t, mask, context)
         if self.config.guidance == 1.0:
             return v
@@ -526,7 +541,11 @@ class SetFlow(nn.Module):
         guided = t.to(x.dtype).reshape(-1).expand(len(x)) >= self.config.guidance_from
         if not guided.any():  # before guidance_from: the guide is not asked
             return v
-        v_guide = guide.velocity(x, t, mask, context)
+        if guide_bf16 is None:
+            v_guide = guide.velocity(x, t, mask, context)
+        else:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=guide_bf16):
+                v_guide = guide.velocity(x, t, mask, context)
         w = torch.where(guided, self.config.guidance, 1.0)[:, None, None].to(v.dtype)
         return v_guide + w * (v - v_guide)
 
@@ -536,10 +555,14 @@ class SetFlow(nn.Module):
         mask: torch.Tensor,
         context: torch.Tensor | None,
         guide: SetFlow | None = None,
+        guide_bf16: bool | None = None,
     ) -> Callable[..., torch.Tensor]:
         # flow_matching's exact divergence loops over dim 1 of a flat (B, D) state
         def field(x: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
-            return self.guided_velocity(x.reshape(shape), t, mask, context, guide).flatten(1)
+            v = self.guided_velocity(
+                x.reshape(shape), t, mask, context, guide, guide_bf16=guide_bf16
+            )
+            return v.flatten(1)
 
         return field
 
@@ -585,7 +608,10 @@ class SetFlow(nn.Module):
         self._check_guide(guide)
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
         x = torch.zeros_like(x0)
-        bf16 = uses_bf16(self.config.precision, mask.device)
+        precision, device = self.config.precision, mask.device
+        bf16 = uses_bf16(precision, device, self.config.width)
+        # the guide follows the flow's precision, "auto" judged by its own width
+        guide_bf16 = None if guide is None else uses_bf16(precision, device, guide.config.width)
         order = mask.sum(1).argsort(stable=True)
         # only networks that say so, the guide's too (EPiC's pool divides by every slot)
         nets = [self.net] + ([guide.net] if guide is not None else [])
@@ -599,7 +625,7 @@ class SetFlow(nn.Module):
                     continue
                 slots = int(real.nonzero()[-1]) + 1 if cut else mask.shape[1]
                 c = None if context is None else context[rows]
-                out = self._integrate(x0[rows, :slots], mask[rows, :slots], c, guide)
+                out = self._integrate(x0[rows, :slots], mask[rows, :slots], c, guide, guide_bf16)
                 x[rows, :slots] = out.to(x.dtype)
         return x * mask[..., None]
 
@@ -609,8 +635,9 @@ class SetFlow(nn.Module):
         mask: torch.Tensor,
         context: torch.Tensor | None,
         guide: SetFlow | None,
+        guide_bf16: bool | None = None,
     ) -> torch.Tensor:
-        solver = _ode_solver(self._flat_velocity(x0.shape, mask, context, guide))
+        solver = _ode_solver(self._flat_velocity(x0.shape, mask, context, guide, guide_bf16))
         x1 = solver.sample(
             x_init=x0.flatten(1),
             step_size=None,

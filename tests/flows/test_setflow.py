@@ -339,6 +339,29 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(native, monkeypatch
     cpu = torch.device("cpu")
     assert uses_bf16("auto", cpu) is native
     assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)
+    # a narrow network (a small guide) stays fp32 under auto, unless bf16 is asked for
+    assert uses_bf16("auto", cpu, width=96) is native
+    assert not uses_bf16("auto", cpu, width=48) and uses_bf16("bf16", cpu, width=48)
+
+
+def test_a_narrow_guide_samples_in_fp32_beside_a_bf16_flow_under_auto(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    config = {**TINY, "network": "transformer", "precision": "auto"}
+    flow = SetFlow(SetFlowConfig(**{**config, "width": 64}, guidance=2.0), context=2).eval()
+    guide = SetFlow(SetFlowConfig(**config), context=2).eval()  # width 16
+    seen = {}
+
+    def hook(name: str):
+        def record(module, inputs, output) -> None:
+            seen.setdefault(name, torch.is_autocast_enabled("cpu"))
+
+        return record
+
+    for name, net in (("flow", flow.net), ("guide", guide.net)):
+        net.register_forward_hook(hook(name))
+    _, mask, c = _batch()
+    flow.sample(mask, c, generator=torch.Generator().manual_seed(0), guide=guide)
+    assert seen == {"flow": True, "guide": False}
 
 
 def test_position_weight_reweights_the_coordinates_and_keeps_the_mean_weight_one():

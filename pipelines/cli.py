@@ -46,7 +46,7 @@ def _positive_int(text: str) -> int:
 
 
 #: `jetflows sample` flags that become sampling options (`flows.setflow.SAMPLING_FIELDS`)
-SAMPLE_OPTIONS = ("solver", "steps", "precision", "guidance", "guidance_from")
+SAMPLE_OPTIONS = ("solver", "steps", "precision", "guidance", "guidance_from", "guidance_until")
 SEED_MAX = 2**63 - 1  # numpy, torch and HDF5 attributes all take a 64-bit seed
 
 
@@ -444,6 +444,11 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
         "--guidance-from",
         type=float,
         help="set flows: guide only for t >= this (0: the whole path); default: the model's",
+    )
+    smp.add_argument(
+        "--guidance-until",
+        type=float,
+        help="set flows: guide only for t < this (1: to the end); default: the model's",
     )
     smp.add_argument("--batch-size", type=_positive_int, default=10_000, help="jets per batch")
     smp.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU if there is one)")

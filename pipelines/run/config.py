@@ -180,7 +180,7 @@ def _check_device(device: str, normalization: str) -> None:
 #: set flow sampling options a calibration may choose: each trades one figure against another
 #: (sharper prongs against spread), while more steps or a higher-order solver only score better
 #: at more time, which a quality criterion cannot weigh
-CALIBRATED = ("guidance", "guidance_from")
+CALIBRATED = ("guidance", "guidance_from", "guidance_until")
 MIN_CALIBRATION_JETS = 100  # below this the W1 floor is noise
 
 

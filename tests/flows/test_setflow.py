@@ -113,15 +113,19 @@ class _Gaussian(SetFlow):
         return x * (t * self.s**2 - (1 - t)) / (t**2 * self.s**2 + (1 - t) ** 2) * mask[..., None]
 
 
-def _guided_spread(s: float, g: float, w: float, start: float) -> float:
-    """The spread a flow to N(0, s^2) guided by one to N(0, g^2) reaches: both are linear,
-    v = a(t) x with the integral of a from t0 to 1 = log(s / sigma_s(t0)), so the guided flow
-    scales the noise by sigma_s(t0) (s / sigma_s(t0))^w (g / sigma_g(t0))^(1 - w)."""
+def _guided_spread(s: float, g: float, w: float, start: float, until: float = 1.0) -> float:
+    """The spread a flow to N(0, s^2) guided by one to N(0, g^2) from t = a (start) to b
+    (until) reaches: both are linear, v = c(t) x with the integral of c from t0 to t1 =
+    log(sigma_s(t1) / sigma_s(t0)), sigma_s(t) = sqrt(t^2 s^2 + (1 - t)^2), so the guided flow
+    scales the noise by sigma_s(a) (sigma_s(b) / sigma_s(a))^w (sigma_g(b) / sigma_g(a))^(1 - w)
+    s / sigma_s(b)."""
 
-    def sigma(a: float) -> float:
-        return math.sqrt(start**2 * a**2 + (1 - start) ** 2)
+    def sigma(spread: float, t: float) -> float:
+        return math.sqrt(t**2 * spread**2 + (1 - t) ** 2)
 
-    return sigma(s) * (s / sigma(s)) ** w * (g / sigma(g)) ** (1 - w)
+    a, b = start, until
+    guided = (sigma(s, b) / sigma(s, a)) ** w * (sigma(g, b) / sigma(g, a)) ** (1 - w)
+    return sigma(s, a) * guided * s / sigma(s, b)
 
 
 def test_guidance_steps_away_from_a_worse_guide():
@@ -142,6 +146,10 @@ def test_guidance_steps_away_from_a_worse_guide():
     for guide, w, start in ((wider, 2.0, 0.0), (wider, 2.0, 0.5), (narrower, 2.0, 0.0)):
         got = spread(guide, guidance=w, guidance_from=start)
         assert got == pytest.approx(_guided_spread(0.5, guide.s, w, start), abs=0.01)
+    # a limited interval: guided until t = 0.5 only (0.44; to the end: 0.31)
+    got = spread(wider, guidance=2.0, guidance_until=0.5)
+    assert got == pytest.approx(_guided_spread(0.5, 0.8, 2.0, 0.0, 0.5), abs=0.01)
+    assert got - _guided_spread(0.5, 0.8, 2.0, 0.0) > 0.1
     assert spread(_Gaussian(0.5), guidance=3.0) == pytest.approx(alone, abs=1e-6)
     assert spread(wider) == alone  # guidance 1: the guide is never asked
     # the guided flow is still linear, x(1) = k x(0): log_prob is that of the guided flow

@@ -130,6 +130,7 @@ def test_overrides_are_typed_and_nested():
         (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
         (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
         (["target=cloud", "set_flow.guidance=2"], "needs a guide"),
+        (["set_flow.guidance_from=0.5", "set_flow.guidance_until=0.5"], "guidance_until must"),
         (["target=cloud", "calibrate.settings=[{steps: 4}]"], "each entry sets some of"),
         (["target=cloud", "calibrate.settings=[{}]"], "each entry sets some of"),
         (["calibrate.settings=[{guidance: 1}]"], "target latent has none"),

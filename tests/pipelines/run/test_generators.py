@@ -194,6 +194,7 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     args = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--out", str(out)]
     assert_one_line_error(capsys, [*args, "--guidance", "2"], "guide.pt")
     assert_one_line_error(capsys, [*args, "--guidance-from", "1.5"], "guidance_from")
+    assert_one_line_error(capsys, [*args, "--guidance-until", "1.5"], "guidance_until")
     assert not out.exists()
     # a damaged guide blocks only guided sampling
     (run / "g" / "guide.pt").write_bytes(b"not a checkpoint")

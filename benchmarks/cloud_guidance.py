@@ -1,15 +1,17 @@
-"""Autoguidance of the set flow: guidance weight x where it starts, against quality and time.
+"""Autoguidance of the set flow: guidance weight x where it starts and ends, against quality
+and time.
 
-For a trained cloud run, every (guidance, guidance_from) pair samples as many jets as the run
-scored (2,500 at the standard scale) with the run's flow guided by a worse version of itself
-(`flows.setflow.SetFlow.guided_velocity`), scores them against the run's held-out real jets
-beside the truth floor (W1M, W1P and its eta/phi/pt parts, W1EFP, W1 of tau21, tau32 and D2,
-COV), and times the sampling. The guide is the run's own guide.pt (``set_flow.guide_epochs``),
-or ``--guide-run``'s flow.pt: a run of the same config trained for fewer epochs.
+For a trained cloud run, every (guidance, guidance_from, guidance_until) setting samples as
+many jets as the run scored (2,500 at the standard scale) with the run's flow guided by a
+worse version of itself (`flows.setflow.SetFlow.guided_velocity`), scores them against the
+run's held-out real jets beside the truth floor (W1M, W1P and its eta/phi/pt parts, W1EFP, W1
+of tau21, tau32 and D2, COV), and times the sampling. The guide is the run's own guide.pt
+(``set_flow.guide_epochs``), or ``--guide-run``'s flow.pt: a run of the same config trained
+for fewer epochs.
 
     python benchmarks/cloud_guidance.py --run runs/standard_cloud --class t
     python benchmarks/cloud_guidance.py --run runs/cloud_e60 --guide-run runs/cloud_e8 \\
-        --guidance 1,2,3 --from 0,0.5
+        --guidance 1,2,3 --from 0,0.5 --until 0.8,1
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--guide-run", help="take the guide from this run's flow.pt")
     parser.add_argument("--guidance", type=floats, default=[1.0, 2.0, 3.0])
     parser.add_argument("--from", dest="starts", type=floats, default=[0.0, 0.5])
+    parser.add_argument("--until", dest="ends", type=floats, default=[1.0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="default: <run>/<class>/guidance.json")
@@ -62,22 +65,28 @@ def main() -> None:
     n = len(real) // 2
     cfg = EvalConfig(n_jets=n, fpnd=False, cov_mmd=True)
     print(f"{class_dir}: flow {epochs[0]} epochs, guide {epochs[1]}; {n} vs {n} jets")
-    columns = ["guidance", "from", *SHOWN, f"{n} jets (s)"]
+    columns = ["guidance", "from", "until", *SHOWN, f"{n} jets (s)"]
     print("| " + " | ".join(columns) + " |", "|---" * len(columns) + "|", sep="\n", flush=True)
     rows = []
-    for start in args.starts:
-        for w in args.guidance:
-            if w == 1.0 and start != args.starts[0]:
-                continue  # unguided: the start does not matter
-            gen = build_sampler(states, options={"guidance": w, "guidance_from": start})
-            began = time.perf_counter()
-            jets = sampled_jets(gen, n, seed=args.seed)
-            seconds = time.perf_counter() - began
-            metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
-            ratios = {k: metrics[k]["ratio"] for k in SHOWN}
-            rows.append({"guidance": w, "from": start, "seconds": seconds, **ratios})
-            cells = [f"{ratios[k]:.2f}x" for k in SHOWN]
-            print(f"| {w:g} | {start:g} | " + " | ".join(cells) + f" | {seconds:.1f} |", flush=True)
+    settings = [
+        (w, start, end)
+        for end in args.ends
+        for start in args.starts
+        for w in args.guidance
+        if start < end and (w != 1.0 or (start, end) == (args.starts[0], args.ends[0]))
+    ]  # unguided once: its interval does not matter
+    for w, start, end in settings:
+        options = {"guidance": w, "guidance_from": start, "guidance_until": end}
+        gen = build_sampler(states, options=options)
+        began = time.perf_counter()
+        jets = sampled_jets(gen, n, seed=args.seed)
+        seconds = time.perf_counter() - began
+        metrics = evaluate(real, jets, cfg=cfg, progress=False)["metrics"]
+        ratios = {k: metrics[k]["ratio"] for k in SHOWN}
+        rows.append({"guidance": w, "from": start, "until": end, "seconds": seconds, **ratios})
+        cells = [f"{ratios[k]:.2f}x" for k in SHOWN]
+        head = f"| {w:g} | {start:g} | {end:g} | "
+        print(head + " | ".join(cells) + f" | {seconds:.1f} |", flush=True)
     out = Path(args.out) if args.out else class_dir / "guidance.json"
     write_json(out, {"machine": machine_line(), "epochs": epochs, "n": n, "rows": rows})
     print(f"wrote {out}")

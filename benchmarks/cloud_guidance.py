@@ -68,13 +68,15 @@ def main() -> None:
     columns = ["guidance", "from", "until", *SHOWN, f"{n} jets (s)"]
     print("| " + " | ".join(columns) + " |", "|---" * len(columns) + "|", sep="\n", flush=True)
     rows = []
-    settings = [
+    # unguided once (its interval does not matter), then every guided setting
+    settings = [(1.0, 0.0, 1.0)] if 1.0 in args.guidance else []
+    settings += [
         (w, start, end)
         for end in args.ends
         for start in args.starts
         for w in args.guidance
-        if start < end and (w != 1.0 or (start, end) == (args.starts[0], args.ends[0]))
-    ]  # unguided once: its interval does not matter
+        if start < end and w != 1.0
+    ]
     for w, start, end in settings:
         options = {"guidance": w, "guidance_from": start, "guidance_until": end}
         gen = build_sampler(states, options=options)

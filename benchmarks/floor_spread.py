@@ -79,6 +79,8 @@ def main() -> None:
         if args.classes
         else sorted(p.parent.name for p in run.glob("*/metrics.json"))
     )
+    if not classes:
+        raise SystemExit(f"{run}: no class with metrics.json")
     print(
         "| class | observable | pipeline ratio | floor mean (std / mean) | floor range "
         "| stable ratio | one draw's ratio, 10-90% |",
@@ -91,9 +93,12 @@ def main() -> None:
         scored = json.loads((run / jet_class / "metrics.json").read_text())
         metrics, n = scored["metrics"], min(scored["n_jets"], len(gen_jets))
         real = observables(held_out(run, jet_class))
+        if 2 * n > len(real[NAMES[0]]):
+            raise SystemExit(f"{jet_class}: {len(real[NAMES[0]])} held-out jets, need 2 x {n}")
         gen = observables(gen_jets.take(slice(0, n)))
-        results[jet_class] = spread(real, gen, n, args.draws, args.seed)
-        for k, r in results[jet_class].items():
+        results[jet_class] = {"n": n, **spread(real, gen, n, args.draws, args.seed)}
+        for k in NAMES:
+            r = results[jet_class][k]
             ratio = metrics[f"emd_{k}"]["ratio"]
             lo, hi = r["draw_ratio_10_90"]
             print(
@@ -103,7 +108,7 @@ def main() -> None:
                 flush=True,
             )
     write_json(run / "floor_spread.json", {"draws": args.draws, "classes": results})
-    print(f"wrote {run / 'floor_spread.json'} ({args.draws} draws of {n} vs {n} jets)")
+    print(f"wrote {run / 'floor_spread.json'} ({args.draws} draws a class)")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ class SetFlowConfig:
             only (outside, the flow alone; ``guidance_until`` 1: to the end): the jet's overall
             spread is set early in the path, the prongs later, and guiding the last steps
             over-sharpens the finest structure (a limited interval, as Kynkaanniemi et al.,
-            arXiv:2404.07724, found for images).
+            arXiv:2404.07724, found for images). Both are read at every evaluation of the
+            velocity, so they act at the solver's grid: at 8 midpoint steps (evaluations at
+            multiples of 1/16) ``guidance_until`` 0.8 ends guidance after t = 0.75.
         guide_epochs: epochs the pipeline trains the guide for (0: no guide).
         guide_width, guide_layers: the guide's network (0: the flow's): a smaller guide costs
             less at every guided step; its other settings are the flow's own.

@@ -12,14 +12,17 @@ reported numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from jetflows.errors import UserError
 from pipelines.evaluation.metrics import observables, wasserstein_1d
 from pipelines.io import markdown_table
+from pipelines.run.config import MIN_CALIBRATION_JETS
 from pipelines.run.generators import build_sampler
 from pipelines.run.sample import sampled_jets
 
@@ -29,6 +32,20 @@ if TYPE_CHECKING:
 
 CRITERION = "the largest W1 ratio to the floor over the observables"
 FLOOR_DRAWS = 5  # training-jet samples whose W1 to the validation jets make the floor
+#: added to the run's seed: the calibration's jets share no random stream with the jets the
+#: evaluation draws from the same seed (nor with its kinematics draws, seed + 1)
+SEED_OFFSET = 7919
+
+
+def _worst(row: dict[str, Any]) -> float:
+    """A candidate's score; a non-finite one (a diverged draw: JSON null) ranks last."""
+    value = row["worst"]
+    return value if value is not None and math.isfinite(value) else math.inf
+
+
+def cell(value: float | None) -> str:
+    """A ratio for a table: two decimals, "-" for a non-finite one (JSON null)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
 def _w1s(reference: dict[str, np.ndarray], other: Jets, names: tuple[str, ...]) -> dict:
@@ -56,15 +73,24 @@ def calibrate(
         cfg: the candidates, the observables and how many jets.
         valid, train: the class's validation jets (the reference) and training jets (the
             floor sample, disjoint from them).
-        seed: draws the jets compared and the generated jets (the same noise for every
-            setting, so settings differ by the setting alone).
+        seed: the run's seed: with `SEED_OFFSET`, draws the jets compared and the generated
+            jets (the same noise for every setting, so settings differ by the setting alone).
 
     Returns:
         A JSON-ready dict: ``n_jets``, ``observables``, ``criterion``, ``floor`` ({name: W1}),
         ``settings`` (per candidate: its options, ``ratios`` {name: W1 / floor} and ``worst``)
         and ``chosen`` (the options of the lowest ``worst``; the first of equals).
+
+    Raises:
+        ValueError: fewer validation jets than the floor needs, or no candidate scored.
     """
     n = min(cfg.n_jets or len(valid), len(valid), len(train))
+    if n < MIN_CALIBRATION_JETS:
+        raise UserError(
+            f"calibration needs >= {MIN_CALIBRATION_JETS} validation jets, has {n}: raise "
+            "data.n_jets or the validation fraction, or set calibrate.settings: []"
+        )
+    seed += SEED_OFFSET
     rng = np.random.default_rng(seed)
     reference = observables(valid.take(rng.permutation(len(valid))[:n]))
     names = cfg.observables
@@ -80,9 +106,12 @@ def calibrate(
         sampler = build_sampler(states, device=device, options={**sampling, **setting})
         w1 = _w1s(reference, sampled_jets(sampler, n, seed=seed), names)
         # a floor of exactly 0 (a constant observable) makes any difference infinitely worse
-        ratios = {k: w1[k] / floor[k] if floor[k] else float(w1[k] > 0) * 1e9 for k in names}
-        rows.append({"setting": dict(setting), "ratios": ratios, "worst": max(ratios.values())})
-    best = min(range(len(rows)), key=lambda i: rows[i]["worst"])
+        ratios = {k: w1[k] / floor[k] if floor[k] else (math.inf if w1[k] else 0.0) for k in names}
+        worst = max(v if math.isfinite(v) else math.inf for v in ratios.values())
+        rows.append({"setting": dict(setting), "ratios": ratios, "worst": worst})
+    best = min(range(len(rows)), key=lambda i: _worst(rows[i]))
+    if not math.isfinite(_worst(rows[best])):
+        raise UserError("calibration: no candidate's jets scored a finite W1 against the floor")
     return {
         "n_jets": n,
         "observables": list(names),
@@ -111,8 +140,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             (
                 [
                     *(row["setting"].get(k, "config") for k in options),
-                    *(f"{row['ratios'][k]:.2f}" for k in names),
-                    f"{row['worst']:.2f}",
+                    *(cell(row["ratios"][k]) for k in names),
+                    cell(row["worst"]),
                     "**yes**" if row["setting"] == chosen else "",
                 ]
                 for row in result["settings"]

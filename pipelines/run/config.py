@@ -208,12 +208,17 @@ class CalibrateConfig:
     n_jets: int = 0
 
     def __post_init__(self) -> None:
-        for setting in self.settings:
+        for i, setting in enumerate(self.settings):
             unknown = sorted(set(setting) - set(CALIBRATED))
             if unknown or not setting:
                 raise UserError(
                     f"calibrate.settings: each entry sets some of {CALIBRATED}, got {setting}"
                 )
+            numbers = all(type(v) in (int, float) and math.isfinite(v) for v in setting.values())
+            if not numbers:  # YAML is converted; a config built in Python is not
+                raise UserError(f"calibrate.settings {setting}: each value must be a number")
+            if setting in self.settings[:i]:
+                raise UserError(f"calibrate.settings lists {setting} twice")
         unknown = sorted(set(self.observables) - set(EMD_OBSERVABLES))
         if unknown or not self.observables:
             raise UserError(
@@ -353,6 +358,12 @@ class PipelineConfig:
             raise UserError(
                 f"calibrate.settings choose a set flow's sampling options: target {self.target} "
                 "has none (use target cloud, or calibrate.settings: [])"
+            )
+        valid = round(self.data.n_jets * self.data.split[1])
+        if valid < MIN_CALIBRATION_JETS:
+            raise UserError(
+                f"calibrate.settings score the validation jets: data.n_jets x data.split[1] = "
+                f"{valid}, needs >= {MIN_CALIBRATION_JETS} (or calibrate.settings: [])"
             )
         for setting in self.calibrate.settings:
             try:

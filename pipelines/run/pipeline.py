@@ -5,8 +5,9 @@ how long each stage took), ``summary.md``/``summary.json`` (one row per
 class, every metric beside its truth floor) and one directory per class with ``data.hdf5``
 (Pythia jets, when generated), ``convae.pt``, ``flow.pt`` (+ ``jet_flow.pt``),
 ``history.json``, ``generated.hdf5``, ``real_test.hdf5``, ``metrics.json``, ``report.md`` and
-``plots/`` (a set flow with ``calibrate.settings`` also ``guide.pt`` and ``calibration.json``:
-the guidance chosen on the validation jets, `pipelines.run.calibrate`).
+``plots/`` (a set flow also ``guide.pt`` when ``set_flow.guide_epochs`` > 0, and
+``calibration.json`` with ``calibrate.settings``: the guidance chosen on the validation jets,
+`pipelines.run.calibrate`).
 
 Resumption: every stage has an identity (a hash of the config parts it depends on, chained to
 the stages before it), recorded in ``stages.json`` once its output is complete. A stage whose
@@ -247,11 +248,17 @@ def run_class(
     sampling, states = generator.sampling(cfg), trained.states
     # models sampled beside the flow (a set flow's guide) make other jets when retrained
     beside = [trained.keys[name] for name, _ in generator.companions if name in trained.keys]
-    calibration = None
+    calibration, calibrated = None, []
     if cfg.calibrate.settings:  # the config's check: a generator with sampling options
-        key = digest(trained.keys["flow.pt"], *beside, sampling, cfg.calibrate, cfg.data.seed)
-        calibration = _calibration_stage(run, key, trained.states, sampling)
+        # the candidates as drawn (an option every candidate sets is not the config's)
+        drawn = [{**sampling, **setting} for setting in cfg.calibrate.settings]
+        what = (cfg.calibrate.observables, cfg.calibrate.n_jets, cfg.data.seed)
+        calibrated = [digest(trained.keys["flow.pt"], *beside, drawn, *what)]
+        calibration = _calibration_stage(run, calibrated[0], trained.states, sampling)
         sampling = {**sampling, **calibration["chosen"]}
+    elif (directory / "calibration.json").is_file():  # a choice this config no longer makes
+        (directory / "calibration.json").unlink()
+        LOG.info("%s: calibration.json removed (this config calibrates nothing)", jet_class)
     if sampling and generator.options is not None:
         states = generator.options(trained.states, sampling)  # what the jets are drawn with
         _keep_sampling(directory / "flow.pt", trained.states, states)
@@ -261,7 +268,6 @@ def run_class(
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], states)
     # the report shows the calibration: a new one (even choosing the same) is reported again
-    calibrated = [cfg.calibrate] if calibration else []
     keys["evaluate"] = digest(keys["generate"], cfg.evaluate, *calibrated)
     metrics = directory / "metrics.json"
     # new jets (e.g. a deleted generated.hdf5 redrawn by newer code) are always scored again
@@ -376,7 +382,9 @@ def calibration_summary(results: dict[str, dict[str, Any]]) -> list[str]:
                 [
                     c,
                     ", ".join(f"{k} {v:g}" for k, v in cal["chosen"].items()),
-                    f"{min(row['worst'] for row in cal['settings']):.2f}",
+                    calibrate.cell(
+                        next(r["worst"] for r in cal["settings"] if r["setting"] == cal["chosen"])
+                    ),
                     len(cal["settings"]),
                 ]
                 for c, cal in rows

@@ -158,6 +158,11 @@ def test_guidance_steps_away_from_a_worse_guide():
     k = _guided_spread(0.5, 0.8, 2.0, 0.5)
     expected = (-0.5 * ((x / k) ** 2 + math.log(2 * math.pi))).sum((1, 2)) - 6 * math.log(k)
     assert torch.allclose(flow.log_prob(x, mask[:5], guide=wider), expected, atol=0.02)
+    flow = _Gaussian(0.5, guidance=2.0, guidance_until=0.5)  # and of a limited interval's
+    x = flow.sample(mask[:5], generator=torch.Generator().manual_seed(1), guide=wider)
+    k = _guided_spread(0.5, 0.8, 2.0, 0.0, 0.5)
+    expected = (-0.5 * ((x / k) ** 2 + math.log(2 * math.pi))).sum((1, 2)) - 6 * math.log(k)
+    assert torch.allclose(flow.log_prob(x, mask[:5], guide=wider), expected, atol=0.02)
     with pytest.raises(ValueError, match="needs a guide flow"):
         spread(guidance=2.0)
     with pytest.raises(ValueError, match="not a version of this flow"):

@@ -1,6 +1,7 @@
 """Sampling options chosen on validation jets: the setting whose jets match them best wins."""
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines.data.jetnet import Jets
@@ -48,3 +49,9 @@ def test_the_setting_whose_jets_match_the_validation_jets_is_chosen(monkeypatch)
     assert tau32[3.0] > tau32[1.0] > tau32[2.0]  # more smearing, further off
     lines = "\n".join(calibration.markdown(result))
     assert "| 2.0 |" in lines and lines.count("**yes**") == 1
+
+
+@pytest.mark.parametrize("value", ["x", None, True, float("nan")])
+def test_a_setting_built_in_python_must_hold_numbers(value):
+    with pytest.raises(ValueError, match="each value must be a number"):
+        CalibrateConfig(settings=({"guidance": value},))

@@ -142,6 +142,11 @@ def test_overrides_are_typed_and_nested():
         (["target=cloud", "calibrate.settings=[{guidance: x}]"], r"settings\[0\]\.guidance"),
         (["calibrate.observables=[mass, width]"], "calibrate.observables: use some of"),
         (["calibrate.n_jets=10"], "calibrate.n_jets must be 0"),
+        (["target=cloud", "calibrate.settings=[{guidance: 1}, {guidance: 1}]"], "twice"),
+        (
+            ["target=cloud", "data.n_jets=400", "calibrate.settings=[{guidance: 1}]"],
+            r"data.split\[1\] = \d+, needs >= 100",
+        ),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):

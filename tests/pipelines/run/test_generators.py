@@ -209,32 +209,56 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     assert not (run / "g" / "guide.pt").exists()
 
 
-def test_guidance_is_chosen_per_class_on_validation_jets_and_kept_for_sampling(
-    cloud_run, data_dir, tmp_path, capsys
-):
-    shutil.copytree(cloud_run, tmp_path / "tiny")
+def test_guidance_is_chosen_per_class_on_validation_jets_and_kept_for_sampling(data_dir, tmp_path):
     settings = "calibrate.settings=[{guidance: 1.0}, {guidance: 4.0, guidance_from: 0.2}]"
-    more = ["target=cloud", "set_flow.guide_epochs=1", "set_flow.guide_width=8", settings]
-    cfg = load_config("configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", *more])
-    run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
-    log = (run / "pipeline.log").read_text().split("class g")[-1]
-    assert "g: flow up to date" in log and "g: calibrate done" in log
+    more = [
+        "target=cloud",
+        "data.n_jets=600",
+        "data.split=[0.3, 0.3, 0.4]",  # 180 validation jets: the calibration needs >= 100
+        "set_flow.guide_epochs=1",
+        "set_flow.guide_width=8",
+    ]
+    base = [*TINY, f"data.data_dir={data_dir}", *more]
+    cfg = load_config("configs/quickstart.yaml", [*base, settings])
+    run = run_pipeline(cfg, root=tmp_path, progress=False)
+    log = (run / "pipeline.log").read_text()
+    assert "g: calibrate done" in log
     result = json.loads((run / "g" / "calibration.json").read_text())
     rows = result["settings"]
     assert [r["setting"] for r in rows] == [dict(s) for s in cfg.calibrate.settings]
     assert result["chosen"] == min(rows, key=lambda r: r["worst"])["setting"]
     assert rows[0]["ratios"] != rows[1]["ratios"]  # each setting drew its own jets
+    assert result["n_jets"] == 180
     # the evaluation drew its jets with the choice, and jetflows sample draws with it too
     stored = torch.load(run / "g" / "flow.pt", weights_only=False)["set_flow_config"]
     assert {k: stored[k] for k in result["chosen"]} == result["chosen"]
+    out = tmp_path / "sampled.hdf5"
+    args = ["sample", "--run", str(run), "--class", "g", "--n", str(cfg.n_generate)]
+    assert main([*args, "--seed", str(cfg.data.seed), "--out", str(out), "--quiet"]) == 0
+    with h5py.File(out) as f, h5py.File(run / "g" / "generated.hdf5") as g:
+        assert np.array_equal(f["particle_features"][:], g["particle_features"][:])
     metrics = json.loads((run / "g" / "metrics.json").read_text())
     assert metrics["calibration"]["chosen"] == result["chosen"]
     assert "chosen on the validation jets" in (run / "g" / "report.md").read_text()
     assert "chosen on the validation jets" in (run / "summary.md").read_text()
     # the same config again: nothing is calibrated, drawn or scored again
+    again = run_pipeline(cfg, root=tmp_path, progress=False)
+    log = (again / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: calibrate up to date" in log and "g: generate up to date" in log
+    assert "g: evaluate done" not in log
+    # another criterion: calibrated and reported again, whatever it chooses
+    observables = "calibrate.observables=[mass, tau32]"
+    cfg = load_config("configs/quickstart.yaml", [*base, settings, observables])
     again = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
     log = (again / "pipeline.log").read_text().split("class g")[-1]
-    assert "g: calibrate up to date" in log and "g: evaluate up to date" in log
+    assert "g: calibrate done" in log and "g: evaluate done" in log
+    metrics = json.loads((run / "g" / "metrics.json").read_text())
+    assert metrics["calibration"]["observables"] == ["mass", "tau32"]
+    # no calibration: the old choice is removed with its file
+    cfg = load_config("configs/quickstart.yaml", base)
+    run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    assert not (run / "g" / "calibration.json").exists()
+    assert "calibration" not in json.loads((run / "g" / "metrics.json").read_text())
 
 
 def test_a_partial_checkpoint_of_another_target_is_not_resumed(data_dir, tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -557,11 +558,13 @@ class SetFlow(nn.Module):
             guided &= t_jet < self.config.guidance_until
         if not guided.any():  # before guidance_from: the guide is not asked
             return v
-        if guide_bf16 is None:
+        cast = (
+            contextlib.nullcontext()
+            if guide_bf16 is None
+            else torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=guide_bf16)
+        )
+        with cast:
             v_guide = guide.velocity(x, t, mask, context)
-        else:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=guide_bf16):
-                v_guide = guide.velocity(x, t, mask, context)
         w = torch.where(guided, self.config.guidance, 1.0)[:, None, None].to(v.dtype)
         return v_guide + w * (v - v_guide)
 

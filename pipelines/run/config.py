@@ -231,6 +231,13 @@ class CalibrateConfig:
             )
 
 
+def _check_guided(flow: SetFlowConfig, what: str) -> None:
+    """Raise UserError (``what``, then the fix) if ``flow`` guides but the pipeline trains no
+    guide for it."""
+    if flow.guidance != 1.0 and not flow.guide_epochs:
+        raise UserError(f"{what}: set set_flow.guide_epochs > 0 (the epochs the guide trains for)")
+
+
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
 
@@ -335,11 +342,7 @@ class PipelineConfig:
                 )
         if self.target == "cloud" and self.particle.centroid:
             raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
-        if self.set_flow.guidance != 1.0 and not self.set_flow.guide_epochs:
-            raise UserError(
-                f"set_flow.guidance {self.set_flow.guidance} needs a guide: set "
-                "set_flow.guide_epochs > 0 (the epochs the guide trains for)"
-            )
+        _check_guided(self.set_flow, f"set_flow.guidance {self.set_flow.guidance} needs a guide")
         self._check_calibration()
         if self.target != "latent":
             return
@@ -370,11 +373,7 @@ class PipelineConfig:
                 flow = dataclasses.replace(self.set_flow, **setting)  # its own checks
             except ValueError as err:
                 raise UserError(f"calibrate.settings {setting}: {err}") from None
-            if flow.guidance != 1.0 and not flow.guide_epochs:
-                raise UserError(
-                    f"calibrate.settings {setting} guides: set set_flow.guide_epochs > 0 "
-                    "(the epochs the guide trains for)"
-                )
+            _check_guided(flow, f"calibrate.settings {setting} guides")
 
     @property
     def kinematics(self) -> bool:

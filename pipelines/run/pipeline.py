@@ -218,6 +218,13 @@ def _keep_sampling(
         save_checkpoint(path, after)
 
 
+def _remove_stale(path: Path, why: str) -> None:
+    """Delete a class folder's ``path``, if there, that the config no longer makes (logged)."""
+    if path.is_file():
+        path.unlink()
+        LOG.info("%s: %s removed (%s)", path.parent.name, path.name, why)
+
+
 def run_class(
     cfg: PipelineConfig, jet_class: str, directory: Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -233,9 +240,8 @@ def run_class(
     if not is_main():  # data-parallel: the other ranks only help to train
         return {}
     for name, _ in generator.companions:  # e.g. a guide the config no longer trains
-        if name not in trained.states and (directory / name).is_file():
-            (directory / name).unlink()
-            LOG.info("%s: %s removed (this config trains none)", jet_class, name)
+        if name not in trained.states:
+            _remove_stale(directory / name, "this config trains none")
     reconstruction = (
         _reconstruction_stage(run, trained.keys["convae.pt"], trained.states["convae.pt"])
         if generator.reconstructs
@@ -256,9 +262,8 @@ def run_class(
         calibrated = [digest(trained.keys["flow.pt"], *beside, drawn, *what)]
         calibration = _calibration_stage(run, calibrated[0], trained.states, sampling)
         sampling = {**sampling, **calibration["chosen"]}
-    elif (directory / "calibration.json").is_file():  # a choice this config no longer makes
-        (directory / "calibration.json").unlink()
-        LOG.info("%s: calibration.json removed (this config calibrates nothing)", jet_class)
+    else:  # a choice this config no longer makes
+        _remove_stale(directory / "calibration.json", "this config calibrates nothing")
     if sampling and generator.options is not None:
         states = generator.options(trained.states, sampling)  # what the jets are drawn with
         _keep_sampling(directory / "flow.pt", trained.states, states)

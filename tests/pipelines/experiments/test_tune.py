@@ -19,7 +19,13 @@ import pytest
 import yaml
 
 from pipelines.data.jetnet import write_jetnet_file
-from pipelines.experiments.tune import load_tune_config, open_storage, tune, with_installed_driver
+from pipelines.experiments.tune import (
+    TuneConfig,
+    load_tune_config,
+    open_storage,
+    tune,
+    with_installed_driver,
+)
 from pipelines.run.config import load_config
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
@@ -76,9 +82,16 @@ def _worker(config, root, trials, **env_vars):
 
 
 def _study(root, name="tiny", must_exist=False):
-    if must_exist and not (root / f"{name}.db").exists():  # never race the worker to create it
+    path = root / f"{name}.db"
+    if must_exist and not path.exists():
         raise KeyError(name)
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/{name}.db")
+    return _load(name, f"sqlite:///{path}")
+
+
+def _load(name, url):
+    # the storage can exist before the worker has made its tables: open_storage waits out that
+    # race as a second worker would (a bare load_study failed CI with "table already exists")
+    return optuna.load_study(study_name=name, storage=open_storage(url, TuneConfig(), Path()))
 
 
 def _wait_for_a_running_trial(load_study, timeout=120):
@@ -350,7 +363,7 @@ def test_two_workers_on_a_postgresql_study_lose_no_trial_to_a_kill(tmp_path, dat
         open_storage(url.replace(password, "wrong"), load_tune_config(quick)[0], tmp_path)
     root = tmp_path / "tune"
     victim = _worker(slow, root, 3, **storage)
-    killed = _wait_for_a_running_trial(lambda: optuna.load_study(study_name="tiny", storage=direct))
+    killed = _wait_for_a_running_trial(lambda: _load("tiny", direct))
     survivor = _worker(quick, root, 3, **storage)
     time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)

@@ -153,7 +153,8 @@ def reconstruct(
 
     The decoder always emits P particles; each reconstruction keeps as many of its hardest
     particles as its input has (fewer if some decode to pt_rel <= 0: those are dropped), so the
-    comparison is particle for particle.
+    comparison is particle for particle. A conditional decoder (`ConVAEConfig.condition`) is
+    told the input jet's quantities.
 
     Arguments:
         particles: (N, P, 3) in physical units; mask: (N, P).
@@ -168,7 +169,8 @@ def reconstruct(
     for x, m in zip(particles.split(batch_size), mask.split(batch_size), strict=True):
         x, m = x.to(device), m.to(device)
         seen = normalization.transform(x, m) if normalization is not None else x
-        out.append(decoded_particles(model.reconstruct(seen), normalization).cpu())
+        told = model.condition_of(x, m)  # the input's own, for a conditional decoder
+        out.append(decoded_particles(model.reconstruct(seen, told), normalization).cpu())
     return keep_hardest(torch.cat(out), mask.sum(1))
 
 

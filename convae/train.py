@@ -115,9 +115,10 @@ class ConVAELoss:
         if c.reflect and model.training:
             x = self._reflect(x)
         seen = norm.transform(x, mask) if norm is not None else x
+        condition = model.condition_of(x, mask)  # of the physical jet (reflections keep it)
         # bf16: the network's matrix products in bfloat16 (autocast), the losses in float32
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            output, mean, logvar = model(seen)
+            output, mean, logvar = model(seen, condition)
         output, mean, logvar = output.float(), mean.float(), logvar.float()
         recon = norm.inverse(output, mask) if norm is not None else output
         if c.space == "normalized":  # the particle term on what the network sees
@@ -205,6 +206,9 @@ def fit(
         check_particles(x, mask, name)
     if resume is not None:
         check_state(resume, model.config)
+    elif model.config.condition:
+        with torch.no_grad():
+            model.set_condition_scale(_batched_condition(model, *train))
     gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
     describe = {
         "model_config": asdict(model.config),
@@ -225,6 +229,14 @@ def fit(
         progress=progress,
         desc="ConVAE",
     )
+
+
+def _batched_condition(
+    model: ConVAE, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """The decoder's condition (N, C) of jets x (N, P, F) physical, mask (N, P)."""
+    parts = zip(x.split(batch_size), mask.split(batch_size), strict=True)
+    return torch.cat([model.condition_of(a, b) for a, b in parts])
 
 
 def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> None:

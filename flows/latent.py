@@ -9,7 +9,9 @@ the rest of it, as in real jets (a narrow, low-mass gluon jet has few particles)
 on (z, n + u), u ~ U(0, 1) dequantizing the integer n (`with_multiplicity`). With ``project`` the
 flow also samples the jet's (log mass, sum pt_rel) (`with_jet_observables`) and each decoded jet
 is projected onto them (`flows.particle.project_to_context`): the decoder gives the jet's
-shape, the flow its mass, which a smooth decoder misses (measured: docs/benchmarks.md).
+shape, the flow its mass, which a smooth decoder misses (measured: docs/benchmarks.md). A
+conditional ConVAE (`convae.model.ConVAEConfig.condition`: tau21, tau32 ...) has its decoder's
+condition sampled by the flow too, as the last columns (`with_condition`).
 
 Example (an untrained pair, for shapes):
     >>> from convae.model import ConVAE, ConVAEConfig
@@ -130,6 +132,18 @@ def with_jet_observables(
     return torch.cat([with_multiplicity(z, mask, generator=generator), rows], 1)
 
 
+def with_condition(
+    rows: torch.Tensor, convae: ConVAE, particles: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The flow's data (N, K) with the ConVAE decoder's condition of the jets appended:
+    (N, K + C); unchanged for an unconditional ConVAE.
+
+    particles: (N, P, 3) physical units, mask (N, P) of the encoded jets.
+    """
+    condition = convae.condition_of(particles, mask)
+    return rows if condition is None else torch.cat([rows, condition.to(rows)], 1)
+
+
 def _first(counts: torch.Tensor, num_particles: int) -> torch.Tensor:
     """Mask (n, P) of the first ``counts`` (n,) slots (the hardest particles)."""
     return torch.arange(num_particles, device=counts.device)[None] < counts[:, None]
@@ -197,26 +211,30 @@ def generate(
 
     ``labels`` (n,) are the class indices for a class-conditional flow. With joint masking the
     flow samples (z, n + u) (`with_multiplicity`); with ``project`` (joint masking only) also
-    (log mass, sum pt_rel), onto which each jet is projected (`with_jet_observables`).
+    (log mass, sum pt_rel), onto which each jet is projected (`with_jet_observables`); and
+    last the condition of a conditional ConVAE's decoder (`with_condition`).
     """
     joint = masking.method in JOINT
     if project and not joint:
         raise UserError("projecting onto sampled jet observables needs masking 'joint'")
+    latent_dim, told = convae.config.latent_dim, len(convae.config.condition)
     extra = int(joint) + 2 * int(project)
-    if flow.features != convae.config.latent_dim + extra:
+    if flow.features != latent_dim + extra + told:
         raise UserError(
             f"the flow has {flow.features} features but the ConVAE's latent space has "
-            f"{convae.config.latent_dim}"
+            f"{latent_dim}"
             + (f" (+{extra} for the jet's n, mass, pt)" if extra else "")
+            + (f" (+{told} for its decoder's condition)" if told else "")
         )
     convae.eval()
     sample = flow.sample(n, context, labels, generator=generator)
-    z, jet = sample[:, : convae.config.latent_dim], sample[:, convae.config.latent_dim :]
+    z, jet = sample[:, :latent_dim], sample[:, latent_dim : latent_dim + extra]
+    condition = sample[:, latent_dim + extra :] if told else None
     counts = None
     if joint:  # undo the dequantization: floor, within 1..P
         counts = jet[:, 0].floor().clamp(1, convae.config.num_particles).long()
     particles, mask = to_jets(
-        convae.decode(z),
+        convae.decode(z, condition),
         normalization=normalization,
         masking=masking,
         labels=labels,

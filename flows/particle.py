@@ -33,8 +33,6 @@ and reported beside the flow's raw output.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,47 +40,13 @@ import torch
 from flows.models import Flow
 from jetflows.errors import UserError
 from jetflows.normalize import Normalization, fit_normalization
-from jetflows.physics import ETA, PHI, PT, d2, jet_observables, nsubjettiness
+from jetflows.physics import ETA, JET_QUANTITIES, PHI, PT, jet_observables
 
 PT_FLOOR = 1e-6  # log of pt_rel: real particles have pt_rel > 0; the floor guards the log
 
 
-def _log_mass(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # relative mass m / pT_jet from the particles (massless), logged: it spans decades
-    mass = jet_observables(particles, mask)["mass"]
-    return mass.clamp_min(1e-4).log()
-
-
-def _multiplicity(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return mask.sum(1).float()
-
-
-def _pt_sum(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # sum(pt_rel) of the kept particles: < 1 when a jet has more than P constituents
-    return (particles[..., PT] * mask).sum(1)
-
-
-def _tau_ratio(n: int, particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # tau_n / tau_(n-1) with exclusive-kT axes, 0 for a jet with too few particles (as the
-    # evaluation's); the substructure a set flow may be conditioned on, like the mass
-    tau = nsubjettiness(particles.double(), mask, n_max=n)
-    ratio = torch.where(tau[:, n - 2] > 0, tau[:, n - 1] / tau[:, n - 2].clamp_min(1e-300), 0.0)
-    return ratio.to(particles.dtype)
-
-
-def _d2(particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return d2(particles.double(), mask).to(particles.dtype)
-
-
-#: name -> jet-level observable (N,) from particles (N, P, 3) and mask (N, P).
-CONTEXTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mass": _log_mass,
-    "multiplicity": _multiplicity,
-    "pt_sum": _pt_sum,
-    "tau21": functools.partial(_tau_ratio, 2),
-    "tau32": functools.partial(_tau_ratio, 3),
-    "d2": _d2,
-}
+#: name -> jet-level observable (N,) (`jetflows.physics.JET_QUANTITIES`).
+CONTEXTS = JET_QUANTITIES
 #: what the jet flow always samples (a flow needs >= 2 features); other contexts are added
 JET_BASE = ("mass", "multiplicity")
 
@@ -304,7 +268,7 @@ def project_to_context(
     corrects ~1e-3).
     """
     if pt_sum is not None:
-        now = _pt_sum(particles, mask).clamp_min(1e-6)
+        now = JET_QUANTITIES["pt_sum"](particles, mask).clamp_min(1e-6)
         scale = (pt_sum / now).clamp(1 / RATIO_LIMIT, RATIO_LIMIT)[:, None]
         particles = torch.cat([particles[..., :PT], particles[..., PT:] * scale[..., None]], -1)
     axis = centroid(particles, mask)[:, None]  # (n, 1, 2)

@@ -16,7 +16,9 @@ same formulas, hence this module.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -440,3 +442,48 @@ def _tau(eta: Any, phi: Any, pt: Any, p4: Any, alive: Any, n: int) -> Any:
     deta = eta[:, :, None] - rap[:, None, :]
     dr = (deta**2 + wrap_phi(phi[:, :, None] - axis_phi[:, None, :]) ** 2).sqrt()
     return (pt * dr.min(-1).values).sum(-1)
+
+
+# ------------------------------------------------- jet-level quantities (torch), by name
+
+
+def _log_mass(particles: Any, mask: Any) -> Any:
+    # relative mass m / pT_jet from the particles (massless), logged: it spans decades
+    mass = jet_observables(particles, mask)["mass"]
+    return mass.clamp_min(1e-4).log()
+
+
+def _multiplicity(particles: Any, mask: Any) -> Any:
+    return mask.sum(1).float()
+
+
+def _pt_sum(particles: Any, mask: Any) -> Any:
+    # sum(pt_rel) of the kept particles: < 1 when a jet has more than P constituents
+    return (particles[..., PT] * mask).sum(1)
+
+
+def _tau_ratio(n: int, particles: Any, mask: Any) -> Any:
+    # tau_n / tau_(n-1) with exclusive-kT axes, 0 for a jet with too few particles (as the
+    # evaluation's); the substructure a set flow may be conditioned on, like the mass
+    import torch
+
+    tau = nsubjettiness(particles.double(), mask, n_max=n)
+    ratio = torch.where(tau[:, n - 2] > 0, tau[:, n - 1] / tau[:, n - 2].clamp_min(1e-300), 0.0)
+    return ratio.to(particles.dtype)
+
+
+def _d2(particles: Any, mask: Any) -> Any:
+    return d2(particles.double(), mask).to(particles.dtype)
+
+
+#: name -> jet-level observable (N,) from torch particles (N, P, 3) and mask (N, P): what the
+#: particle flows are conditioned on (`flows.particle.CONTEXTS`) and the ConVAE decoder is told
+#: (`convae.model.ConVAEConfig.condition`).
+JET_QUANTITIES: dict[str, Callable[[Any, Any], Any]] = {
+    "mass": _log_mass,
+    "multiplicity": _multiplicity,
+    "pt_sum": _pt_sum,
+    "tau21": functools.partial(_tau_ratio, 2),
+    "tau32": functools.partial(_tau_ratio, 3),
+    "d2": _d2,
+}

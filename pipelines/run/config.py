@@ -527,7 +527,10 @@ def to_yaml(config: Any) -> str:
 
 #: fields a config gained after runs were made with it: left out of a stage's digest while
 #: they hold their default, so that those runs' finished stages stay finished
-ADDED_FIELDS: dict[type, tuple[str, ...]] = {TrainConfig: ("ema",)}
+ADDED_FIELDS: dict[type, tuple[str, ...]] = {
+    TrainConfig: ("ema",),
+    ConVAEConfig: ("condition",),
+}
 
 
 def digest(*parts: Any) -> str:
@@ -541,7 +544,8 @@ def _digested(part: Any) -> Any:
     plain = to_dict(part)
     defaults = {f.name: f.default for f in dataclasses.fields(part)}
     for name in ADDED_FIELDS.get(type(part), ()):
-        if plain[name] == defaults[name]:
+        # the default as to_dict writes it (a tuple default is a list there)
+        if plain[name] == json.loads(json.dumps(defaults[name])):
             del plain[name]
     return plain
 

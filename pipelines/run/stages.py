@@ -223,6 +223,7 @@ def latent_data(
             z[-1] = latent.with_jet_observables(z[-1], x, m, generator=g)
         elif cfg.latent.masking in latent.JOINT:  # the flow samples each jet's n with its z
             z[-1] = latent.with_multiplicity(z[-1], m, generator=g)
+        z[-1] = latent.with_condition(z[-1], vae, x, m)  # and the decoder's condition, if any
     context = kinematics_contexts(parts, device) if cfg.latent.kinematics else (None, None)
     return (z[0], context[0], None), (z[1], context[1], None)
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from convae.model import ACTIVATIONS, DECODERS, ConVAE, ConVAEConfig
+from tests.conftest import prong_jets
 
 
 def _seed_parameter_count(n=50, latent=30, p=30, f=3, k=5, dense=1500):
@@ -86,6 +87,8 @@ def test_sampling_is_reproducible_with_a_generator():
         ({"num_particles": 10}, "do not fit 10 particles"),
         ({"latent_dim": 0}, "latent_dim must be >= 1"),
         ({"decoder": "sets"}, "unknown decoder .sets."),
+        ({"condition": ["width"]}, "convae.condition must name distinct jet quantities"),
+        ({"condition": ["tau32", "tau32"]}, "convae.condition must name distinct"),
     ],
 )
 def test_bad_configs(kwargs, match):
@@ -96,3 +99,26 @@ def test_bad_configs(kwargs, match):
 def test_wrong_input_shape():
     with pytest.raises(ValueError, match=r"shape \(B, 30, 3\)"):
         ConVAE(ConVAEConfig(n_filter=4, dense_width=32)).encode(torch.rand(2, 3, 30))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_conditional_decoder_reads_its_condition_and_refuses_to_go_without(decoder):
+    small = {"n_filter": 4, "dense_width": 32, "latent_dim": 5, "decoder": decoder}
+    model = ConVAE(ConVAEConfig(**small, condition=("tau21", "tau32")))
+    x, mask = prong_jets(6, seed=0)  # physical units, as the condition is computed
+    told = model.condition_of(x, mask)
+    assert told.shape == (6, 2) and ((told > 0) & (told < 1)).all()
+    assert ConVAE(ConVAEConfig(**small)).condition_of(x, mask) is None
+    z = torch.randn(6, 5)
+    assert not torch.allclose(model.decode(z, told), model.decode(z, told.flip(0)))
+    for bad in (None, told[:, :1]):
+        with pytest.raises(ValueError, match=r"told \['tau21', 'tau32'\]: a condition of shape"):
+            model.decode(z, bad)
+    with pytest.raises(ValueError, match="is told nothing"):
+        ConVAE(ConVAEConfig(**small)).decode(z, told)
+    recon, _, _ = model(torch.rand(6, 30, 3), told)
+    assert recon.shape == (6, 30, 3)
+    model.set_condition_scale(told)
+    torch.testing.assert_close(model.condition_mean, told.mean(0))
+    assert set(model.state_dict()) >= {"condition_mean", "condition_std"}
+    assert not {"condition_mean", "condition_std"} & set(ConVAE(ConVAEConfig(**small)).state_dict())

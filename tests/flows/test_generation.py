@@ -330,3 +330,29 @@ def test_substructure_contexts_are_the_evaluations_observables():
     for i, name in enumerate(("tau21", "tau32", "d2")):
         assert torch.allclose(rows[:, i].double(), torch.tensor(expected[name]), atol=1e-5)
     assert rows[:, 1].std() > 0.05  # not a constant
+
+
+def test_a_conditional_convae_is_told_the_ratios_the_flow_samples(top):
+    """The flow samples (z, n + u, log mass, sum pt, tau21, tau32); the decoder is told the
+    last two columns of each jet's own sample (a decoder told other values would draw other
+    prongs: `tests/convae/test_train.py`)."""
+    (x, m), _ = top
+    small = {"n_filter": 4, "dense_width": 16, "latent_dim": 5}
+    vae = ConVAE(ConVAEConfig(**small, condition=("tau21", "tau32")))
+    rows = latent.with_jet_observables(torch.zeros(len(x), 5), x, m)
+    rows = latent.with_condition(rows, vae, x, m)
+    assert rows.shape == (len(x), 10)
+    torch.testing.assert_close(rows[:, -2:], vae.condition_of(x, m))
+    assert torch.equal(latent.with_condition(rows, ConVAE(ConVAEConfig(**small)), x, m), rows)
+    flow = build_flow(FLOW, features=10)
+    told, decode = [], vae.decode
+    vae.decode = lambda z, condition=None: told.append(condition) or decode(z, condition)
+    joint = latent.Masking("joint")
+    g = torch.Generator().manual_seed(0)
+    particles, mask = latent.generate(flow, vae, 40, masking=joint, generator=g, project=True)
+    _check_jets(particles, mask, 40)
+    with torch.no_grad():
+        sampled = flow.sample(40, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(told[0], sampled[:, -2:])
+    with pytest.raises(ValueError, match=r"\+2 for its decoder's condition"):
+        latent.generate(build_flow(FLOW, features=8), vae, 3, masking=joint, project=True)

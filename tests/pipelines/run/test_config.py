@@ -120,6 +120,7 @@ def test_overrides_are_typed_and_nested():
         (["name=../elsewhere"], "must be a plain folder name"),
         (["convae.num_particles=150"], r"convae\.num_particles \(150\) must equal"),
         (["convae.num_features=4"], "convae.num_features must be 3"),
+        (["convae.condition=[tau32, width]"], "convae.condition must name distinct jet quan"),
         (["set_flow.steps=0"], "set_flow: steps must be a finite number >= 1"),
         (["set_flow.solver=dopri9"], "unknown set_flow.solver 'dopri9'"),
         (["set_flow.width=0"], "set_flow: width must be a finite number >= 1"),
@@ -180,17 +181,21 @@ def test_digest_changes_with_what_a_stage_depends_on():
     assert digest(a.flow) != digest(b.flow)
 
 
-def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default():
-    """Runs made before `TrainConfig.ema` existed keep their finished stages; setting it
-    makes a new stage."""
+@pytest.mark.parametrize(
+    ("part", "field", "value"),
+    [("flow_train", "ema", 0.999), ("convae", "condition", ("tau21", "tau32"))],
+)
+def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, field, value):
+    """Runs made before `TrainConfig.ema` or `ConVAEConfig.condition` existed keep their
+    finished stages; setting it makes a new stage."""
     from dataclasses import asdict, replace
 
     from pipelines.io import stable_hash
 
-    train = PipelineConfig().flow_train
-    before = {k: v for k, v in asdict(train).items() if k != "ema"}  # as such runs hashed it
-    assert digest(train) == stable_hash([before])
-    assert digest(replace(train, ema=0.999)) != digest(train)
+    config = getattr(PipelineConfig(), part)
+    before = {k: v for k, v in asdict(config).items() if k != field}  # as such runs hashed it
+    assert digest(config) == stable_hash([before])
+    assert digest(replace(config, **{field: value})) != digest(config)
 
 
 def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):

@@ -557,6 +557,26 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
     assert_one_line_error(capsys, bad, "--eta needs --pt")
 
 
+def test_a_conditional_convae_runs_through_the_pipeline_and_sample(tmp_path, data_dir):
+    """convae.condition: the flow samples the decoder's (tau21, tau32) with the latent, the
+    checkpoint keeps their scale, and `jetflows sample` draws from the stored models."""
+    cfg = _config(data_dir, "convae.condition=[tau21, tau32]", "name=told")
+    run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
+    vae = torch.load(run / "g" / "convae.pt", weights_only=False)
+    assert vae["model_config"]["condition"] in (["tau21", "tau32"], ("tau21", "tau32"))
+    scale = vae["best_state_dict"]["condition_mean"]
+    assert scale.shape == (2,) and ((scale > 0.1) & (scale < 1)).all()  # real jets' ratios
+    flow = torch.load(run / "g" / "flow.pt", weights_only=False)
+    latent_dim = cfg.convae.latent_dim
+    assert flow["features"] == latent_dim + 3 + 2  # z, n, mass, sum pt, tau21, tau32
+    assert "tau32" in json.loads((run / "g" / "reconstruction.json").read_text())["correlation"]
+    out = tmp_path / "told.hdf5"
+    argv = ["sample", "--n", "64", "--class", "g", "--run", str(run), "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    jets = read_jetnet_file(out)
+    assert jets.particles.shape == (64, 30, 3) and np.isfinite(jets.particles).all()
+
+
 def test_sigterm_to_sample_cleans_up_and_exits_143(tiny_run, tmp_path):
     """What a batch scheduler sends: the temporary file goes, one line, status 143."""
     import os

@@ -108,14 +108,20 @@ class ConVAELoss:
     precision: str = "fp32"
 
     def __call__(
-        self, model: ConVAE, x: torch.Tensor, mask: torch.Tensor
+        self,
+        model: ConVAE,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean loss over the batch and its terms. x: (B, P, F) physical, mask: (B, P)."""
+        """Mean loss over the batch and its terms. x: (B, P, F) physical, mask: (B, P);
+        condition (B, C): a conditional decoder's, computed here from x when not given."""
         c, norm = self.cfg, self.normalization
+        if condition is None:  # of the physical jet (reflections keep it)
+            condition = model.condition_of(x, mask)
         if c.reflect and model.training:
             x = self._reflect(x)
         seen = norm.transform(x, mask) if norm is not None else x
-        condition = model.condition_of(x, mask)  # of the physical jet (reflections keep it)
         # bf16: the network's matrix products in bfloat16 (autocast), the losses in float32
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             output, mean, logvar = model(seen, condition)
@@ -184,7 +190,7 @@ def fit(
     Arguments:
         model: a `ConVAE` (its weights are updated in place).
         train, valid: (particles, mask); particles in physical units (eta_rel, phi_rel,
-            pt_rel).
+            pt_rel). A conditional decoder's condition is computed once for every jet here.
         loss, config: `LossConfig`, `TrainConfig`.
         normalization: the map the network's input goes through (and its output comes back
             through) batch by batch; the losses compare physical particles, and it is stored
@@ -206,9 +212,11 @@ def fit(
         check_particles(x, mask, name)
     if resume is not None:
         check_state(resume, model.config)
-    elif model.config.condition:
+    if model.config.condition:  # once, not per batch: an exclusive-kT clustering costs
         with torch.no_grad():
-            model.set_condition_scale(_batched_condition(model, *train))
+            train, valid = ((*part, _batched_condition(model, *part)) for part in (train, valid))
+        if resume is None:
+            model.set_condition_scale(train[2])
     gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
     describe = {
         "model_config": asdict(model.config),

@@ -16,7 +16,9 @@ generation's spread, COV and W1 ratios against the truth floor (>= 1,000 vs 1,00
         --set loss.particle=emd_sinkhorn --name sinkhorn
 
 Pythia jets come from the chunk cache (generated once). Results: runs/<name>/<class>/
-reconstruction.json, metrics.json, report.md and plots/.
+reconstruction.json, metrics.json, report.md and plots/. ``--read RUN ...`` trains nothing: it
+prints the same rows from finished runs (e.g. ``jetflows pipeline --config
+configs/standard.yaml`` runs made side by side, one per process).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
+from pathlib import Path
 
 import torch
 from common import cpu_model
@@ -105,6 +109,22 @@ def run(size: str, variant: str, classes: list[str], args: argparse.Namespace) -
     return out
 
 
+def read(runs: list[str]) -> None:
+    """Print a row per class of each finished run (its reconstruction.json and metrics.json;
+    the ConVAE's training time from its pipeline.log)."""
+    for name in runs:
+        run_dir = Path(name)
+        log = (run_dir / "pipeline.log").read_text() if (run_dir / "pipeline.log").exists() else ""
+        for d in sorted(p for p in run_dir.iterdir() if (p / "reconstruction.json").is_file()):
+            took = re.findall(rf"{d.name}: convae done in ([\d.]+) s", log)
+            r = {
+                "seconds": float(took[-1]) if took else float("nan"),
+                "reconstruction": json.loads((d / "reconstruction.json").read_text()),
+                "metrics": json.loads((d / "metrics.json").read_text()),
+            }
+            print(row(run_dir.name, "read", d.name, r), flush=True)
+
+
 def row(size: str, variant: str, c: str, r: dict) -> str:
     rec, m = r["reconstruction"], r["metrics"]["metrics"]
     subs = ("tau21", "tau32", "d2")
@@ -137,6 +157,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="more config overrides")
     parser.add_argument("--root", default="runs")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--read", nargs="+", default=None, help="finished runs: print only")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("JETFLOWS_THREADS", torch.get_num_threads())))
     print(f"CPU: {cpu_model()}, torch threads: {torch.get_num_threads()}", flush=True)
@@ -147,9 +168,12 @@ def main() -> None:
         "| size | variant | class | EMD ratio | r(mass) | r(tau21/tau32/D2) "
         "| rec. W1 tau21/tau32/D2 (x floor) | tau32 median in / rec | rec. spread eta/phi/pt "
         "| gen. spread eta/phi/pt | COV (floor, ratio) | W1M | W1P | W1EFP (x floor) "
-        "| gen. tau21/tau32/D2 (x floor) | jets | s |\n" + "|---" * 18 + "|",
+        "| gen. tau21/tau32/D2 (x floor) | jets | s |\n" + "|---" * 17 + "|",
         flush=True,
     )
+    if args.read:  # "size" is the run's name, "s" the ConVAE's training time
+        read(args.read)
+        return
     for variant in variants:
         for c, r in run(args.size, variant, args.classes.split(","), args).items():
             print(row(args.size, variant, c, r), flush=True)

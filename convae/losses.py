@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from jetflows.errors import UserError
-from jetflows.physics import jet_observables, kt_members, tau_given_members
+from jetflows.physics import d2, jet_observables, kt_members, tau_given_members
 
 Loss = Callable[..., torch.Tensor]
 
@@ -331,6 +331,26 @@ def substructure_terms(
     ratios = differentiable_tau_ratios(clouds, masks)  # in float64
     target, got = ratios[: len(x)].detach(), ratios[len(x) :]
     return ((got - target) ** 2).sum(1).to(y.dtype)
+
+
+def d2_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask_x: torch.Tensor | None = None,
+    mask_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(log D2 - log D2^)^2 per jet (B,): how spread the radiation between the prongs is.
+
+    The tau ratios count a jet's hard subjets; D2 = e3 / e2^3 (`jetflows.physics.d2`) also
+    weighs the soft radiation around them, which a reconstruction pulled onto clean prongs
+    loses (generated top D2 too low). D2 is a smooth sum over particle pairs and triples, so
+    its gradient reaches every particle of y (B, Q, 3) directly; logged because its tail
+    spans decades. A jet whose D2 is undefined (< 2 particles) counts as D2 = 1e-3.
+    """
+    mask_x, mask_y = _masks(x, y, mask_x, mask_y)
+    target = d2(x.detach().double(), mask_x).clamp_min(1e-3).log()
+    got = d2(y.double(), mask_y).clamp_min(1e-3).log()
+    return ((got - target) ** 2).to(y.dtype)
 
 
 def default_gamma_2(x: torch.Tensor, mask: torch.Tensor | None = None) -> float:

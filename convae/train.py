@@ -49,6 +49,9 @@ class LossConfig:
         gamma_tau: weight of the substructure jet terms, (tau21 - tau21^)^2 + (tau32 -
             tau32^)^2 (`losses.substructure_terms`): the prong count, as the mass term is the
             size. 0 (default) leaves them out (they cost an exclusive-kT clustering per batch).
+        gamma_d2: weight of the D2 jet term, (log D2 - log D2^)^2 (`losses.d2_terms`): the
+            radiation between the prongs, which strong tau terms pull onto clean prongs.
+            0 (default) leaves it out.
         space: where the particle term is computed: "physical" units (eta, phi, pt_rel) or the
             "normalized" features the network sees. The jet terms are always physical.
         feature_weights: (eta, phi, pt) multipliers of the features inside the particle term:
@@ -67,6 +70,7 @@ class LossConfig:
     gamma_1: float = 1.0
     gamma_2: float | None = None
     gamma_tau: float = 0.0
+    gamma_d2: float = 0.0
     space: str = "physical"
     feature_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     reflect: bool = False
@@ -90,7 +94,7 @@ class LossConfig:
             raise UserError(
                 f"unknown weighting {self.weighting!r}: use one of {sorted(L.WEIGHTINGS)}"
             )
-        require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2", "gamma_tau"))
+        require(self, ("alpha", "beta", "gamma", "gamma_1", "gamma_2", "gamma_tau", "gamma_d2"))
 
 
 @dataclass
@@ -146,6 +150,9 @@ class ConVAELoss:
         if c.gamma_tau:
             terms["substructure"] = L.substructure_terms(x, recon, mask, mask)
             jet = jet + c.gamma_tau * terms["substructure"]
+        if c.gamma_d2:
+            terms["d2"] = L.d2_terms(x, recon, mask, mask)
+            jet = jet + c.gamma_d2 * terms["d2"]
         total = L.WEIGHTINGS[c.weighting](
             terms["particle"], jet, terms["kl"], alpha=c.alpha, beta=c.beta
         )

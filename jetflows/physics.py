@@ -184,7 +184,10 @@ def d2(particles: Array, mask: Array | None = None, *, beta: float = 1.0) -> Arr
     z = pt / _safe(pt.sum(-1))[..., None]  # (N, P)
     deta = particles[..., :, None, ETA] - particles[..., None, :, ETA]  # (N, P, P)
     dphi = wrap_phi(particles[..., :, None, PHI] - particles[..., None, :, PHI])
-    r = (deta**2 + dphi**2) ** (0.5 * beta)  # (N, P, P), zero on the diagonal
+    squared = deta**2 + dphi**2
+    # zero on the diagonal, where R^beta's derivative is infinite: kept out of the power so
+    # a gradient through D2 (a loss term, `convae.losses.d2_terms`) stays finite
+    r = xp.where(squared > 0, squared.clip(min=1e-30) ** (0.5 * beta), 0.0)  # (N, P, P)
     # full sums over ordered pairs / triples: 2 e2 and 6 e3 (repeated indices carry R_ii = 0)
     pairs = z[..., :, None] * z[..., None, :] * r  # (N, P, P): z_i z_j R_ij
     e2 = pairs.sum((-2, -1)) / 2

@@ -530,6 +530,7 @@ def to_yaml(config: Any) -> str:
 ADDED_FIELDS: dict[type, tuple[str, ...]] = {
     TrainConfig: ("ema",),
     ConVAEConfig: ("condition",),
+    LossConfig: ("gamma_d2",),
 }
 
 

@@ -164,6 +164,29 @@ def test_substructure_gradient_matches_finite_differences():
     torch.testing.assert_close(y.grad, numeric, rtol=1e-4, atol=1e-6)
 
 
+def test_d2_terms_are_zero_on_the_input_and_see_the_radiation_between_prongs():
+    x, y, mask = _clouds(n=40)
+    assert L.d2_terms(x, x, mask, mask).max() < 1e-12
+    assert L.d2_terms(x, x.flip(1), mask, mask.flip(1)).max() < 1e-12  # a set function
+    assert (L.d2_terms(x, y, mask, mask)[mask.sum(1) >= 3] > 0).all()
+    two, _ = prong_jets(20, seed=0, prongs=2, per_prong=4)
+    # the same two-prong jets with a soft particle between the prongs: D2 grows
+    soft = torch.cat([two, torch.tensor([[0.0, 0.0, 0.05]]).expand(20, 1, 3)], 1)
+    assert (L.d2_terms(two.double(), soft.double()) > 1e-3).all()
+
+
+def test_d2_terms_gradient_matches_finite_differences():
+    """Also on the diagonal of the pair distances, where R^beta's own derivative is
+    infinite (`jetflows.physics.d2` keeps it out of the power)."""
+    x, _, mask = _clouds(seed=5, n=3, p=6)
+    gen = torch.Generator().manual_seed(5)
+    y = (x + 0.05 * torch.randn(x.shape, generator=gen, dtype=torch.float64)) * mask[..., None]
+    y = y.abs().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: L.d2_terms(x, y, mask, mask), (y,))
+    L.d2_terms(x, y, mask, mask).sum().backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().max() > 1e-3
+
+
 def test_substructure_gradients_stay_finite_on_float32_outliers():
     """A decoder early in training emits wide jets, negative pts and jets of one or two
     particles: the terms and their gradients stay finite (float32 once lost E - pz at

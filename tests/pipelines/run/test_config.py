@@ -107,6 +107,7 @@ def test_overrides_are_typed_and_nested():
         (["flow_train.lr=0"], r"flow_train: lr must be a finite number > 0"),
         (["loss.feature_weights=[1, .nan, 1]"], r"feature_weights\[1\]: expected a finite"),
         (["loss.beta=-1"], "loss: beta must be a finite number >= 0"),
+        (["loss.gamma_d2=-1"], "loss: gamma_d2 must be a finite number >= 0"),
         (["convae_train.patience=-1"], "patience must be a finite number >= 0"),
         (["flow_train.clip_norm=0"], "clip_norm must be a finite number > 0"),
         (["flow.tail_bound=0"], "tail_bound must be a finite number > 0"),
@@ -183,7 +184,11 @@ def test_digest_changes_with_what_a_stage_depends_on():
 
 @pytest.mark.parametrize(
     ("part", "field", "value"),
-    [("flow_train", "ema", 0.999), ("convae", "condition", ("tau21", "tau32"))],
+    [
+        ("flow_train", "ema", 0.999),
+        ("convae", "condition", ("tau21", "tau32")),
+        ("loss", "gamma_d2", 1.0),
+    ],
 )
 def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, field, value):
     """Runs made before `TrainConfig.ema` or `ConVAEConfig.condition` existed keep their

@@ -58,9 +58,10 @@ class ConVAEConfig:
         condition: jet quantities (names in `jetflows.physics.JET_QUANTITIES`: tau21, tau32,
             d2, mass ...) the decoder is told beside the latent vector, computed from the input
             jet (`ConVAE.condition_of`): a conditional VAE. Empty (default): the paper's model.
-            A latent of 16 holds a jet's tau32 only to r 0.76 (an MLP probe on the shipped
-            top ConVAE), so the decoder cannot place three prongs it is not told of; told,
-            it can, and the two-stage flow samples these quantities with the latent.
+            A latent of 16 holds a jet's tau32 only to r 0.74 (an MLP probe on the shipped
+            top ConVAE, `benchmarks/latent_probe.py`), so the decoder cannot place three
+            prongs it is not told of; told, it can, and the two-stage flow samples these
+            quantities with the latent.
     """
 
     num_particles: int = 30

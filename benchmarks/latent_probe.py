@@ -5,7 +5,9 @@ The probe (two hidden layers of 256, GELU, Adam, 60 epochs) is fitted on the pos
 the run's training jets and scored on its held-out test jets (the split of its config), beside
 the same correlation of the decoded jets (`convae.diagnostics.reconstruct`). A probe that
 recovers an observable no better than the decoder says the latent lacks it: no decoder or
-loss can then reconstruct it, and the decoder has to be told it (`convae.condition`).
+loss can then reconstruct it, and the decoder has to be told it (`convae.condition`). For a
+conditional ConVAE the decoded column is told the input's own ratios, so it is no longer a
+bound the latent sets: there the probe says how much of them the latent still carries.
 
     python benchmarks/latent_probe.py --run runs/standard --classes t
 """
@@ -37,6 +39,7 @@ def observables(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson r of two (N,) tensors."""
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
@@ -73,7 +76,8 @@ def class_rows(run: Path, jet_class: str, epochs: int) -> list[str]:
     with torch.no_grad():
         z, tz = (vae.encode(norm.transform(a, b))[0] for a, b in ((x, m), (tx, tm)))
     y, ty = observables(x, m), observables(tx, tm)
-    z_mean, z_std, y_mean, y_std = z.mean(0), z.std(0), y.mean(0), y.std(0)
+    z_mean, z_std = z.mean(0), z.std(0).clamp_min(1e-6)  # a collapsed dimension: constant
+    y_mean, y_std = y.mean(0), y.std(0)
     net = probe((z - z_mean) / z_std, (y - y_mean) / y_std, epochs, seed=0)
     with torch.no_grad():
         guessed = net((tz - z_mean) / z_std) * y_std + y_mean

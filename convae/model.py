@@ -209,8 +209,11 @@ class ConVAE(nn.Module):
 
     def set_condition_scale(self, condition: torch.Tensor) -> None:
         """Standardize the decoder's condition by that of the training jets (N, C)."""
+        if not self.config.condition:
+            raise UserError("this ConVAE's decoder is told nothing: it has no condition scale")
         self.condition_mean.copy_(condition.mean(0))
-        self.condition_std.copy_(condition.std(0).clamp_min(1e-6))
+        std = condition.std(0) if len(condition) > 1 else torch.ones_like(condition[0])
+        self.condition_std.copy_(std.clamp_min(1e-6))
 
     def _told(self, z: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         """(z, standardized condition) (B, latent_dim + C): what the decoder reads."""
@@ -225,7 +228,9 @@ class ConVAE(nn.Module):
             )
         if condition is None:
             return z
-        scaled = (condition.to(z) - self.condition_mean) / self.condition_std
+        # standardized in the scale's float32 (z may be bf16 under autocast), then cast
+        told = condition.to(device=z.device, dtype=self.condition_mean.dtype)
+        scaled = ((told - self.condition_mean) / self.condition_std).to(z.dtype)
         return torch.cat([z, scaled], 1)
 
     def decode(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -219,6 +219,7 @@ def fit(
         check_particles(x, mask, name)
     if resume is not None:
         check_state(resume, model.config)
+        resume = _with_added_fields(resume)
     if model.config.condition:  # once, not per batch: an exclusive-kT clustering costs
         with torch.no_grad():
             train, valid = ((*part, _batched_condition(model, *part)) for part in (train, valid))
@@ -246,8 +247,18 @@ def fit(
     )
 
 
+def _with_added_fields(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configs with the fields added since it was written at their defaults
+    (what it was trained with), so that an interrupted older training still resumes."""
+    return {
+        **state,
+        "model_config": asdict(ConVAEConfig(**state["model_config"])),
+        "loss_config": asdict(LossConfig(**state["loss_config"])),
+    }
+
+
 def _batched_condition(
-    model: ConVAE, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 4096
+    model: ConVAE, x: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 4096
 ) -> torch.Tensor:
     """The decoder's condition (N, C) of jets x (N, P, F) physical, mask (N, P)."""
     parts = zip(x.split(batch_size), mask.split(batch_size), strict=True)

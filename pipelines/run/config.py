@@ -540,14 +540,18 @@ def digest(*parts: Any) -> str:
 
 
 def _digested(part: Any) -> Any:
+    """``part`` as `to_dict` writes it, less every field added later (`ADDED_FIELDS`) that holds
+    its default, in nested configs too (a study's cell digests a whole `TwoStageConfig`)."""
     if not dataclasses.is_dataclass(part):
         return part
     plain = to_dict(part)
-    defaults = {f.name: f.default for f in dataclasses.fields(part)}
-    for name in ADDED_FIELDS.get(type(part), ()):
-        # the default as to_dict writes it (a tuple default is a list there)
-        if plain[name] == json.loads(json.dumps(defaults[name])):
-            del plain[name]
+    added = ADDED_FIELDS.get(type(part), ())
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        if f.name in added and value == f.default:  # compared as built (a tuple stays a tuple)
+            del plain[f.name]
+        elif dataclasses.is_dataclass(value):
+            plain[f.name] = _digested(value)
     return plain
 
 

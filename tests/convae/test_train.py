@@ -97,6 +97,20 @@ def test_resume_after_a_crash_continues_exactly(data, tmp_path, reflect):
     )
 
 
+def test_an_interrupted_training_from_before_added_fields_still_resumes(data):
+    """A last.pt written before `ConVAEConfig.condition` and `LossConfig.gamma_d2` existed:
+    the fields had their defaults then, so its training resumes (it restarted from scratch)."""
+    states = []
+    _fit(data, epochs=2, on_epoch=lambda epoch, row, state: states.append(state))
+    older = {
+        **states[0],
+        "model_config": {k: v for k, v in states[0]["model_config"].items() if k != "condition"},
+        "loss_config": {k: v for k, v in states[0]["loss_config"].items() if k != "gamma_d2"},
+    }
+    _, resumed = _fit(data, epochs=2, resume=older)
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+
+
 def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
     model, result = _fit(data, epochs=2)
     path = save_checkpoint(tmp_path / "c.pt", result.state)

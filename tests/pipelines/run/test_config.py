@@ -193,14 +193,33 @@ def test_digest_changes_with_what_a_stage_depends_on():
 def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, field, value):
     """Runs made before `TrainConfig.ema` or `ConVAEConfig.condition` existed keep their
     finished stages; setting it makes a new stage."""
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from pipelines.io import stable_hash
+    from pipelines.run.config import to_dict
 
     config = getattr(PipelineConfig(), part)
-    before = {k: v for k, v in asdict(config).items() if k != field}  # as such runs hashed it
+    before = {k: v for k, v in to_dict(config).items() if k != field}  # as such runs hashed it
     assert digest(config) == stable_hash([before])
     assert digest(replace(config, **{field: value})) != digest(config)
+
+
+def test_added_fields_leave_a_whole_two_stage_configs_digest_as_it_was():
+    """A study's or a digits cell's key digests a whole `TwoStageConfig`: its nested configs'
+    added fields at their defaults stay out too."""
+    from pipelines.io import stable_hash
+    from pipelines.run.config import TwoStageConfig, to_dict
+
+    whole = TwoStageConfig.of(PipelineConfig())
+    before = to_dict(whole)
+    for part, field in [
+        ("convae_train", "ema"),
+        ("flow_train", "ema"),
+        ("convae", "condition"),
+        ("loss", "gamma_d2"),
+    ]:
+        del before[part][field]
+    assert digest(whole) == stable_hash([before])
 
 
 def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):

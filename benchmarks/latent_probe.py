@@ -22,7 +22,7 @@ import torch
 from common import machine_line
 
 from convae.diagnostics import reconstruct
-from jetflows.physics import d2, tau_ratios
+from jetflows.physics import jet_quantities
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.run.checkpoints import load_checkpoint
 from pipelines.run.config import load_config
@@ -33,9 +33,8 @@ NAMES = ("tau21", "tau32", "log D2")
 
 def observables(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N, 3): tau21, tau32, log D2 of particles (N, P, 3)."""
-    taus = tau_ratios(x, mask).float()
-    logd2 = torch.as_tensor(d2(x, mask)).float().clamp_min(1e-3).log()
-    return torch.cat([taus, logd2[:, None]], 1)
+    rows = jet_quantities(x, mask, ("tau21", "tau32", "d2")).float()
+    return torch.cat([rows[:, :2], rows[:, 2:].clamp_min(1e-3).log()], 1)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from torch import nn
 
 from jetflows.errors import UserError
 from jetflows.normalize import Normalization
-from jetflows.physics import JET_QUANTITIES, PT, sort_by_pt
+from jetflows.physics import JET_QUANTITIES, PT, jet_quantities, sort_by_pt
 
 #: Activations the research code's tuning searched over.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -204,8 +204,7 @@ class ConVAE(nn.Module):
         -> (B, len(condition)) raw quantities (float32), or None for an unconditional model."""
         if not self.config.condition:
             return None
-        rows = [JET_QUANTITIES[name](particles, mask) for name in self.config.condition]
-        return torch.stack(rows, 1).float()
+        return jet_quantities(particles, mask, self.config.condition).float()
 
     def set_condition_scale(self, condition: torch.Tensor) -> None:
         """Standardize the decoder's condition by that of the training jets (N, C)."""
@@ -218,13 +217,12 @@ class ConVAE(nn.Module):
     def _told(self, z: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         """(z, standardized condition) (B, latent_dim + C): what the decoder reads."""
         want = len(self.config.condition)
-        if (condition is None) != (want == 0) or (
-            condition is not None and condition.shape != (len(z), want)
-        ):
-            got = None if condition is None else tuple(condition.shape)
+        expected = (len(z), want) if want else None
+        got = None if condition is None else tuple(condition.shape)
+        if got != expected:
             raise UserError(
                 f"this ConVAE's decoder is told {list(self.config.condition) or 'nothing'}: "
-                f"a condition of shape {(len(z), want) if want else None} is needed, got {got}"
+                f"a condition of shape {expected} is needed, got {got}"
             )
         if condition is None:
             return z

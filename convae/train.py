@@ -222,7 +222,7 @@ def fit(
         resume = _with_added_fields(resume)
     if model.config.condition:  # once, not per batch: an exclusive-kT clustering costs
         with torch.no_grad():
-            train, valid = ((*part, _batched_condition(model, *part)) for part in (train, valid))
+            train, valid = ((*part, model.condition_of(*part)) for part in (train, valid))
         if resume is None:
             model.set_condition_scale(train[2])
     gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
@@ -255,14 +255,6 @@ def _with_added_fields(state: dict[str, Any]) -> dict[str, Any]:
         "model_config": asdict(ConVAEConfig(**state["model_config"])),
         "loss_config": asdict(LossConfig(**state["loss_config"])),
     }
-
-
-def _batched_condition(
-    model: ConVAE, x: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 4096
-) -> torch.Tensor:
-    """The decoder's condition (N, C) of jets x (N, P, F) physical, mask (N, P)."""
-    parts = zip(x.split(batch_size), mask.split(batch_size), strict=True)
-    return torch.cat([model.condition_of(a, b) for a, b in parts])
 
 
 def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> None:

@@ -40,7 +40,7 @@ import torch
 from flows.models import Flow
 from jetflows.errors import UserError
 from jetflows.normalize import Normalization, fit_normalization
-from jetflows.physics import ETA, JET_QUANTITIES, PHI, PT, jet_observables
+from jetflows.physics import ETA, JET_QUANTITIES, PHI, PT, jet_observables, jet_quantities
 
 PT_FLOOR = 1e-6  # log of pt_rel: real particles have pt_rel > 0; the floor guards the log
 
@@ -146,8 +146,8 @@ def _log_pt(particles: torch.Tensor) -> torch.Tensor:
 def jet_context(
     particles: torch.Tensor, mask: torch.Tensor, names: tuple[str, ...] = tuple(CONTEXTS)
 ) -> torch.Tensor:
-    """Raw jet-level rows (N, len(names)) of particles (N, P, 3)."""
-    return torch.stack([CONTEXTS[name](particles, mask) for name in names], 1)
+    """Raw jet-level rows (N, len(names)) of particles (N, P, 3) (`jet_quantities`)."""
+    return jet_quantities(particles, mask, names)
 
 
 def _columns(target: ParticleTarget) -> list[int]:

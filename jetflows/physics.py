@@ -251,10 +251,14 @@ def tau_ratios(particles: Any, mask: Any | None = None) -> Any:
     Returns:
         (N, 2): tau21, tau32; 0 where the denominator is 0 (a jet with too few particles).
     """
+    return _ratios(nsubjettiness(particles, mask, n_max=3))
+
+
+def _ratios(tau: Any) -> Any:
+    """tau (N, n) torch -> (N, n - 1): tau_k / tau_(k-1), 0 where the denominator is 0."""
     import torch
 
-    tau = nsubjettiness(particles, mask, n_max=3)
-    return torch.where(tau[:, :2] > 0, tau[:, 1:] / tau[:, :2].clamp_min(1e-300), 0.0)
+    return torch.where(tau[:, :-1] > 0, tau[:, 1:] / tau[:, :-1].clamp_min(1e-300), 0.0)
 
 
 def kt_axes(particles: Any, mask: Any | None = None, *, n: int = 3) -> Any:
@@ -467,12 +471,9 @@ def _pt_sum(particles: Any, mask: Any) -> Any:
 
 def _tau_ratio(n: int, particles: Any, mask: Any) -> Any:
     # tau_n / tau_(n-1) with exclusive-kT axes, 0 for a jet with too few particles (as the
-    # evaluation's); the substructure a set flow may be conditioned on, like the mass
-    import torch
-
+    # evaluation's `tau_ratios`), clustering only up to n
     tau = nsubjettiness(particles.double(), mask, n_max=n)
-    ratio = torch.where(tau[:, n - 2] > 0, tau[:, n - 1] / tau[:, n - 2].clamp_min(1e-300), 0.0)
-    return ratio.to(particles.dtype)
+    return _ratios(tau)[:, n - 2].to(particles.dtype)
 
 
 def _d2(particles: Any, mask: Any) -> Any:
@@ -490,3 +491,11 @@ JET_QUANTITIES: dict[str, Callable[[Any, Any], Any]] = {
     "tau32": functools.partial(_tau_ratio, 3),
     "d2": _d2,
 }
+
+
+def jet_quantities(particles: Any, mask: Any, names: tuple[str, ...]) -> Any:
+    """Jet-level rows (N, len(names)) of torch particles (N, P, 3), mask (N, P): the
+    `JET_QUANTITIES` named, as columns in that order."""
+    import torch
+
+    return torch.stack([JET_QUANTITIES[name](particles, mask) for name in names], 1)

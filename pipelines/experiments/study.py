@@ -63,6 +63,7 @@ from pipelines.run.config import (
     TwoStageConfig,
     based_config,
     check_name,
+    class_tree,
     digest,
     pipeline_config,
 )
@@ -312,7 +313,7 @@ def _class_cells(
     parts = None
     cells = {}
     for loss in study.losses:
-        cfg = cell_config(base, loss)
+        cfg = cell_config(class_tree(base, jet_class), loss)
         # what makes this cell: its data and its model (not the other losses)
         models = TwoStageConfig.of(cfg)
         key = digest(cfg.data, models, jet_class, study.n_jets, study.image_bins)

@@ -46,6 +46,7 @@ from pipelines.run.config import (
     based_config,
     build,
     check_name,
+    class_tree,
     digest,
     pipeline_config,
     to_yaml,
@@ -154,7 +155,10 @@ class TuneConfig:
 def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
     """The tuning config and the base pipeline tree (checked: every space key must exist)."""
     cfg, base = based_config(path, TuneConfig, "tuning config")
-    target = pipeline_config(base, {}).target  # the base itself must be valid
+    pipeline_config(base, {})  # the base itself must be valid, every class's entry included
+    # the tuned class's own settings, under the trial's values (a trial value must win)
+    base = class_tree(base, cfg.jet_class)
+    target = pipeline_config(base, {}).target
     if not cfg.space:
         space = {k: build(Param, dict(v), k) for k, v in GENERATORS[target].space.items()}
         cfg = dataclasses.replace(cfg, space=space)

@@ -295,6 +295,9 @@ class PipelineConfig:
         calibrate: sampling options chosen per class on the validation jets (cloud target).
         device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
             generation; not part of any stage's identity, so a run may continue elsewhere.
+        per_class: settings of one class only, {class: {dotted key: value}} with the keys of
+            ``--set`` (``{t: {loss.gamma_tau: 20}}``); `for_class` applies them. A class's
+            stages are keyed on its own settings, so another class's entry retrains nothing.
     """
 
     name: str = "quickstart"
@@ -314,9 +317,11 @@ class PipelineConfig:
     set_flow: SetFlowConfig = SetFlowConfig()
     evaluate: EvalConfig = EvalConfig(fpnd=False)
     calibrate: CalibrateConfig = CalibrateConfig()
+    per_class: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_device(self.device, self.normalization)
+        object.__setattr__(self, "per_class", _checked_per_class(self))
         if self.target not in TARGETS:
             raise UserError(f"unknown target {self.target!r}: use one of {TARGETS}")
         if not self.classes:
@@ -375,10 +380,59 @@ class PipelineConfig:
                 raise UserError(f"calibrate.settings {setting}: {err}") from None
             _check_guided(flow, f"calibrate.settings {setting} guides")
 
+    def for_class(self, jet_class: str) -> PipelineConfig:
+        """The settings class ``jet_class`` runs with: this config with its ``per_class``
+        entry applied, and ``per_class`` emptied (another class's entry is not part of it)."""
+        if not self.per_class:
+            return self
+        return build(PipelineConfig, class_tree(to_dict(self), jet_class))
+
     @property
     def kinematics(self) -> bool:
         """Whether the target's generator is conditioned on each jet's (log pt, eta)."""
         return self.latent.kinematics if self.target == "latent" else self.particle.kinematics
+
+
+#: top-level keys a class cannot set for itself: they name the run, not a class's model
+_RUN_KEYS = ("name", "classes", "per_class")
+
+
+def _checked_per_class(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """``cfg.per_class`` keyed by canonical class names, once each class's config is known to
+    build (an unknown class, key or value is one UserError naming it)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not cfg.per_class:
+        return out
+    for name, settings in cfg.per_class.items():
+        try:
+            jet_class = canonical_class(name)
+        except ValueError as err:
+            raise UserError(f"per_class: {err}") from None
+        if jet_class in out:
+            raise UserError(f"per_class names class {jet_class} twice ({name!r})")
+        for key, value in settings.items():
+            if key.split(".")[0] in _RUN_KEYS or "=" in key:
+                raise UserError(f"per_class.{name}: {key!r} cannot be set per class")
+            if isinstance(value, dict):  # it would replace the whole section, defaults and all
+                raise UserError(
+                    f"per_class.{name}: give {key} as dotted keys ({key}.field: value), "
+                    "not as a section"
+                )
+        out[jet_class] = settings
+    tree = {**to_dict(cfg), "per_class": out}
+    for jet_class in out:
+        build(PipelineConfig, class_tree(tree, jet_class), f"per_class.{jet_class}")
+    return out
+
+
+def class_tree(tree: dict[str, Any], jet_class: str) -> dict[str, Any]:
+    """A pipeline config tree with its ``per_class`` entry for ``jet_class`` applied (the
+    entry's keys may name the class by an alias) and ``per_class`` removed."""
+    per_class = tree.get("per_class") or {}
+    entries = [v for k, v in per_class.items() if canonical_class(k) == jet_class]
+    values = entries[0] if entries else {}
+    tree = {k: v for k, v in tree.items() if k != "per_class"}
+    return with_values(tree, values)
 
 
 # --------------------------------------------------------------------------------- building
@@ -590,7 +644,12 @@ def pipeline_config(
 ) -> Any:
     """The base tree with ``values`` ({dotted key: value}) applied, built strictly as ``cls``
     (`PipelineConfig`, or a part of it such as `TwoStageConfig`)."""
-    tree = json.loads(json.dumps(base))
+    return build(cls, with_values(base, values))
+
+
+def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of config tree ``tree`` with ``values`` ({dotted key: value}) set."""
+    tree = json.loads(json.dumps(tree))
     for key, value in values.items():
         set_value(tree, f"{key}={json.dumps(value)}")
-    return build(cls, tree)
+    return tree

@@ -487,7 +487,7 @@ def run_pipeline(
     """
     classes = tuple(canonical_class(c) for c in classes) if classes else cfg.classes
     for jet_class in classes:  # a missing or short JetNet file fails before anything is written
-        jetnet_source(cfg, jet_class)
+        jetnet_source(cfg.for_class(jet_class), jet_class)
     run = Path(root) / cfg.name
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
@@ -547,7 +547,8 @@ def _run_classes(
             if progress and main:
                 print(f"== {cfg.name}: class {jet_class} ({i + 1}/{len(classes)})", flush=True)
             LOG.info("%s: class %s (%d process(es))", cfg.name, jet_class, rank_world()[1])
-            results[jet_class] = run_class(cfg, jet_class, run / jet_class, progress=progress)
+            mine = cfg.for_class(jet_class)
+            results[jet_class] = run_class(mine, jet_class, run / jet_class, progress=progress)
         failed = False
     finally:
         LOG.removeHandler(handler)
@@ -559,7 +560,14 @@ def _run_classes(
     results = _every_class(cfg, run, results)
     write_json(run / "summary.json", {c: r["metrics"] for c, r in results.items()})
     figure = summary_figure(results, SUMMARY_FIGURE, run / "summary.png")
+    own = "".join(
+        f"- class {c} ran with {', '.join(f'{k}={v}' for k, v in cfg.per_class[c].items())}\n"
+        for c in results
+        if cfg.per_class.get(c)
+    )
+    own = f"\n## Settings of one class (per_class)\n\n{own}" if own else ""
     write_text(
-        run / "summary.md", summary_markdown(cfg.name, results) + f"\n![summary]({figure.name})\n"
+        run / "summary.md",
+        summary_markdown(cfg.name, results) + f"{own}\n![summary]({figure.name})\n",
     )
     return run

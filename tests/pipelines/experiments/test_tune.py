@@ -26,7 +26,7 @@ from pipelines.experiments.tune import (
     tune,
     with_installed_driver,
 )
-from pipelines.run.config import load_config
+from pipelines.run.config import load_config, pipeline_config
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[3]
@@ -418,3 +418,12 @@ def test_a_set_flow_study_searches_its_generators_default_space(tmp_path, data_d
     trials = _study(tmp_path / "tune").get_trials(states=FINISHED)
     assert len(trials) == 2 and all(set(t.params) == set(cfg.space) for t in trials)
     assert all(t.value is not None and t.value > 0 for t in trials)
+
+
+def test_the_tuned_class_s_own_settings_are_its_base_and_a_trial_value_wins(tmp_path, data_dir):
+    """A base's per_class entry for the tuned class is part of every trial (flow.bins 4), a
+    trial's value beats it (convae_train.lr), and another class's entry plays no part."""
+    sets = "per_class={gluon: {flow.bins: 4, convae_train.lr: 0.5}, t: {flow.bins: 6}}"
+    _, base = load_tune_config(_write(tmp_path, data_dir, more=[sets]))
+    trial = pipeline_config(base, {"convae_train.lr": 0.002})
+    assert (trial.flow.bins, trial.convae_train.lr, trial.per_class) == (4, 0.002, {})

@@ -149,6 +149,16 @@ def test_overrides_are_typed_and_nested():
             ["target=cloud", "data.n_jets=400", "calibrate.settings=[{guidance: 1}]"],
             r"data.split\[1\] = \d+, needs >= 100",
         ),
+        (["per_class={x: {loss.gamma_tau: 1}}"], "per_class: unknown jet class 'x'"),
+        (["per_class={t: {loss.gamma_tu: 1}}"], "unknown config key per_class.t.loss.gamma_tu"),
+        (["per_class={t: {loss.gamma_tau: -1}}"], "per_class.t.loss: gamma_tau must be"),
+        (["per_class={t: {loss.gamma_tau: x}}"], "per_class.t.loss.gamma_tau: expected float"),
+        (["per_class={t: {name: other}}"], "'name' cannot be set per class"),
+        (["per_class={t: {classes: [g]}}"], "'classes' cannot be set per class"),
+        (["per_class={t: {loss: {gamma_tau: 2}}}"], "give loss as dotted keys"),
+        (["per_class={t: {}, top: {}}"], "per_class names class t twice"),
+        (["per_class={t: 3}"], r"per_class\.t: expected a mapping"),
+        (["per_class={t: {convae.num_particles: 20}}"], r"per_class.t: convae.num_particles"),
     ],
 )
 def test_bad_configs_are_one_clear_error(overrides, match):
@@ -159,6 +169,26 @@ def test_bad_configs_are_one_clear_error(overrides, match):
 @pytest.mark.parametrize("value", ["set_flow.steps=0", "set_flow.solver=dopri9"])
 def test_bad_set_flow_values_are_one_line_from_the_cli(capsys, value):
     assert_one_line_error(capsys, ["pipeline", "--set", value], value.split("=")[0].split(".")[0])
+
+
+def test_per_class_settings_apply_to_their_class_only():
+    """A class's entry (by any alias) changes that class's config and no other; the config a
+    class runs with holds no per_class, so another class's entry is not part of its keys."""
+    cfg = load_config(
+        "configs/standard.yaml",
+        ["per_class={top: {loss.gamma_tau: 20, convae.condition: [tau21, tau32]}, W: {}}"],
+    )
+    assert cfg.per_class == {
+        "t": {"loss.gamma_tau": 20, "convae.condition": ["tau21", "tau32"]},
+        "w": {},
+    }
+    top, gluon = cfg.for_class("t"), cfg.for_class("g")
+    assert (top.loss.gamma_tau, top.convae.condition) == (20.0, ("tau21", "tau32"))
+    assert top.loss.gamma == cfg.loss.gamma and top.per_class == {}  # the rest kept
+    plain = load_config("configs/standard.yaml")
+    assert gluon == plain and cfg.for_class("w") == plain
+    assert digest(gluon.convae, gluon.loss) == digest(plain.convae, plain.loss)
+    assert load_config(None).for_class("t") == load_config(None)
 
 
 def test_bad_files(tmp_path):

@@ -137,6 +137,22 @@ def test_a_run_with_other_settings_needs_overwrite(tiny_run, tmp_path, capsys):
     assert len(json.loads((run / "g" / "history.json").read_text())["flow"]) == 3
 
 
+def test_a_per_class_setting_reaches_that_class_only(tiny_run, tmp_path):
+    """per_class: t trains its flow for 3 epochs, g keeps the run's 2; only t's flow is
+    trained again (its ConVAE and every stage of g stay finished) and the summary says so."""
+    run = shutil.copytree(tiny_run, tmp_path / "tiny")
+    argv = ["pipeline", "--config", str(run / "config.yaml"), "--runs", str(tmp_path), "--quiet"]
+    sets = ["--set", "per_class={top: {flow_train.epochs: 3}}", "--overwrite"]
+    assert main([*argv, "--classes", "g,t", *sets]) == 0
+    flows = {c: json.loads((run / c / "history.json").read_text())["flow"] for c in "gt"}
+    assert (len(flows["g"]), len(flows["t"])) == (2, 3)
+    log = (run / "pipeline.log").read_text().rsplit("class g", 1)[1]  # this call's lines
+    assert "g: flow up to date" in log and "t: convae up to date" in log
+    assert "t: flow done" in log and "g: flow done" not in log
+    assert "class t ran with flow_train.epochs=3" in (run / "summary.md").read_text()
+    assert load_config(run / "config.yaml").per_class == {"t": {"flow_train.epochs": 3}}
+
+
 def test_a_run_in_use_is_refused_and_a_stale_lock_is_taken_over(tiny_run, tmp_path, capsys):
     """Two pipelines on one run folder both ran and the last writer won (issue 25 #6)."""
     import os

@@ -171,3 +171,21 @@ def test_undefined_ratios_rank_last_and_leave_tau_undefined():
     tau = kendall_matrix({"t": {"b": rows(2.0), "c": rows(1.0)}})
     i, j = METRICS.index("w1m"), METRICS.index("cov")
     assert tau[i, i] == 1 and tau[i, j] == -1  # cov ranks the other way round
+
+
+def test_each_class_s_cells_use_its_own_settings(study_config, tmp_path, monkeypatch):
+    """per_class in the base: the gluon cells train with gluon's entry, the study's loss on top."""
+    from pipelines.experiments import study
+
+    config = yaml.safe_load(study_config.read_text())
+    config["overrides"].append("per_class={gluon: {flow.bins: 3, loss.particle: emd}}")
+    config["losses"] = ["chamfer"]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    seen = []
+    real = study.score_cell
+    monkeypatch.setattr(
+        study, "score_cell", lambda cfg, *a, **k: seen.append(cfg) or real(cfg, *a, **k)
+    )
+    assert main(["study", "--config", str(path), "--root", str(tmp_path), "--quiet"]) == 0
+    assert [(c.flow.bins, c.loss.particle, c.per_class) for c in seen] == [(3, "chamfer", {})]

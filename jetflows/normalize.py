@@ -28,7 +28,15 @@ def _minmax(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 STATISTICS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "standard": _standard,  # zero mean, unit variance
     "minmax": _minmax,  # onto [0, 1]
+    # (eta, phi, log pt_rel), then standard: the soft particles, 1e-4 to 1e-2 of the jet's pt,
+    # are as far apart as the hard ones (the set flow sees log pt too), and an inverse of any
+    # network output is a positive pt
+    "standard_log_pt": _standard,
 }
+#: name -> the features taken as their log before the statistics (pt_rel: index 2)
+LOGGED: dict[str, tuple[int, ...]] = {"standard_log_pt": (2,)}
+#: the smallest value a logged feature is taken to have (no real particle has pt_rel 0)
+LOG_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class Normalization:
         kind: the name in `STATISTICS` the statistics came from (kept for the record).
         shift: (F,) values subtracted.
         scale: (F,) divisors, all > 0.
+        log: features mapped by their log first (and by exp in `inverse`), `LOGGED[kind]`.
 
     Example:
         >>> x = np.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
@@ -50,6 +59,13 @@ class Normalization:
     kind: str
     shift: tuple[float, ...]
     scale: tuple[float, ...]
+    log: tuple[int, ...] = ()
+
+    def _logged(self, x: Array) -> Array:
+        """(..., F) boolean: which features are logged, as an array like ``x``."""
+        xp = _xp(x)
+        flags = [i in self.log for i in range(x.shape[-1])]
+        return xp.asarray(flags) if xp is np else xp.tensor(flags, device=x.device)
 
     def _params(self, x: Array) -> tuple[Array, Array]:
         if x.shape[-1] != len(self.shift):
@@ -63,6 +79,9 @@ class Normalization:
     def transform(self, x: Array, mask: Array | None = None) -> Array:
         """x: (..., F) -> normalized (..., F); rows outside ``mask`` (...,) become zero."""
         shift, scale = self._params(x)
+        if self.log:
+            xp = _xp(x)
+            x = xp.where(self._logged(x), xp.log(xp.clip(x, LOG_FLOOR, None)), x)
         y = (x - shift) / scale
         return y if mask is None else y * mask[..., None]
 
@@ -70,19 +89,25 @@ class Normalization:
         """Undo `transform`: y: (..., F) -> x (..., F); rows outside ``mask`` become zero."""
         shift, scale = self._params(y)
         x = y * scale + shift
+        if self.log:  # exp of the logged features only (another feature's exp may overflow)
+            xp, logged = _xp(x), self._logged(x)
+            x = xp.where(logged, xp.exp(xp.where(logged, x, 0 * x)), x)
         return x if mask is None else x * mask[..., None]
 
     def to_dict(self) -> dict[str, object]:
-        """Plain-Python form, for checkpoints and JSON."""
-        return {"kind": self.kind, "shift": list(self.shift), "scale": list(self.scale)}
+        """Plain-Python form, for checkpoints and JSON (``log`` only when some feature is)."""
+        state = {"kind": self.kind, "shift": list(self.shift), "scale": list(self.scale)}
+        return {**state, "log": list(self.log)} if self.log else state
 
     @classmethod
     def from_dict(cls, state: dict[str, object]) -> Normalization:
-        """Rebuild from `to_dict` output; an unknown or missing key is a ValueError."""
+        """Rebuild from `to_dict` output; an unknown or missing key is a ValueError (``log``
+        may be missing: states written before it existed log nothing)."""
         fields = set(asdict(cls("", (), ())))
-        if set(state) != fields:
+        if not fields - {"log"} <= set(state) <= fields:
             raise UserError(f"normalization state needs exactly the keys {sorted(fields)}")
-        return cls(str(state["kind"]), tuple(state["shift"]), tuple(state["scale"]))
+        log = tuple(int(i) for i in state.get("log", ()))
+        return cls(str(state["kind"]), tuple(state["shift"]), tuple(state["scale"]), log)
 
 
 def fit_normalization(
@@ -111,6 +136,10 @@ def fit_normalization(
         raise UserError("cannot fit a normalization: no real particles (the mask is all False)")
     if not np.isfinite(rows).all():
         raise UserError("cannot fit a normalization: the data contain NaN or inf")
+    log = tuple(i for i in LOGGED.get(kind, ()) if i < rows.shape[-1])
+    if log:  # a copy: without a mask, rows may be the caller's own array
+        rows = rows.copy()
+        rows[:, list(log)] = np.log(np.clip(rows[:, list(log)], LOG_FLOOR, None))
     shift, scale = STATISTICS[kind](rows)
     scale = np.maximum(scale, eps)
-    return Normalization(kind, tuple(map(float, shift)), tuple(map(float, scale)))
+    return Normalization(kind, tuple(map(float, shift)), tuple(map(float, scale)), log)

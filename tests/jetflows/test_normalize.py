@@ -62,3 +62,24 @@ def test_constant_feature_does_not_divide_by_zero():
     x = np.ones((4, 2, 3))
     y = fit_normalization(x).transform(x)
     assert np.isfinite(y).all()
+
+
+def test_log_pt_standardizes_log_pt_and_inverts_to_positive_pts(jets):
+    """standard_log_pt: the real particles' log pt_rel has zero mean and unit variance, eta and
+    phi are as in standard, and any network output maps back to a positive pt_rel."""
+    norm = fit_normalization(jets.particles, jets.mask, kind="standard_log_pt")
+    plain = fit_normalization(jets.particles, jets.mask, kind="standard")
+    y = norm.transform(jets.particles, jets.mask)[jets.mask]
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-5)
+    log_pt = np.log(jets.particles[jets.mask][:, 2].astype(np.float64))
+    np.testing.assert_allclose(y[:, 2], (log_pt - log_pt.mean()) / log_pt.std(), atol=1e-4)
+    assert norm.shift[:2] == plain.shift[:2] and norm.log == (2,)
+    out = (torch.randn(4, 30, 3, dtype=torch.float64) * 3).requires_grad_()
+    back = norm.inverse(out)
+    assert (back[..., 2] > 0).all() and torch.equal(back[..., :2], plain.inverse(out)[..., :2])
+    back.sum().backward()
+    assert torch.isfinite(out.grad).all()
+    assert Normalization.from_dict(norm.to_dict()) == norm
+    old = {"kind": "standard", "shift": [0.0] * 3, "scale": [1.0] * 3}  # a state before `log`
+    assert Normalization.from_dict(old).log == () and "log" not in plain.to_dict()

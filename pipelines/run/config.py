@@ -287,7 +287,8 @@ class PipelineConfig:
             particle features) or "cloud" (a continuous flow on the particle set,
             `flows.setflow`); the jet-level side of the last two is ``particle``.
         normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
-            or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE:
+            "standard_log_pt" (the same on eta, phi and log pt_rel; decoded pts are exp of the
+            output) or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE:
             docs/models.md).
         set_flow: the cloud target's set flow (`flows.setflow.SetFlowConfig`); it trains with
             ``flow_train``.

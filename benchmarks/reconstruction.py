@@ -137,11 +137,12 @@ def row(size: str, variant: str, c: str, r: dict) -> str:
     cov = m.get("cov")
     cov_cell = f"{cov['value']:.3f} ({cov['floor']:.3f}, {cov['value'] / cov['floor']:.2f}x)"
     ratios = " | ".join(f"{m[k]['ratio']:.2f}" for k in ("w1m", "w1p", "w1efp"))
+    took = "-" if r["seconds"] != r["seconds"] else f"{r['seconds']:.0f}"  # NaN: not in the log
     return (
         f"| {size} | {variant} | {c} | {rec['emd_ratio']:.3f} | {rec['correlation']['mass']:.3f} "
         f"| {corr} | {w1} | {t32['input']:.2f} / {t32['reconstruction']:.2f} | {spread} "
         f"| {gspread} | {cov_cell} | {ratios} | {gen_subs} | {r['metrics']['n_jets']} "
-        f"| {r['seconds']:.0f} |"
+        f"| {took} |"
     )
 
 

@@ -575,10 +575,13 @@ def test_a_kinematics_conditioned_generator_makes_jets_for_the_pt_asked(
 
 def test_a_conditional_convae_runs_through_the_pipeline_and_sample(tmp_path, data_dir):
     """convae.condition: the flow samples the decoder's (tau21, tau32) with the latent, the
-    checkpoint keeps their scale, and `jetflows sample` draws from the stored models."""
-    cfg = _config(data_dir, "convae.condition=[tau21, tau32]", "name=told")
+    checkpoint keeps their scale, and `jetflows sample` draws from the stored models; in log
+    pt_rel (standard_log_pt, the Chamfer on those features) every sampled particle is real."""
+    sets = ["normalization=standard_log_pt", "loss.space=normalized", "loss.alpha=0.03"]
+    cfg = _config(data_dir, "convae.condition=[tau21, tau32]", "name=told", *sets)
     run = run_pipeline(cfg, root=tmp_path, classes=("g",), progress=False)
     vae = torch.load(run / "g" / "convae.pt", weights_only=False)
+    assert vae["normalization"]["log"] == [2]
     assert vae["model_config"]["condition"] in (["tau21", "tau32"], ("tau21", "tau32"))
     scale = vae["best_state_dict"]["condition_mean"]
     assert scale.shape == (2,) and ((scale > 0.1) & (scale < 1)).all()  # real jets' ratios
@@ -590,6 +593,7 @@ def test_a_conditional_convae_runs_through_the_pipeline_and_sample(tmp_path, dat
     assert main(argv) == 0
     jets = read_jetnet_file(out)
     assert jets.particles.shape == (64, 30, 3) and np.isfinite(jets.particles).all()
+    assert (jets.particles[..., 2][jets.mask] > 0).all()
 
 
 def test_sigterm_to_sample_cleans_up_and_exits_143(tiny_run, tmp_path):

@@ -37,6 +37,8 @@ STATISTICS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
 LOGGED: dict[str, tuple[int, ...]] = {"standard_log_pt": (2,)}
 #: the smallest value a logged feature is taken to have (no real particle has pt_rel 0)
 LOG_FLOOR = 1e-12
+#: the largest log an inverse exponentiates (pt_rel e^5 ~ 150: far beyond a real particle's <= 1)
+LOG_CEILING = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ class Normalization:
         """Undo `transform`: y: (..., F) -> x (..., F); rows outside ``mask`` become zero."""
         shift, scale = self._params(y)
         x = y * scale + shift
-        if self.log:  # exp of the logged features only (another feature's exp may overflow)
+        if self.log:  # exp of the logged features only (another feature's exp may overflow),
+            # bounded at LOG_CEILING: an untrained decoder's output must not become an inf pt
             xp, logged = _xp(x), self._logged(x)
-            x = xp.where(logged, xp.exp(xp.where(logged, x, 0 * x)), x)
+            bounded = xp.clip(xp.where(logged, x, xp.zeros_like(x)), None, LOG_CEILING)
+            x = xp.where(logged, xp.exp(bounded), x)
         return x if mask is None else x * mask[..., None]
 
     def to_dict(self) -> dict[str, object]:
@@ -105,7 +109,8 @@ class Normalization:
         may be missing: states written before it existed log nothing)."""
         fields = set(asdict(cls("", (), ())))
         if not fields - {"log"} <= set(state) <= fields:
-            raise UserError(f"normalization state needs exactly the keys {sorted(fields)}")
+            needed = sorted(fields - {"log"})
+            raise UserError(f"normalization state needs exactly the keys {needed} (and maybe log)")
         log = tuple(int(i) for i in state.get("log", ()))
         return cls(str(state["kind"]), tuple(state["shift"]), tuple(state["scale"]), log)
 

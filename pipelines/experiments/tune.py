@@ -156,16 +156,29 @@ def load_tune_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
     """The tuning config and the base pipeline tree (checked: every space key must exist)."""
     cfg, base = based_config(path, TuneConfig, "tuning config")
     pipeline_config(base, {})  # the base itself must be valid, every class's entry included
-    # the tuned class's own settings, under the trial's values (a trial value must win)
-    base = class_tree(base, cfg.jet_class)
-    target = pipeline_config(base, {}).target
+    target = trial_config(base, cfg.jet_class, {}).target
     if not cfg.space:
         space = {k: build(Param, dict(v), k) for k, v in GENERATORS[target].space.items()}
         cfg = dataclasses.replace(cfg, space=space)
     for key, param in cfg.space.items():  # every key must name a config field
         probe = param.choices[0] if param.choices else param.low
-        pipeline_config(base, {key: int(probe) if param.integer else probe})
+        trial_config(base, cfg.jet_class, {key: int(probe) if param.integer else probe})
     return cfg, base
+
+
+def trial_config(base: dict[str, Any], jet_class: str, values: dict[str, Any]) -> PipelineConfig:
+    """What a trial trains: the base tree's settings of ``jet_class`` (its ``per_class`` entry
+    applied), then the trial's ``values`` ({dotted key: value}), which win."""
+    return pipeline_config(class_tree(base, jet_class), values)
+
+
+def best_config(base: dict[str, Any], jet_class: str, values: dict[str, Any]) -> PipelineConfig:
+    """A trial's ``values`` as a pipeline config for every class of the base: set for all, as
+    tuned on ``jet_class``, and inside that class's ``per_class`` entry when it has one (so they
+    win over it there), while another class's own entry still wins for that class."""
+    names = [k for k in base.get("per_class") or {} if canonical_class(k) == jet_class]
+    inside = {f"per_class.{name}.{k}": v for name in names for k, v in values.items()}
+    return pipeline_config(base, {**values, **inside})
 
 
 #: what SQLite says when two workers create a new study file at the same moment
@@ -389,7 +402,7 @@ class TrialObjective:
             raise Surplus(f"trial {trial.number}: the study's {self.limit} trials are taken")
         trial.set_user_attr("worker", os.getpid())
         values = {key: p.suggest(trial, key) for key, p in self.cfg.space.items()}
-        pipeline = pipeline_config(self.base, values)
+        pipeline = trial_config(self.base, self.cfg.jet_class, values)
         single = len(self.cfg.directions) == 1
 
         def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
@@ -448,7 +461,7 @@ def tune(
         sampler=TrialSeededSampler(lambda seed: optuna.samplers.TPESampler(seed=seed), cfg.seed),
         pruner=PRUNERS[cfg.pruner](),
     )
-    pipeline = pipeline_config(base, {})
+    pipeline = trial_config(base, cfg.jet_class, {})
     train, valid, _ = stages.split_jets(
         stages.class_jets(pipeline, cfg.jet_class, out / "data", progress), pipeline
     )
@@ -543,7 +556,8 @@ def write_results(study: optuna.Study, cfg: TuneConfig, base: dict[str, Any], ou
         name = "best.yaml" if len(cfg.directions) == 1 else f"pareto/{trial.number}.yaml"
         # its own run name: `jetflows pipeline` with it must not overwrite the base's run
         run_name = f"{study.study_name}_trial{trial.number}"
-        config = pipeline_config(base, {**trial.params, "name": run_name})
+        config = best_config(base, cfg.jet_class, {**trial.params})
+        config = dataclasses.replace(config, name=run_name)
         header = f"# study {study.study_name}, trial {trial.number}: {trial.values}\n"
         write_text(out / name, header + to_yaml(config))
     lines = [

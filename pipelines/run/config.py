@@ -322,7 +322,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _check_device(self.device, self.normalization)
-        object.__setattr__(self, "per_class", _checked_per_class(self))
         if self.target not in TARGETS:
             raise UserError(f"unknown target {self.target!r}: use one of {TARGETS}")
         if not self.classes:
@@ -337,6 +336,8 @@ class PipelineConfig:
                 f"data.n_jets x data.split[2] = {self.data.n_jets * self.data.split[2]:.0f} test "
                 "jets: the evaluation needs >= 200 (raise n_jets or the test fraction)"
             )
+        # last: an error of the config itself is not to be blamed on a class's entry
+        object.__setattr__(self, "per_class", _checked_per_class(self))
 
     def _check_models(self) -> None:
         # one model per class: a class-conditional flow (num_classes > 0) is a library feature
@@ -394,16 +395,28 @@ class PipelineConfig:
         return self.latent.kinematics if self.target == "latent" else self.particle.kinematics
 
 
-#: top-level keys a class cannot set for itself: they name the run, not a class's model
-_RUN_KEYS = ("name", "classes", "per_class")
+#: top-level keys a class cannot set for itself: they name the run, not a class's model (the
+#: device is where the run goes, never part of a stage's identity)
+_RUN_KEYS = ("name", "classes", "per_class", "device")
+
+
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (a `to_dict` tree: its tuples are lists already)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _checked_per_class(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """``cfg.per_class`` keyed by canonical class names, once each class's config is known to
-    build (an unknown class, key or value is one UserError naming it)."""
+    """``cfg.per_class`` keyed by canonical class names, each entry as dotted keys (a nested
+    section, as ``--set per_class.t.loss.gamma_tau=3`` writes it, sets those keys only, never
+    the whole section) holding the values as built (20 -> 20.0), once each class's config is
+    known to build (an unknown class, key or value is one UserError naming it)."""
     out: dict[str, dict[str, Any]] = {}
-    if not cfg.per_class:
-        return out
     for name, settings in cfg.per_class.items():
         try:
             jet_class = canonical_class(name)
@@ -411,18 +424,18 @@ def _checked_per_class(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
             raise UserError(f"per_class: {err}") from None
         if jet_class in out:
             raise UserError(f"per_class names class {jet_class} twice ({name!r})")
-        for key, value in settings.items():
-            if key.split(".")[0] in _RUN_KEYS or "=" in key:
+        out[jet_class] = flat_keys(settings)
+        for key in out[jet_class]:
+            if not key or key.split(".")[0] in _RUN_KEYS or "=" in key:
                 raise UserError(f"per_class.{name}: {key!r} cannot be set per class")
-            if isinstance(value, dict):  # it would replace the whole section, defaults and all
-                raise UserError(
-                    f"per_class.{name}: give {key} as dotted keys ({key}.field: value), "
-                    "not as a section"
-                )
-        out[jet_class] = settings
     tree = {**to_dict(cfg), "per_class": out}
-    for jet_class in out:
-        build(PipelineConfig, class_tree(tree, jet_class), f"per_class.{jet_class}")
+    for jet_class, settings in out.items():
+        try:
+            built = build(PipelineConfig, class_tree(tree, jet_class), f"per_class.{jet_class}")
+        except ValueError as err:  # set_value's "--set" wording named the wrong place
+            raise UserError(f"per_class.{jet_class}: {str(err).removeprefix('--set ')}") from None
+        plain = flat_keys(to_dict(built))
+        out[jet_class] = {key: plain.get(key, value) for key, value in settings.items()}
     return out
 
 

@@ -36,7 +36,14 @@ from pipelines.evaluation.report import summary_figure, training_curves
 from pipelines.io import folder_lock, markdown_table, read_json, write_json, write_text
 from pipelines.run import calibrate
 from pipelines.run.checkpoints import load_checkpoint, provenance, save_checkpoint
-from pipelines.run.config import PipelineConfig, digest, load_config, to_dict, to_yaml
+from pipelines.run.config import (
+    PipelineConfig,
+    digest,
+    flat_keys,
+    load_config,
+    to_dict,
+    to_yaml,
+)
 from pipelines.run.generators import GENERATORS, build_sampler
 from pipelines.run.sample import BATCH_SIZE, generated_attributes, sampled_jets
 from pipelines.run.stages import class_jets, convae_of, jetnet_source, split_jets
@@ -508,7 +515,7 @@ def check_same_settings(run: Path, cfg: PipelineConfig, *, overwrite: bool) -> N
     path = run / "config.yaml"
     if overwrite or not path.is_file():
         return
-    before, now = _flat(to_dict(load_config(path))), _flat(to_dict(cfg))
+    before, now = flat_keys(to_dict(load_config(path))), flat_keys(to_dict(cfg))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     changed = [k for k in changed if k != "device"]
     if changed:
@@ -518,17 +525,6 @@ def check_same_settings(run: Path, cfg: PipelineConfig, *, overwrite: bool) -> N
             f"{run} was run with other settings ({shown}{more}): pass --overwrite to redo it "
             "with these, or choose another name"
         )
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (a `to_dict` tree: its tuples are lists already)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _run_classes(

@@ -80,6 +80,8 @@ def test_log_pt_standardizes_log_pt_and_inverts_to_positive_pts(jets):
     assert (back[..., 2] > 0).all() and torch.equal(back[..., :2], plain.inverse(out)[..., :2])
     back.sum().backward()
     assert torch.isfinite(out.grad).all()
+    wild = norm.inverse(torch.full((1, 1, 3), 1e4))  # an untrained decoder's: no inf pt
+    assert torch.isfinite(wild).all() and wild[..., 2] < 1e3
     assert Normalization.from_dict(norm.to_dict()) == norm
     old = {"kind": "standard", "shift": [0.0] * 3, "scale": [1.0] * 3}  # a state before `log`
     assert Normalization.from_dict(old).log == () and "log" not in plain.to_dict()

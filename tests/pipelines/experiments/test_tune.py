@@ -26,7 +26,7 @@ from pipelines.experiments.tune import (
     tune,
     with_installed_driver,
 )
-from pipelines.run.config import load_config, pipeline_config
+from pipelines.run.config import load_config
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 ROOT = Path(__file__).parents[3]
@@ -422,8 +422,16 @@ def test_a_set_flow_study_searches_its_generators_default_space(tmp_path, data_d
 
 def test_the_tuned_class_s_own_settings_are_its_base_and_a_trial_value_wins(tmp_path, data_dir):
     """A base's per_class entry for the tuned class is part of every trial (flow.bins 4), a
-    trial's value beats it (convae_train.lr), and another class's entry plays no part."""
-    sets = "per_class={gluon: {flow.bins: 4, convae_train.lr: 0.5}, t: {flow.bins: 6}}"
+    trial's value beats it (convae_train.lr), and another class's entry plays no part; the
+    best config sets the value for every class and inside the tuned class's entry, while
+    another class's own entry still wins for it."""
+    from pipelines.experiments.tune import best_config, trial_config
+
+    sets = "per_class={gluon: {flow.bins: 4, convae_train.lr: 0.5}, t: {convae_train.lr: 0.1}}"
     _, base = load_tune_config(_write(tmp_path, data_dir, more=[sets]))
-    trial = pipeline_config(base, {"convae_train.lr": 0.002})
+    trial = trial_config(base, "g", {"convae_train.lr": 0.002})
     assert (trial.flow.bins, trial.convae_train.lr, trial.per_class) == (4, 0.002, {})
+    best = best_config(base, "g", {"convae_train.lr": 0.002})
+    assert best.for_class("g").convae_train.lr == 0.002 and best.for_class("g").flow.bins == 4
+    assert best.for_class("q").convae_train.lr == 0.002  # no entry: the tuned value
+    assert best.for_class("t").convae_train.lr == 0.1  # its own entry

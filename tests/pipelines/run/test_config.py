@@ -1,7 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from convae.train import LossConfig
 from pipelines.run.config import PipelineConfig, digest, load_config, to_yaml
 from tests.conftest import assert_one_line_error
 
@@ -155,7 +157,9 @@ def test_overrides_are_typed_and_nested():
         (["per_class={t: {loss.gamma_tau: x}}"], "per_class.t.loss.gamma_tau: expected float"),
         (["per_class={t: {name: other}}"], "'name' cannot be set per class"),
         (["per_class={t: {classes: [g]}}"], "'classes' cannot be set per class"),
-        (["per_class={t: {loss: {gamma_tau: 2}}}"], "give loss as dotted keys"),
+        (["per_class={t: {device: cpu}}"], "'device' cannot be set per class"),
+        (["per_class={t: {loss.gamma_tau.x: 1}}"], r"per_class.t: loss.gamma_tau.x: gamma_tau is"),
+        (["n_generate=5", "per_class={t: {loss.gamma_tau: 1}}"], "config: n_generate must be"),
         (["per_class={t: {}, top: {}}"], "per_class names class t twice"),
         (["per_class={t: 3}"], r"per_class\.t: expected a mapping"),
         (["per_class={t: {convae.num_particles: 20}}"], r"per_class.t: convae.num_particles"),
@@ -189,6 +193,19 @@ def test_per_class_settings_apply_to_their_class_only():
     assert gluon == plain and cfg.for_class("w") == plain
     assert digest(gluon.convae, gluon.loss) == digest(plain.convae, plain.loss)
     assert load_config(None).for_class("t") == load_config(None)
+
+
+def test_a_per_class_section_sets_its_keys_only_and_values_are_kept_as_built():
+    """``--set per_class.t.loss.gamma_tau=3`` (a nested section) overrides that key of the
+    YAML's entry and keeps the entry's others and the section's other fields; 20 is kept as
+    the 20.0 it builds to, so a rerun is not mistaken for other settings."""
+    cfg = load_config("configs/standard.yaml", ["per_class.t.loss.gamma_tau=3"])
+    assert cfg.per_class["t"] == {"loss.gamma_tau": 3.0, "loss.gamma_d2": 0.5}
+    top = cfg.for_class("t")
+    assert (top.loss.gamma_tau, top.loss.gamma_d2, top.loss.gamma) == (3.0, 0.5, cfg.loss.gamma)
+    nested = load_config(None, ["per_class={top: {loss: {gamma_tau: 20}}}"])
+    assert nested.per_class == {"t": {"loss.gamma_tau": 20.0}}
+    assert nested.for_class("t").loss == dataclasses.replace(LossConfig(), gamma_tau=20.0)
 
 
 def test_bad_files(tmp_path):

@@ -45,7 +45,7 @@ NAMES = ("mass", "tau21", "tau32", "d2")
 
 def held_out(run: Path, jet_class: str) -> Jets:
     """The class's validation and test jets, as the run split them."""
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml").for_class(jet_class)  # its data settings
     _, valid, test = split_jets(class_jets(cfg, jet_class, run / jet_class, False), cfg)
     return concat_jets([valid, test])
 

@@ -64,7 +64,7 @@ def probe(z: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> torch.nn.
 
 def class_rows(run: Path, jet_class: str, epochs: int) -> list[str]:
     """The probe's and the decoder's r per observable for one class of a run."""
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml").for_class(jet_class)  # its data settings
     vae, norm = convae_of(load_checkpoint(run / jet_class / "convae.pt", "jetflows.convae"), "cpu")
     vae.eval()
     jets = read_jetnet_file(run / jet_class / "data.hdf5", cfg.data.num_particles)

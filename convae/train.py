@@ -219,7 +219,6 @@ def fit(
         check_particles(x, mask, name)
     if resume is not None:
         check_state(resume, model.config)
-        resume = _with_added_fields(resume)
     if model.config.condition:  # once, not per batch: an exclusive-kT clustering costs
         with torch.no_grad():
             train, valid = ((*part, model.condition_of(*part)) for part in (train, valid))
@@ -227,8 +226,8 @@ def fit(
             model.set_condition_scale(train[2])
     gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
     describe = {
-        "model_config": asdict(model.config),
-        "loss_config": asdict(loss),
+        "model_config": model.config,
+        "loss_config": loss,
         "gamma_2": gamma_2,
         "normalization": normalization.to_dict() if normalization else None,
     }
@@ -245,16 +244,6 @@ def fit(
         progress=progress,
         desc="ConVAE",
     )
-
-
-def _with_added_fields(state: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's configs with the fields added since it was written at their defaults
-    (what it was trained with), so that an interrupted older training still resumes."""
-    return {
-        **state,
-        "model_config": asdict(ConVAEConfig(**state["model_config"])),
-        "loss_config": asdict(LossConfig(**state["loss_config"])),
-    }
 
 
 def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> None:

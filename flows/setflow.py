@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -750,7 +750,7 @@ def fit(
     for name, data in (("train", train), ("valid", valid)):
         check_data(flow, data, name)
     describe = {
-        "set_flow_config": asdict(flow.config),
+        "set_flow_config": flow.config,
         "features": flow.features,
         "context": flow.context,
         "extra": extra or {},

@@ -90,7 +90,7 @@ def fit(
     elif standardize:
         flow.standardize_(train[0])
     describe = {
-        "flow_config": asdict(flow.config),
+        "flow_config": flow.config,
         "features": flow.features,
         "context": flow.context,
         "extra": extra or {},

@@ -16,7 +16,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -217,7 +217,9 @@ def fit_loop(
         config: `TrainConfig`.
         kind: the checkpoint kind written into the state, e.g. "jetflows.convae".
         describe: what rebuilds the model and must match on resume (its configs, the
-            preprocessing); stored at the top level of the state.
+            preprocessing); stored at the top level of the state, a config (dataclass) as
+            its dict. A field a config gained since a checkpoint was written is taken at its
+            default there.
         resume: a state from ``on_epoch`` or a previous `FitResult`: continue from there.
         on_epoch: called after every epoch with (epoch, history row, state); on rank 0 only
             when data-parallel.
@@ -292,7 +294,12 @@ class _Run:
         describe: dict[str, Any],
     ) -> None:
         self.model, self.opt, self.scheduler, self.config = model, opt, scheduler, config
-        self.kind, self.describe = kind, {**describe, "train_config": asdict(config)}
+        described = {**describe, "train_config": config}
+        self.kind = kind
+        self.describe = {k: asdict(v) if is_dataclass(v) else v for k, v in described.items()}
+        # each described config's defaults: a field added since a checkpoint was written held
+        # its default then, so an older checkpoint still resumes (and one trained otherwise not)
+        self.defaults = {k: asdict(type(v)()) for k, v in described.items() if is_dataclass(v)}
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_weights = copy.deepcopy(model.state_dict())
@@ -352,9 +359,8 @@ class _Run:
         check_kind(state, self.kind)
         for key, value in self.describe.items():
             stored = state.get(key)
-            if key == "train_config" and isinstance(stored, dict):
-                # a field added since the checkpoint was written had its default then
-                stored = {**asdict(TrainConfig()), **stored}
+            if key in self.defaults and isinstance(stored, dict):
+                stored = {**self.defaults[key], **stored}
             if stored != value:
                 raise UserError(f"cannot resume: the checkpoint was trained with another {key}")
         self.model.load_state_dict(state["state_dict"])

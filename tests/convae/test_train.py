@@ -98,17 +98,22 @@ def test_resume_after_a_crash_continues_exactly(data, tmp_path, reflect):
 
 
 def test_an_interrupted_training_from_before_added_fields_still_resumes(data):
-    """A last.pt written before `ConVAEConfig.condition` and `LossConfig.gamma_d2` existed:
-    the fields had their defaults then, so its training resumes (it restarted from scratch)."""
+    """A last.pt written before `ConVAEConfig.condition`, `LossConfig.gamma_d2` and
+    `TrainConfig.ema` existed: the fields had their defaults then, so its training resumes (it
+    restarted from scratch), while a training that sets one of them otherwise does not."""
     states = []
     _fit(data, epochs=2, on_epoch=lambda epoch, row, state: states.append(state))
+    dropped = {"model_config": "condition", "loss_config": "gamma_d2", "train_config": "ema"}
     older = {
         **states[0],
-        "model_config": {k: v for k, v in states[0]["model_config"].items() if k != "condition"},
-        "loss_config": {k: v for k, v in states[0]["loss_config"].items() if k != "gamma_d2"},
-    }
+        **{key: {k: v for k, v in states[0][key].items() if k != field}
+           for key, field in dropped.items()},
+    }  # fmt: skip
     _, resumed = _fit(data, epochs=2, resume=older)
     assert [r["epoch"] for r in resumed.history] == [0, 1]
+    other = LossConfig(beta=0.5, weighting="beta_vae", gamma_d2=0.5)
+    with pytest.raises(ValueError, match="another loss_config"):
+        _fit(data, epochs=2, loss=other, resume=older)
 
 
 def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jetflows import __version__, interrupt
+from jetflows import __version__, interrupt, threads
 from jetflows.errors import MissingFileError, UserError
 from jetflows.interrupt import Terminated
 
@@ -302,7 +302,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         options={k: getattr(args, k) for k in SAMPLE_OPTIONS if getattr(args, k) is not None},
     )
-    print(f"wrote {path} ({args.n} {jet_class} jets from {args.run})")
+    choice = threads.applied()
+    used = f"; {choice.describe()}" if choice else ""
+    print(f"wrote {path} ({args.n} {jet_class} jets from {args.run}{used})")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -643,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     _digits_parser(sub)
     _evaluate_parser(sub)
     for path, leaf in _leaf_parsers(parser):
+        leaf.add_argument(
+            "--threads",
+            type=_positive_int,
+            help=f"torch threads (default: ${threads.ENV}, $OMP_NUM_THREADS, else the usable "
+            "cores idle now, fewer for small work)",
+        )
         leaf.formatter_class = _HelpFormatter
         leaf.epilog = f"example:\n  {EXAMPLES[path]}"
     return parser
@@ -702,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupt.clear()
     try:
         with _sigterm_as_interrupt(), _one_line_warnings():
+            threads.apply_threads(threads.choose_threads(args.threads, cap=_thread_cap(args)))
             func(args)
             interrupt.check()  # a SIGTERM swallowed where it landed still ends as one
     # FloatingPointError: a diverged training, whose cure is in the settings, not the code
@@ -721,6 +730,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _bug(err)
     return 0
+
+
+#: jets below which a command's tensors are too small to share among threads
+SMALL_WORK = 1000
+
+
+def _thread_cap(args: argparse.Namespace) -> int | None:
+    """The most threads a command's work can use: one for a few jets (the threads' barriers
+    cost more than the small matrices save), else no limit."""
+    n = getattr(args, "n", None)
+    return 1 if args.command == "sample" and isinstance(n, int) and n < SMALL_WORK else None
 
 
 def _bug(err: Exception) -> int:

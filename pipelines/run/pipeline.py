@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import get_num_threads as get_threads
+
+from jetflows import threads
 from jetflows.classes import canonical_class
 from jetflows.distributed import is_main, main_first, rank_world, resolve_device
 from jetflows.errors import UserError
@@ -537,6 +540,8 @@ def _run_classes(
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
     failed = True
+    choice = threads.applied()
+    LOG.info("%s: %s", cfg.name, choice.describe() if choice else f"torch threads: {get_threads()}")
     try:
         results = {}
         for i, jet_class in enumerate(classes):

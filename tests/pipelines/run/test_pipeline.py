@@ -65,6 +65,7 @@ def test_tiny_pipeline_writes_every_output(tiny_run, data_dir):
     assert (tiny_run / "config.yaml").is_file() and (tiny_run / "summary.md").is_file()
     log = (tiny_run / "pipeline.log").read_text()
     assert "g: convae done in" in log and "t: evaluate done in" in log
+    assert f"torch threads: {torch.get_num_threads()}" in log  # the choice, in the log
     assert load_config(tiny_run / "config.yaml") == _config(data_dir)
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert set(summary) == {"g", "t"}

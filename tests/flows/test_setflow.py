@@ -430,7 +430,7 @@ def test_sampling_does_not_depend_on_the_chunking(options, slots, monkeypatch):
     monkeypatch.setattr(
         flow, "_integrate", lambda x, *a: seen.append(x.shape[1]) or integrate(x, *a)
     )
-    monkeypatch.setattr("flows.setflow.SAMPLE_CHUNK", 3)
+    monkeypatch.setattr("flows.setflow.sampling.SAMPLE_CHUNK", 3)
     chunked = flow.sample(mask, c, generator=torch.Generator().manual_seed(4))
     assert seen == slots
     assert torch.allclose(whole, padded, atol=1e-5)

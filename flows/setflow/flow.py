@@ -1,0 +1,207 @@
+"""`SetFlow`: a continuous normalizing flow on sets of particles, composed of its parts: a
+velocity network (`flows.setflow.networks`), the straight path and its loss
+(`flows.setflow.path`), autoguidance (`flows.setflow.guidance`) and the ODE
+(`flows.setflow.sampling`)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from flows.setflow import guidance, path, sampling
+from flows.setflow.config import DATA_PREDICTION_TMIN, DIVERGENCES, TIME_FEATURES, SetFlowConfig
+from flows.setflow.networks import NETWORKS, TIME_EMBEDDINGS
+from jetflows.errors import UserError
+
+
+class SetFlow(nn.Module):
+    """A continuous normalizing flow on sets of particles, conditioned on jet-level context.
+
+    Arguments:
+        config: `SetFlowConfig`.
+        features: F per particle (3: standardized eta_rel, phi_rel, log pt_rel).
+        context: C of the jet-level condition (0: none).
+
+    Every method takes particles (B, P, F) or a mask (B, P) (True: a real particle) and a
+    context (B, C) or None. The density and samples are those of the real particles given the
+    mask; padded slots are returned as zeros.
+    """
+
+    def __init__(self, config: SetFlowConfig, *, features: int = 3, context: int = 0) -> None:
+        super().__init__()
+        self.config, self.features, self.context = config, features, context
+        make = NETWORKS[config.network]
+        self.net = make(features=features, context=context + TIME_FEATURES, config=config)
+        self.path = path.straight_path()  # x_t = t x1 + (1 - t) x0
+
+    def _context(self, context: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+        if self.context == 0:
+            return like.new_zeros(n, 0)
+        if context is None or context.shape != (n, self.context):
+            raise UserError(f"the set flow needs context of shape ({n}, {self.context})")
+        return context.to(like.dtype)
+
+    def velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """v(t, x): x (B, P, F), t scalar or (B,), mask (B, P) -> (B, P, F), 0 on padding."""
+        t = t.to(x.dtype).reshape(-1).expand(len(x))
+        out = self._output(x, t, mask, context)
+        if self.config.predict == "velocity":
+            return out
+        rest = (1 - t).clamp_min(DATA_PREDICTION_TMIN)[:, None, None]
+        return (out - x) * mask[..., None].to(x.dtype) / rest
+
+    def _output(
+        self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The network's output (B, P, F) (``config.predict``) at times t (B,)."""
+        times = TIME_EMBEDDINGS[self.config.time_embedding](t)
+        c = torch.cat([times, self._context(context, len(x), x)], -1)
+        return self.net(x, mask, c)
+
+    def loss(
+        self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The conditional flow-matching loss of particles x (B, P, F) (`path.flow_matching_loss`):
+        noise and t from torch's global stream while training, from a fixed seed in eval mode."""
+        return path.flow_matching_loss(
+            lambda x_t, t: self._output(x_t, t, mask, context),
+            self.config,
+            x,
+            mask,
+            path=self.path,
+            training=self.training,
+        )
+
+    def guided_velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+        guide: SetFlow | None = None,
+        *,
+        guide_bf16: bool | None = None,
+    ) -> torch.Tensor:
+        """The velocity the ODE follows: v, or with ``config.guidance`` w > 1, for the jets
+        whose t lies in [``guidance_from``, ``guidance_until``), v_guide + w (v - v_guide) (to
+        the end when ``guidance_until`` is 1, t = 1 included), the guide a `SetFlow`
+        of the same features and context. x (B, P, F), t scalar or (B,), mask (B, P) ->
+        (B, P, F). ``guide_bf16``: the guide's network in bfloat16 or not (None: as the
+        surrounding autocast says)."""
+        v = self.velocity(x, t, mask, context)
+        if self.config.guidance == 1.0:
+            return v
+        self._check_guide(guide)
+        guided = guidance.guided_jets(self.config, t.to(x.dtype).reshape(-1).expand(len(x)))
+        if not guided.any():  # outside the interval: the guide is not asked
+            return v
+        cast = (
+            contextlib.nullcontext()
+            if guide_bf16 is None
+            else torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=guide_bf16)
+        )
+        with cast:
+            v_guide = guide.velocity(x, t, mask, context)
+        return guidance.combine(self.config, v, v_guide, guided)
+
+    def _flat_velocity(
+        self,
+        shape: torch.Size,
+        mask: torch.Tensor,
+        context: torch.Tensor | None,
+        guide: SetFlow | None = None,
+        guide_bf16: bool | None = None,
+    ) -> sampling.FlatField:
+        # flow_matching's exact divergence loops over dim 1 of a flat (B, D) state
+        def field(x: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
+            v = self.guided_velocity(
+                x.reshape(shape), t, mask, context, guide, guide_bf16=guide_bf16
+            )
+            return v.flatten(1)
+
+        return field
+
+    def _check_guide(self, guide: SetFlow | None) -> None:
+        guidance.check_guide(self.config, self.features, self.context, guide)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        guide: SetFlow | None = None,
+    ) -> torch.Tensor:
+        """Particles (B, P, F) for a mask (B, P): noise -> ODE (``config.solver``, ``steps``),
+        guided by ``guide`` as ``config.guidance`` says (`guided_velocity`).
+
+        The noise is drawn for the whole batch, then integrated in chunks
+        (`flows.setflow.sampling.chunked`), so the jets do not depend on the chunking. The
+        chunks take the jets in order of multiplicity and, for the transformer, drop the slots
+        past their last real particle: padding takes no part in a real particle's velocity,
+        so the jets are those of the whole padded batch, while a chunk of full jets runs
+        without an attention mask and a chunk of short jets runs on fewer slots.
+        """
+        self._check_guide(guide)
+        x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
+        precision, device = self.config.precision, mask.device
+        bf16 = sampling.uses_bf16(precision, device, self.config.width)
+        # the guide follows the flow's precision, "auto" judged by its own width
+        guide_bf16 = (
+            None if guide is None else sampling.uses_bf16(precision, device, guide.config.width)
+        )
+        # only networks that say so, the guide's too (EPiC's pool divides by every slot)
+        nets = [self.net] + ([guide.net] if guide is not None else [])
+        cut = all(getattr(net, "cuts_padding", False) for net in nets)
+
+        def solve(x0: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            c = None if context is None else context[rows]
+            return self._integrate(x0, mask, c, guide, guide_bf16)
+
+        # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
+        # comes out fp32: it is multiplied by the fp32 mask)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return sampling.chunked(solve, x0, mask, cut=cut)
+
+    def _integrate(
+        self,
+        x0: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None,
+        guide: SetFlow | None,
+        guide_bf16: bool | None = None,
+    ) -> torch.Tensor:
+        """x(1) (B, P, F) of the (guided) ODE from x(0) = x0 (B, P, F)."""
+        field = self._flat_velocity(x0.shape, mask, context, guide, guide_bf16)
+        return sampling.integrate(field, x0, self.config)
+
+    def log_prob(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        divergence: str | None = None,
+        guide: SetFlow | None = None,
+    ) -> torch.Tensor:
+        """log p(x | mask, context) of the real particles' coordinates (nats): x (B, P, F) ->
+        (B,), by integrating the ODE back to noise with the divergence of v
+        (``divergence``: "exact" or "hutchinson"; None: ``config.divergence``). With guidance
+        (``guide``, as `sample` takes it) it is the density of the guided flow, the one
+        `sample` draws from."""
+        divergence = divergence or self.config.divergence
+        if divergence not in DIVERGENCES:
+            raise UserError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
+        self._check_guide(guide)
+        field = self._flat_velocity(x.shape, mask, context, guide)
+        return sampling.log_likelihood(field, x, mask, self.config, exact=divergence == "exact")

@@ -46,7 +46,9 @@ def _positive_int(text: str) -> int:
 
 
 #: `jetflows sample` flags that become sampling options (`flows.setflow.SAMPLING_FIELDS`)
-SAMPLE_OPTIONS = ("solver", "steps", "precision", "guidance", "guidance_from", "guidance_until")
+SAMPLE_OPTIONS = (
+    "solver", "steps", "precision", "guidance", "guidance_from", "guidance_until", "teacher",
+)  # fmt: skip
 SEED_MAX = 2**63 - 1  # numpy, torch and HDF5 attributes all take a 64-bit seed
 
 
@@ -427,8 +429,16 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
     smp.add_argument(
         "--steps",
         type=_positive_int,
-        help="set flows (target cloud): ODE steps (default: the trained model's); fewer is "
-        "faster and coarser (benchmarks/cloud_solvers.py)",
+        help="set flows (target cloud): network calls of the run's few-step student, one it "
+        "was trained for (default: its first); with --teacher, or a run without a student, "
+        "the set flow's ODE steps (fewer is faster and coarser)",
+    )
+    smp.add_argument(
+        "--teacher",
+        action="store_const",
+        const=True,
+        help="set flows: sample the set flow itself (the teacher: guided ODE, exact "
+        "likelihood) even where the run has a few-step student",
     )
     smp.add_argument("--solver", help="set flows: euler, midpoint or rk4 (default: the model's)")
     smp.add_argument(

@@ -27,6 +27,7 @@ from flows.latent import ENCODINGS, JOINT, MASKINGS
 from flows.models import FlowConfig
 from flows.particle import check_context
 from flows.setflow import SetFlowConfig
+from flows.setflow.student import StudentConfig
 from jetflows.checks import require
 from jetflows.classes import canonical_class
 from jetflows.distributed import DEVICES
@@ -240,6 +241,10 @@ def _check_guided(flow: SetFlowConfig, what: str) -> None:
 
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
+#: a few-step student's distillation defaults (it starts from its teacher's weights)
+STUDENT_TRAIN = TrainConfig(
+    epochs=20, lr=1e-3, batch_size=128, patience=0, schedule="cosine", clip_norm=1.0
+)
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,9 @@ class PipelineConfig:
             ``flow_train``.
         n_generate: jets generated per class for the evaluation.
         calibrate: sampling options chosen per class on the validation jets (cloud target).
+        student: a few-step student distilled from the calibrated set flow (cloud target;
+            `flows.setflow.student.StudentConfig`; ``steps`` empty: none); it trains with
+            ``student_train``, and ``jetflows sample`` draws from it when the run has one.
         device: "auto" (a GPU when there is one), "cpu" or "cuda" for training and
             generation; not part of any stage's identity, so a run may continue elsewhere.
         per_class: settings of one class only, {class: {dotted key: value}} with the keys of
@@ -318,6 +326,8 @@ class PipelineConfig:
     set_flow: SetFlowConfig = SetFlowConfig()
     evaluate: EvalConfig = EvalConfig(fpnd=False)
     calibrate: CalibrateConfig = CalibrateConfig()
+    student: StudentConfig = StudentConfig()
+    student_train: TrainConfig = STUDENT_TRAIN
     per_class: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -351,6 +361,7 @@ class PipelineConfig:
             raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
         _check_guided(self.set_flow, f"set_flow.guidance {self.set_flow.guidance} needs a guide")
         self._check_calibration()
+        self._check_student()
         if self.target != "latent":
             return
         TwoStageConfig.of(self)  # its checks
@@ -381,6 +392,21 @@ class PipelineConfig:
             except ValueError as err:
                 raise UserError(f"calibrate.settings {setting}: {err}") from None
             _check_guided(flow, f"calibrate.settings {setting} guides")
+
+    def _check_student(self) -> None:
+        """A student distils a set flow: its steps must divide every step count the teacher
+        may be sampled with (the config's, and each calibration candidate's)."""
+        if not self.student.steps:
+            return
+        if self.target != "cloud":
+            raise UserError(
+                f"student.steps distil a set flow: target {self.target} has none (use target "
+                "cloud, or student.steps: [])"
+            )
+        self.student.check_teacher_steps(self.set_flow.steps, "set_flow.steps")
+        for setting in self.calibrate.settings:
+            if "steps" in setting:
+                self.student.check_teacher_steps(setting["steps"], f"calibrate.settings {setting}")
 
     def for_class(self, jet_class: str) -> PipelineConfig:
         """The settings class ``jet_class`` runs with: this config with its ``per_class``

@@ -35,6 +35,7 @@ import torch
 from convae.train import CHECKPOINT_KIND as CONVAE_KIND
 from convae.train import model_from_state
 from flows import latent, particle, setflow
+from flows.setflow import student as student_lib
 from flows.train import CHECKPOINT_KIND as FLOW_KIND
 from flows.train import flow_from_state
 from jetflows.classes import canonical_class
@@ -183,10 +184,11 @@ def _jet_level_sampler(
     record: SamplerRecord,
     states: Mapping[str, dict[str, Any]],
     device: torch.device,
+    model_file: str = "flow.pt",
 ) -> Sampler:
-    """A jet flow (jet_flow.pt) feeding a particle-level model (flow.pt, rebuilt by ``build``)
-    through ``generate`` (`flows.particle.generate` or `flows.setflow.generate`)."""
-    model = build(states["flow.pt"]).to(device)
+    """A jet flow (jet_flow.pt) feeding a particle-level model (``model_file``, rebuilt by
+    ``build``) through ``generate`` (`flows.particle.generate` or `flows.setflow.generate`)."""
+    model = build(states[model_file]).to(device)
     jet_flow = flow_from_state(states["jet_flow.pt"]).to(device)
     target = particle.ParticleTarget.from_dict(record.particle_target)
 
@@ -198,11 +200,30 @@ def _jet_level_sampler(
     return sample
 
 
+#: where a set flow's few-step student (`flows.setflow.student`) is kept, beside its teacher
+STUDENT = "student.pt"
+#: the sampling option that asks a run with a student for its teacher instead
+TEACHER = "teacher"
+
+
+def _student(state: dict[str, Any]) -> torch.nn.Module:
+    """The student of a student.pt state, sampling by default with the steps its
+    ``sampling_steps`` names (set by `_cloud_options`), else its first."""
+    model = student_lib.student_from_state(state)
+    steps = model.check_steps(state.get("sampling_steps"))
+    rest = tuple(s for s in model.student.steps if s != steps)
+    model.student = replace(model.student, steps=(steps, *rest))
+    return model
+
+
 def _cloud_sampler(
     record: SamplerRecord, states: Mapping[str, dict[str, Any]], device: torch.device
 ) -> Sampler:
-    """The jet flow feeding the set flow, which guide.pt guides when its config's
-    ``guidance`` asks for it (`flows.setflow.SetFlow.guided_velocity`)."""
+    """The jet flow feeding the few-step student when there is one (student.pt), else the set
+    flow, which guide.pt guides when its config's ``guidance`` asks for it
+    (`flows.setflow.SetFlow.guided_velocity`)."""
+    if STUDENT in states:
+        return _jet_level_sampler(setflow.generate, _student, record, states, device, STUDENT)
     guidance = setflow.SetFlowConfig(**states["flow.pt"]["set_flow_config"]).guidance
     guide = None
     if guidance != 1.0:
@@ -215,6 +236,37 @@ def _cloud_sampler(
         guide = setflow.set_flow_from_state(states["guide.pt"]).to(device)
     generate = functools.partial(setflow.generate, guide=guide)
     return _jet_level_sampler(generate, setflow.set_flow_from_state, record, states, device)
+
+
+def _cloud_options(
+    states: Mapping[str, dict[str, Any]], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The checkpoints with sampling ``options`` applied. With a student (student.pt) and
+    without ``teacher``: its ``steps`` (one it was trained for); else the set flow's ODE
+    options (`_ode_options`), the student left out.
+
+    Raises:
+        ValueError: a step count the student was not trained for, or teacher options asked
+            of a student.
+    """
+    options = dict(options)
+    teacher = options.pop(TEACHER, False)
+    if not isinstance(teacher, bool):
+        raise UserError(f"sampling option {TEACHER} must be true or false, got {teacher!r}")
+    if STUDENT in states and not teacher:
+        unknown = sorted(set(options) - {"steps"})
+        if unknown:
+            raise UserError(
+                f"{', '.join(unknown)} sample the teacher (the set flow), not its few-step "
+                "student: add --teacher (or sampling option teacher: true)"
+            )
+        if options.get("steps") is None:
+            return dict(states)
+        state = states[STUDENT]
+        _student({**state, "sampling_steps": options["steps"]})  # checks the step count
+        return {**states, STUDENT: {**state, "sampling_steps": options["steps"]}}
+    states = {k: v for k, v in states.items() if k != STUDENT}
+    return _ode_options(states, options) if options else states
 
 
 def _ode_options(
@@ -354,6 +406,32 @@ def _train_cloud(
     return Trained(states, keys)
 
 
+def _distil_cloud(
+    cfg: PipelineConfig,
+    jet_class: str,
+    parts: tuple[Jets, Jets],
+    states: dict[str, dict[str, Any]],
+    key: str,
+    trained: Trainer,
+) -> Trained | None:
+    """The few-step student of the set flow as sampled (``states``: its checkpoints with the
+    chosen sampling options), when ``cfg.student.steps`` asks for one; None: no student.
+    ``key``: the teacher's sampled identity (weights, guide, options)."""
+    if not cfg.student.steps:
+        return None
+    from pipelines.run import stages
+    from pipelines.run.config import digest
+
+    record, _, set_data = stages.set_flow_data(cfg, jet_class, parts)
+    inputs = {
+        name: states[name] for name in ("flow.pt", "jet_flow.pt", "guide.pt") if name in states
+    }
+    key = digest(key, cfg.student, cfg.student_train)
+    train = functools.partial(stages.train_student, cfg, set_data, record, inputs)
+    state = trained(STUDENT, student_lib.CHECKPOINT_KIND, key, train, **inputs)
+    return Trained({STUDENT: state}, {STUDENT: key})
+
+
 # ----------------------------------------------------------------------------------- registry
 
 
@@ -374,6 +452,9 @@ class Generator:
         options: (states, {option: value}) -> states: sampling options a user may change
             without retraining (``jetflows sample --solver --steps``); None: none.
         sampling: the config's values of those options (cfg -> {option: value}).
+        distil: (cfg, class, (train, valid) jets, the sampled states, their key, `Trainer`)
+            -> `Trained` or None: a model distilled from the sampled one once its sampling
+            options are chosen (a set flow's few-step student), sampled in its place.
         added_sampling: options added after runs were sampled, with their defaults: left out
             of the generate stage's key at their default (those runs' jets stay up to date).
         reported: the stages whose epochs a tuning trial reports to the pruner, in order.
@@ -389,6 +470,7 @@ class Generator:
     companions: tuple[tuple[str, str], ...] = ()
     options: Callable[..., dict[str, dict[str, Any]]] | None = None
     sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    distil: Callable[..., Trained | None] | None = None
     added_sampling: Mapping[str, Any] = field(default_factory=dict)
     reported: tuple[str, ...] = ("flow.pt",)
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -430,8 +512,9 @@ GENERATORS: dict[str, Generator] = {
             _train_cloud,
             _cloud_sampler,
             companions=(("guide.pt", setflow.CHECKPOINT_KIND),),
-            options=_ode_options,
+            options=_cloud_options,
             sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
+            distil=_distil_cloud,
             added_sampling=setflow.ADDED_SAMPLING_FIELDS,
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
@@ -498,6 +581,21 @@ def class_dir(run: str | Path, jet_class: str) -> Path:
     return path
 
 
+def _load_student(path: Path, jet_class: str, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A student.pt distilled from the models in ``states`` (flow.pt and what it was fitted
+    on), with its teacher's record (class, normalization, kinematics): else ValueError naming
+    the file (sampling the teacher instead, ``teacher``, needs no student)."""
+    state = load_checkpoint(path, student_lib.CHECKPOINT_KIND)
+    check_provenance(state, path, jet_class, **states)
+    teacher = SamplerRecord.from_dict(states["flow.pt"].get("extra", {}), path.parent / "flow.pt")
+    if state.get("extra") != teacher.to_dict():
+        raise UserError(
+            f"{path}: a student without its teacher's normalization and record (particle "
+            "scaling, kinematics): distil it again with jetflows pipeline, or sample with --teacher"
+        )
+    return state
+
+
 def load_sampler(
     run: str | Path,
     jet_class: str,
@@ -537,6 +635,8 @@ def load_sampler(
             LOG.info("%s: left out (%s)", path / name, err)
             continue
         states[name] = companion
+    if gen.distil is not None and (path / STUDENT).is_file() and not (options or {}).get(TEACHER):
+        states[STUDENT] = _load_student(path / STUDENT, path.name, states)
     try:
         return build_sampler(states, device=device, options=options)
     except ValueError as err:  # the same kind of error, naming the run's flow

@@ -257,8 +257,6 @@ def run_class(
         if generator.reconstructs
         else None
     )
-    write_json(directory / "history.json", run.stages.histories)
-    curves = training_curves(run.stages.histories, directory / "plots")
     # a set flow's ODE (solver, steps) samples only: new steps, new jets, the same model; the
     # other targets have no such options and keep their keys
     sampling, states = generator.sampling(cfg), trained.states
@@ -280,6 +278,18 @@ def run_class(
     added = generator.added_sampling
     keyed = {k: v for k, v in sampling.items() if k not in added or v != added[k]}
     generate = (trained.keys["flow.pt"], *beside, cfg.n_generate, *([keyed] if keyed else []))
+    distilled = None
+    if generator.distil is not None:  # a model distilled from the one sampled (a student)
+        teacher = digest(trained.keys["flow.pt"], *beside, keyed)
+        distilled = generator.distil(cfg, jet_class, run.parts, states, teacher, run.trained)
+        if distilled is None:
+            _remove_stale(directory / "student.pt", "this config distils none")
+    if distilled is not None:  # sampled in its place, here and by jetflows sample
+        states = {**states, **distilled.states}
+        generate = (*generate, *distilled.keys.values())
+    # after every training stage, the distilled one included
+    write_json(directory / "history.json", run.stages.histories)
+    curves = training_curves(run.stages.histories, directory / "plots")
     keys = {"generate": digest(*generate)}
     generated, regenerated = _generate_stage(run, keys["generate"], states)
     # the report shows the calibration: a new one (even choosing the same) is reported again

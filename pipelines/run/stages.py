@@ -12,18 +12,22 @@ carries its `pipelines.run.generators.SamplerRecord`, from which
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from convae.model import ConVAE
 from convae.train import fit as fit_convae
 from convae.train import model_from_state
 from flows import latent, particle, setflow
 from flows.models import FlowConfig, build_flow
+from flows.setflow import student as student_lib
 from flows.train import FlowData
 from flows.train import fit as fit_flow
 from jetflows.distributed import resolve_device
@@ -35,6 +39,9 @@ from pipelines.io import check_model_memory
 from pipelines.run.config import PipelineConfig, TwoStageConfig, to_dict
 from pipelines.run.generators import SamplerRecord, kinematics_context, kinematics_norm
 
+#: added to the student's training seed for the teacher's noise: the trajectories share no
+#: stream with the student's own draws
+STUDENT_SEED_OFFSET = 104729
 KINEMATICS_POOL = 5000  # training (pt, eta) pairs kept in flow.pt for the sampler's jet_features
 
 # --------------------------------------------------------------------------------------- data
@@ -391,4 +398,71 @@ def train_set_flow(
     flow = built(lambda: setflow.SetFlow(cfg.set_flow, context=width), "set flow", device)
     return setflow.fit(
         flow, data[0], data[1], config=cfg.flow_train, extra=record.to_dict(), **fit
+    ).state
+
+
+def _repeated(data: setflow.SetData, draws: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The masks (N * draws, P) and contexts of ``data``, each jet ``draws`` times in a row."""
+    _, mask, context = data
+    return mask.repeat(draws, 1), None if context is None else context.repeat(draws, 1)
+
+
+def distillation_data(
+    cfg: PipelineConfig,
+    data: tuple[setflow.SetData, setflow.SetData],
+    teacher: setflow.SetFlow,
+    guide: setflow.SetFlow | None,
+    *,
+    progress: bool = False,
+) -> tuple[student_lib.StudentData, student_lib.StudentData]:
+    """The teacher's trajectories for the training jets (``student.draws`` noise draws each)
+    and the validation jets (one each), on the teacher's own grid, guidance included; the
+    teacher's network in fp32 (its exact map, whatever precision it samples with)."""
+    fp32 = setflow.SetFlow(
+        replace(teacher.config, precision="fp32"),
+        features=teacher.features,
+        context=teacher.context,
+    )
+    fp32.load_state_dict(teacher.state_dict())
+    fp32.eval()
+    g = torch.Generator().manual_seed(cfg.student_train.seed + STUDENT_SEED_OFFSET)
+    out = []
+    for part, draws in zip(data, (cfg.student.draws, 1), strict=True):
+        mask, context = _repeated(part, draws)
+        with tqdm(
+            total=len(mask), desc="teacher trajectories", unit="jet", disable=not progress
+        ) as bar:
+            traj = student_lib.teacher_trajectories(
+                fp32, mask, context, steps=teacher.config.steps, guide=guide, generator=g,
+                progress=bar.update,
+            )  # fmt: skip
+        out.append((traj, mask, context))
+    return out[0], out[1]
+
+
+def train_student(
+    cfg: PipelineConfig,
+    data: tuple[setflow.SetData, setflow.SetData],
+    record: SamplerRecord,
+    states: dict[str, dict[str, Any]],
+    **fit: Any,
+) -> dict[str, Any]:
+    """Distil the few-step student from the set flow in ``states["flow.pt"]`` (with the
+    sampling options it is drawn with: solver, steps, guidance), guided by
+    ``states["guide.pt"]`` as those say (``fit``: resume, on_epoch, progress); its state, with
+    ``record`` in ``extra``."""
+    device = resolve_device(cfg.device)
+    teacher = setflow.set_flow_from_state(states["flow.pt"]).to(device)
+    guided = teacher.config.guidance != 1.0
+    guide = setflow.set_flow_from_state(states["guide.pt"]).to(device) if guided else None
+    data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
+    train, valid = distillation_data(cfg, data, teacher, guide, progress=fit.get("progress", False))
+    torch.manual_seed(cfg.student_train.seed)
+    shape = {"features": teacher.features, "context": teacher.context}
+    make = functools.partial(student_lib.Student, teacher.config, cfg.student, **shape)
+    student = built(make, "student", device)  # sized on the meta device first: no weights
+    if cfg.student.init == "teacher":
+        student.load_teacher(teacher)
+    return student_lib.fit(
+        student, train, valid, config=cfg.student_train, extra=record.to_dict(), **fit
     ).state

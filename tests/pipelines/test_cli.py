@@ -45,10 +45,11 @@ def fake_pythia(monkeypatch):
 
 def test_sample_offers_every_set_flow_sampling_option():
     from flows.setflow import SAMPLING_FIELDS
+    from pipelines.run.generators import TEACHER
 
-    assert set(cli.SAMPLE_OPTIONS) == set(SAMPLING_FIELDS)
+    assert set(cli.SAMPLE_OPTIONS) == {*SAMPLING_FIELDS, TEACHER}
     args = cli.build_parser().parse_args(["sample", "--n", "1", "--class", "t"])
-    assert all(getattr(args, k) is None for k in SAMPLING_FIELDS)  # default: the model's
+    assert all(getattr(args, k) is None for k in cli.SAMPLE_OPTIONS)  # default: the model's
 
 
 def test_help_lists_commands(capsys):

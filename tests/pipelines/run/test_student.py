@@ -1,0 +1,141 @@
+"""The few-step student in the pipeline: distilled from the run's calibrated, guided set flow,
+checkpointed with its provenance, resumed, retrained only when its teacher or settings change,
+and what `jetflows sample` draws from unless told --teacher."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.data.jetnet import write_jetnet_file
+from pipelines.run.checkpoints import save_checkpoint
+from pipelines.run.config import load_config
+from pipelines.run.generators import load_sampler
+from pipelines.run.pipeline import run_pipeline
+from pipelines.run.sample import sampled_jets
+from tests.conftest import assert_one_line_error, random_jets
+from tests.pipelines.run.test_generators import TINY
+
+STUDENT = [
+    "target=cloud",
+    "set_flow.steps=4",
+    "set_flow.guide_epochs=1",
+    "set_flow.guide_width=8",
+    "set_flow.guidance=2",
+    "student.steps=[2, 1]",
+    "student_train.epochs=3",
+    "student_train.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jetnet")
+    write_jetnet_file(root / "g.hdf5", random_jets(600, seed=5))
+    return root
+
+
+def _config(data_dir, *more):
+    return load_config("configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", *more])
+
+
+@pytest.fixture(scope="module")
+def student_run(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    return run_pipeline(_config(data_dir, *STUDENT), root=root, progress=False)
+
+
+def _sample(run, out, *extra) -> np.ndarray:
+    seed = str(load_config(run / "config.yaml").data.seed)  # the evaluation's jets' seed
+    args = ["sample", "--run", str(run), "--class", "g", "--n", "200", "--seed", seed]
+    assert main([*args, "--out", str(out), "--quiet", *extra]) == 0
+    with h5py.File(out) as f:
+        return f["particle_features"][:]
+
+
+def test_the_pipeline_distils_a_student_and_samples_it(student_run, tmp_path):
+    g = student_run / "g"
+    log = (student_run / "pipeline.log").read_text()
+    assert "g: student done" in log and (g / "student.pt").is_file()
+    state = torch.load(g / "student.pt", weights_only=False)
+    assert state["kind"] == "jetflows.setflow.student" and len(state["history"]) == 3
+    assert set(state["provenance"]["fitted_on"]) == {"flow.pt", "jet_flow.pt", "guide.pt"}
+    assert tuple(state["student_config"]["steps"]) == (2, 1)
+    history = json.loads((g / "history.json").read_text())
+    assert len(history["student"]) == 3
+    # the evaluation's jets are the student's: jetflows sample draws the same by default
+    student = _sample(student_run, tmp_path / "s.hdf5")
+    with h5py.File(g / "generated.hdf5") as f:
+        assert np.array_equal(student, f["particle_features"][:])
+    teacher = _sample(student_run, tmp_path / "t.hdf5", "--teacher")
+    one = _sample(student_run, tmp_path / "one.hdf5", "--steps", "1")
+    assert not np.allclose(student, teacher) and not np.allclose(student, one)
+    seed = load_config(student_run / "config.yaml").data.seed
+    jets = sampled_jets(load_sampler(student_run, "g", options={"steps": 1}), 200, seed=seed)
+    assert np.array_equal(jets.particles, one[..., :3])
+    assert (jets.particles[..., 2][jets.mask] > 0).all() and len(np.unique(jets.mask.sum(1))) > 5
+
+
+def test_a_student_is_asked_only_for_what_it_was_trained_for(student_run, tmp_path, capsys):
+    out = tmp_path / "x.hdf5"
+    args = ["sample", "--run", str(student_run), "--class", "g", "--n", "20", "--out", str(out)]
+    assert_one_line_error(capsys, [*args, "--steps", "4"], "samples in 2, 1 steps")
+    assert_one_line_error(capsys, [*args, "--guidance", "1"], "--teacher")
+    assert_one_line_error(capsys, [*args, "--solver", "euler"], "--teacher")
+    assert not out.exists()
+    assert main([*args, "--teacher", "--steps", "2", "--guidance", "1", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s["provenance"].update(jet_class="t"), "class 't'"),
+        (lambda s: s["extra"].pop("particle_target"), "normalization"),
+        (lambda s: s["provenance"]["fitted_on"].update({"flow.pt": "0" * 16}), "flow.pt"),
+    ],
+    ids=["another class", "no normalization", "another teacher"],
+)
+def test_a_student_that_is_not_its_teachers_is_refused(student_run, tmp_path, capsys, edit, match):
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    state = torch.load(run / "g" / "student.pt", weights_only=False)
+    state.pop("content_sha256")
+    edit(state)
+    save_checkpoint(run / "g" / "student.pt", state)
+    out = tmp_path / "x.hdf5"
+    args = ["sample", "--run", str(run), "--class", "g", "--n", "20", "--out", str(out)]
+    assert_one_line_error(capsys, args, match)
+    assert not out.exists()
+    assert main([*args, "--teacher", "--quiet"]) == 0  # the teacher needs no student
+
+
+def test_the_student_stage_resumes_and_retrains_alone(student_run, data_dir, tmp_path, monkeypatch):
+    shutil.copytree(student_run, tmp_path / "tiny")
+    cfg = _config(data_dir, *STUDENT, "student.method=reflow")
+    saves = []
+
+    def killed(path, state):  # dies after the student's second epoch is written
+        save_checkpoint(path, state)
+        saves.append(path.name)
+        if saves.count("student.last.pt") == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipelines.run.pipeline.save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    monkeypatch.undo()
+    run = run_pipeline(cfg, root=tmp_path, progress=False, overwrite=True)
+    log = (run / "pipeline.log").read_text().split("class g")[-1]
+    assert "g: flow up to date" in log and "g: guide up to date" in log
+    assert "g: resuming student after epoch 2" in log and "g: student done" in log
+    state = torch.load(run / "g" / "student.pt", weights_only=False)
+    assert state["student_config"]["method"] == "reflow" and len(state["history"]) == 3
+    # a config without a student removes it, and samples the teacher again
+    plain = [s for s in STUDENT if not s.startswith("student")]
+    run_pipeline(_config(data_dir, *plain), root=tmp_path, progress=False, overwrite=True)
+    assert not (run / "g" / "student.pt").exists()
+    assert load_sampler(run, "g").sampler is not None

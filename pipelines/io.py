@@ -17,6 +17,12 @@ from typing import Any
 from jetflows.errors import MissingFileError, UserError
 
 
+def default_cache_dir() -> Path:
+    """$JETFLOWS_CACHE, else ~/.cache/jetflows: what jetflows keeps between runs (Pythia
+    chunks, precision timings)."""
+    return Path(os.environ.get("JETFLOWS_CACHE", Path.home() / ".cache" / "jetflows"))
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (where a new file or directory would go)."""
     return next((p for p in [path, *path.parents] if p.exists()), Path("."))

@@ -9,11 +9,15 @@ library's divergence loop needs.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import platform
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from flows.setflow.config import SAMPLE_CHUNK, SetFlowConfig
 
@@ -93,24 +97,92 @@ def chunked(
     return x * mask[..., None]
 
 
-#: "auto" precision on a CPU runs a network this narrow in fp32 even with native bf16: the
-#: casts outweigh the smaller matmuls (AMD EPYC with AVX512-BF16, one thread, 512 jets of 30
-#: particles: width 96 x 3 blocks 180 us a jet in bf16 against 286 in fp32; the guide's width
-#: 48 x 2 blocks 86 against 58)
+#: without a network to time, "auto" runs a CPU network this narrow in fp32 even with native
+#: bf16: the casts outweigh the smaller matmuls (AMD EPYC with AVX512-BF16, one thread, 512 jets
+#: of 30 particles: width 96 x 3 blocks 180 us a jet in bf16 against 286 in fp32; the guide's
+#: width 48 x 2 blocks 86 against 58)
 AUTO_BF16_MIN_WIDTH = 64
+#: "auto" on a CPU with native bf16: whether bf16 ran a network faster, by `timing_key`, timed
+#: once in this process (`bf16_faster`); a caller may preload and keep it (the pipelines keep
+#: it on disk), so a machine times each network shape once
+BF16_FASTER: dict[str, bool] = {}
+TIMING_REPEATS = 3
 
 
-def uses_bf16(precision: str, device: torch.device, width: int | None = None) -> bool:
-    """Whether ``precision`` ("fp32", "bf16", "auto") samples in bfloat16 on ``device``, for
-    a network of ``width`` (None: any; "auto" keeps a CPU network narrower than
-    `AUTO_BF16_MIN_WIDTH` in fp32)."""
+def native_bf16() -> bool:
+    """Whether this CPU has native bfloat16 (AVX512-BF16 or AMX); without it autocast emulates
+    bf16 and runs slower than fp32."""
+    # torch's own CPU probes (private, hence the fallbacks)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(
+                (line.split(":", 1)[1].strip() for line in handle if "model name" in line), ""
+            )
+    except OSError:
+        return platform.processor()
+
+
+def timing_key(net: nn.Module, slots: int) -> str:
+    """What a precision timing holds for: the CPU model, torch's threads, the network's class
+    and parameter shapes, and the particle slots it runs on."""
+    shapes = ";".join(f"{n}{tuple(p.shape)}" for n, p in net.named_parameters())
+    digest = hashlib.sha256(shapes.encode()).hexdigest()[:16]
+    return (
+        f"{_cpu_name()}|threads {torch.get_num_threads()}|{type(net).__name__} {digest}|P {slots}"
+    )
+
+
+def _seconds(net: nn.Module, inputs: tuple[torch.Tensor, ...], bf16: bool) -> float:
+    """Best of `TIMING_REPEATS` forward passes (after one warm-up)."""
+    best = math.inf
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for i in range(TIMING_REPEATS + 1):
+            start = time.perf_counter()
+            net(*inputs)
+            if i:
+                best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bf16_faster(net: nn.Module, *, slots: int, features: int, context: int) -> bool:
+    """Whether ``net`` (a velocity network taking x (B, P, F), mask (B, P), c (B, C)) runs a
+    chunk of `SAMPLE_CHUNK` jets of ``slots`` particles faster in bf16 than in fp32 on this CPU:
+    timed once (`BF16_FASTER`). The flag that a CPU has bf16 says what it can do, not what is
+    faster: on an Intel Xeon with AVX512-BF16 the guided set flow sampled slower in bf16."""
+    key = timing_key(net, slots)
+    if key not in BF16_FASTER:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(SAMPLE_CHUNK, slots, features, generator=g)
+        c = torch.randn(SAMPLE_CHUNK, context, generator=g)
+        inputs = (x, torch.ones(SAMPLE_CHUNK, slots, dtype=torch.bool), c)
+        BF16_FASTER[key] = _seconds(net, inputs, True) < _seconds(net, inputs, False)
+    return BF16_FASTER[key]
+
+
+def uses_bf16(
+    precision: str,
+    device: torch.device,
+    width: int | None = None,
+    *,
+    timed: Callable[[], bool] | None = None,
+) -> bool:
+    """Whether ``precision`` ("fp32", "bf16", "auto") samples in bfloat16 on ``device``.
+
+    "auto": on a GPU, where it supports bf16; on a CPU, never without native bf16, else as
+    ``timed()`` says (`bf16_faster` of the network), or without it by ``width`` (a network
+    narrower than `AUTO_BF16_MIN_WIDTH` stays fp32; None: any).
+    """
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if width is not None and width < AUTO_BF16_MIN_WIDTH:
+    if device.type != "cpu" or not native_bf16():
         return False
-    # torch's own CPU probes (private, hence the fallbacks): without native bf16 the autocast
-    # emulates it and runs slower than fp32
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return device.type == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+    if timed is not None:
+        return timed()
+    return width is None or width >= AUTO_BF16_MIN_WIDTH

@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -232,7 +233,15 @@ class Student(nn.Module):
             raise UserError("a student has its teacher's guidance folded in: it takes no guide")
         steps = self.check_steps(steps)
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
-        bf16 = sampling.uses_bf16(self.config.precision, mask.device, self.config.width)
+        width = self.context + TIME_FEATURES + STEP_FEATURES
+        timed = functools.partial(
+            sampling.bf16_faster,
+            self.net,
+            slots=mask.shape[1],
+            features=self.features,
+            context=width,
+        )
+        bf16 = sampling.uses_bf16(self.config.precision, mask.device, timed=timed)
 
         def solve(x0: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             c = None if context is None else context[rows]
@@ -266,11 +275,11 @@ def teacher_trajectories(
     teacher._check_guide(guide)
     x0 = torch.randn((*mask.shape, teacher.features), generator=generator, device=mask.device)
     config = teacher.config
-    bf16 = sampling.uses_bf16(config.precision, mask.device, config.width)
+    bf16 = sampling.uses_bf16(config.precision, mask.device, timed=teacher._timed(mask.shape[1]))
     guide_bf16 = (
         None
         if guide is None
-        else sampling.uses_bf16(config.precision, mask.device, guide.config.width)
+        else sampling.uses_bf16(config.precision, mask.device, timed=guide._timed(mask.shape[1]))
     )
     grid = sampling.time_grid(steps, mask.device)
     out = x0.new_zeros(len(x0), steps + 1, *x0.shape[1:])

@@ -47,13 +47,9 @@ from pipelines.io import (
     available_memory,
     check_disk_space,
     check_writable,
+    default_cache_dir,
     parse_json,
 )
-
-
-def default_cache_dir() -> Path:
-    """$JETFLOWS_CACHE, else ~/.cache/jetflows."""
-    return Path(os.environ.get("JETFLOWS_CACHE", Path.home() / ".cache" / "jetflows"))
 
 
 def _chunk_path(cache: Path, cfg: PythiaConfig, chunk: int) -> Path:

@@ -16,8 +16,11 @@ command starts fast.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,13 @@ from jetflows.classes import canonical_class
 from jetflows.errors import UserError
 from jetflows.physics import jet_observables
 from pipelines.data.jetnet import Jets
-from pipelines.io import atomic_path, check_disk_space, check_writable
+from pipelines.io import (
+    atomic_path,
+    check_disk_space,
+    check_writable,
+    default_cache_dir,
+    write_json,
+)
 from pipelines.run.generators import TrainedSampler, class_dir, load_sampler
 
 
@@ -138,6 +147,34 @@ def sampled_jets(
     return Jets(pf[..., :3], pf[..., 3] > 0, np.concatenate(jets), np.full(n, -1))
 
 
+#: the set flows' precision timings (`flows.setflow.sampling.BF16_FASTER`), kept per machine
+PRECISION_TIMINGS = "precision_timings.json"
+
+
+@contextlib.contextmanager
+def kept_precision_timings() -> Iterator[None]:
+    """Load the precision timings this machine made before (`PRECISION_TIMINGS` in the cache
+    folder), and keep any new ones: "auto" times each network once per machine, not once per
+    command. An unreadable or unwritable cache is only timed again."""
+    from flows.setflow import sampling
+
+    path = default_cache_dir() / PRECISION_TIMINGS
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict):
+        sampling.BF16_FASTER.update({k: v for k, v in known.items() if isinstance(v, bool)})
+    before = dict(sampling.BF16_FASTER)
+    try:
+        yield
+    finally:
+        if sampling.BF16_FASTER != before:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, sampling.BF16_FASTER)
+
+
 @torch.no_grad()
 def sample_jets(
     gen: TrainedSampler,
@@ -156,6 +193,19 @@ def sample_jets(
     given = None if kinematics is None else check_kinematics(gen, kinematics, n)
     g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
+    with kept_precision_timings():
+        yield from _batches(gen, n, g, picks, given, batch_size)
+
+
+def _batches(
+    gen: TrainedSampler,
+    n: int,
+    g: torch.Generator,
+    picks: torch.Generator,
+    given: torch.Tensor | None,
+    batch_size: int,
+) -> Any:
+    """`sample_jets`'s batches."""
     for start in range(0, n, batch_size):
         interrupt.check()  # between batches: where a swallowed SIGTERM is raised again
         b = min(batch_size, n - start)

@@ -357,11 +357,24 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(native, monkeypatch
     assert not uses_bf16("auto", cpu, width=48) and uses_bf16("bf16", cpu, width=48)
 
 
-def test_a_narrow_guide_samples_in_fp32_beside_a_bf16_flow_under_auto(monkeypatch):
+def test_auto_precision_takes_what_each_network_ran_faster_with_here(monkeypatch):
+    """Native bf16 says what a CPU can do, not what is faster (an Intel Xeon with AVX512-BF16
+    sampled the guided flow slower in bf16): "auto" times each network once in both and
+    samples each in its faster one; the timing is kept, not repeated."""
+    from flows.setflow import sampling
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(sampling, "BF16_FASTER", {})
     config = {**TINY, "network": "transformer", "precision": "auto"}
     flow = SetFlow(SetFlowConfig(**{**config, "width": 64}, guidance=2.0), context=2).eval()
     guide = SetFlow(SetFlowConfig(**config), context=2).eval()  # width 16
+    timed = []
+
+    def fake_seconds(net, inputs, bf16):  # the flow is faster in bf16, the guide in fp32
+        timed.append(net)
+        return 1.0 if bf16 == (net is flow.net) else 2.0
+
+    monkeypatch.setattr(sampling, "_seconds", fake_seconds)
     seen = {}
 
     def hook(name: str):
@@ -375,6 +388,12 @@ def test_a_narrow_guide_samples_in_fp32_beside_a_bf16_flow_under_auto(monkeypatc
     _, mask, c = _batch()
     flow.sample(mask, c, generator=torch.Generator().manual_seed(0), guide=guide)
     assert seen == {"flow": True, "guide": False}
+    assert len(sampling.BF16_FASTER) == 2 and len(timed) == 4
+    flow.sample(mask, c, guide=guide)
+    assert len(timed) == 4  # kept
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not sampling.uses_bf16("auto", torch.device("cpu"), timed=lambda: True)
 
 
 def test_position_weight_reweights_the_coordinates_and_keeps_the_mean_weight_one():

@@ -139,3 +139,23 @@ def test_the_student_stage_resumes_and_retrains_alone(student_run, data_dir, tmp
     run_pipeline(_config(data_dir, *plain), root=tmp_path, progress=False, overwrite=True)
     assert not (run / "g" / "student.pt").exists()
     assert load_sampler(run, "g").sampler is not None
+
+
+def test_precision_timings_are_kept_per_machine(tmp_path, monkeypatch):
+    """'auto' precision times a network once per machine: the timings live in the cache
+    folder; an unreadable cache is timed again, never an error."""
+    from flows.setflow import sampling
+    from pipelines.run.sample import PRECISION_TIMINGS, kept_precision_timings
+
+    monkeypatch.setenv("JETFLOWS_CACHE", str(tmp_path))
+    monkeypatch.setattr(sampling, "BF16_FASTER", {})
+    with kept_precision_timings():
+        sampling.BF16_FASTER["cpu|net"] = True
+    assert json.loads((tmp_path / PRECISION_TIMINGS).read_text()) == {"cpu|net": True}
+    monkeypatch.setattr(sampling, "BF16_FASTER", {})
+    with kept_precision_timings():
+        assert sampling.BF16_FASTER == {"cpu|net": True}
+    (tmp_path / PRECISION_TIMINGS).write_text("{not json")
+    monkeypatch.setattr(sampling, "BF16_FASTER", {})
+    with kept_precision_timings():
+        assert sampling.BF16_FASTER == {}

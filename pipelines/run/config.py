@@ -403,6 +403,8 @@ class PipelineConfig:
                 f"student.steps distil a set flow: target {self.target} has none (use target "
                 "cloud, or student.steps: [])"
             )
+        if self.student.teacher_steps:  # the student learns the teacher on a grid of its own
+            return
         self.student.check_teacher_steps(self.set_flow.steps, "set_flow.steps")
         for setting in self.calibrate.settings:
             if "steps" in setting:
@@ -518,6 +520,16 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
 
 
+def _with_field_default(cls: type, name: str, value: Any) -> Any:
+    """A section given in part (``student_train: {epochs: 5}``) starts from the field's own
+    default (`STUDENT_TRAIN`), not from its class's (`TrainConfig()`: 300 epochs): what a
+    key left out means is what the field says, whether the section is named or not."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    if isinstance(value, dict) and dataclasses.is_dataclass(default):
+        return {**to_dict(default), **value}
+    return value
+
+
 def build(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass ``cls`` from a dict, strictly (unknown keys and wrong types: ValueError)."""
     if not isinstance(data, dict):
@@ -530,6 +542,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         raise UserError(
             f"unknown config key {where}{unknown[0]}: {cls.__name__} has {sorted(names)}"
         )
+    data = {k: _with_field_default(cls, k, v) for k, v in data.items()}
     kwargs = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
     try:
         return cls(**kwargs)

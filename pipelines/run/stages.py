@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -416,15 +415,12 @@ def distillation_data(
     progress: bool = False,
 ) -> tuple[student_lib.StudentData, student_lib.StudentData]:
     """The teacher's trajectories for the training jets (``student.draws`` noise draws each)
-    and the validation jets (one each), on the teacher's own grid, guidance included; the
-    teacher's network in fp32 (its exact map, whatever precision it samples with)."""
-    fp32 = setflow.SetFlow(
-        replace(teacher.config, precision="fp32"),
-        features=teacher.features,
-        context=teacher.context,
-    )
-    fp32.load_state_dict(teacher.state_dict())
-    fp32.eval()
+    and the validation jets (one each), guidance included, with the ODE and arithmetic the
+    student learns it with (`flows.setflow.student.StudentConfig.teacher`)."""
+    config = cfg.student.teacher(teacher.config)
+    exact = setflow.SetFlow(config, features=teacher.features, context=teacher.context)
+    exact.load_state_dict(teacher.state_dict())
+    exact.eval()
     g = torch.Generator().manual_seed(cfg.student_train.seed + STUDENT_SEED_OFFSET)
     out = []
     for part, draws in zip(data, (cfg.student.draws, 1), strict=True):
@@ -433,7 +429,7 @@ def distillation_data(
             total=len(mask), desc="teacher trajectories", unit="jet", disable=not progress
         ) as bar:
             traj = student_lib.teacher_trajectories(
-                fp32, mask, context, steps=teacher.config.steps, guide=guide, generator=g,
+                exact, mask, context, steps=config.steps, guide=guide, generator=g,
                 progress=bar.update,
             )  # fmt: skip
         out.append((traj, mask, context))

@@ -92,6 +92,9 @@ def test_trajectories_end_at_the_guided_teachers_jets():
         ({"steps": (True,)}, "whole"),
         ({"draws": 0}, "draws"),
         ({"init": "random"}, "init"),
+        ({"steps": (4,), "teacher_steps": 6}, "divide"),
+        ({"teacher_solver": "heun"}, "teacher_solver"),
+        ({"teacher_steps": -1}, "teacher_steps"),
     ],
 )
 def test_bad_student_configs_are_refused(values, match):

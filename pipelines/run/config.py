@@ -241,9 +241,10 @@ def _check_guided(flow: SetFlowConfig, what: str) -> None:
 
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
-#: a few-step student's distillation defaults (it starts from its teacher's weights)
+#: a few-step student's distillation defaults (it starts from its teacher's weights); batch 32:
+#: on the three-prong toy it beat 128 at the same time (tau32 0.21 against 0.24 at 2 calls)
 STUDENT_TRAIN = TrainConfig(
-    epochs=20, lr=1e-3, batch_size=128, patience=0, schedule="cosine", clip_norm=1.0
+    epochs=20, lr=1e-3, batch_size=32, patience=0, schedule="cosine", clip_norm=1.0
 )
 
 

@@ -278,12 +278,12 @@ def test_a_number_key_beside_an_unknown_key_is_one_clear_error(tmp_path):
 
 
 def test_a_section_given_in_part_keeps_the_fields_own_defaults():
-    """`--set student_train.batch_size=32` on a config without that section changes the batch
+    """`--set student_train.batch_size=64` on a config without that section changes the batch
     only: the rest is the field's default (STUDENT_TRAIN: 20 epochs), not TrainConfig()'s 300;
     the same for flow_train (FLOW_TRAIN's lr, not TrainConfig()'s)."""
     from pipelines.run.config import FLOW_TRAIN, STUDENT_TRAIN, PipelineConfig, build
 
-    cfg = build(PipelineConfig, {"student_train": {"batch_size": 32}, "flow_train": {"epochs": 3}})
-    assert cfg.student_train == dataclasses.replace(STUDENT_TRAIN, batch_size=32)
+    cfg = build(PipelineConfig, {"student_train": {"batch_size": 64}, "flow_train": {"epochs": 3}})
+    assert cfg.student_train == dataclasses.replace(STUDENT_TRAIN, batch_size=64)
     assert cfg.flow_train == dataclasses.replace(FLOW_TRAIN, epochs=3)
     assert build(PipelineConfig, {}).student_train == STUDENT_TRAIN

@@ -304,9 +304,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         options={k: getattr(args, k) for k in SAMPLE_OPTIONS if getattr(args, k) is not None},
     )
+    import h5py
+
+    with h5py.File(path) as f:
+        model = f.attrs.get("model", "")
     choice = threads.applied()
     used = f"; {choice.describe()}" if choice else ""
-    print(f"wrote {path} ({args.n} {jet_class} jets from {args.run}{used})")
+    source = f"{args.run}: {model}" if model else f"{args.run}"
+    print(f"wrote {path} ({args.n} {jet_class} jets from {source}{used})")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:

@@ -115,6 +115,7 @@ class TrainedSampler:
     sampler: Sampler
     kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
     device: torch.device  # where the models and their random stream live
+    model: str = ""  # what draws the jets, in words (the generated file's "model" attribute)
 
     @property
     def num_particles(self) -> int:
@@ -267,6 +268,22 @@ def _cloud_options(
         return {**states, STUDENT: {**state, "sampling_steps": options["steps"]}}
     states = {k: v for k, v in states.items() if k != STUDENT}
     return _ode_options(states, options) if options else states
+
+
+def _cloud_model(states: Mapping[str, dict[str, Any]]) -> str:
+    """What a cloud generator's states sample with: its student's calls, or the set flow's ODE
+    and guidance."""
+    if STUDENT in states:
+        state = states[STUDENT]
+        steps = state.get("sampling_steps") or state["student_config"]["steps"][0]
+        return f"few-step student, {steps} network call{'s' * (steps > 1)} a jet"
+    c = setflow.SetFlowConfig(**states["flow.pt"]["set_flow_config"])
+    guided = (
+        f", guided (w {c.guidance:g} for {c.guidance_from:g} <= t < {c.guidance_until:g})"
+        if c.guidance != 1.0
+        else ""
+    )
+    return f"set flow, {c.steps} {c.solver} steps{guided}"
 
 
 def _ode_options(
@@ -452,6 +469,7 @@ class Generator:
         options: (states, {option: value}) -> states: sampling options a user may change
             without retraining (``jetflows sample --solver --steps``); None: none.
         sampling: the config's values of those options (cfg -> {option: value}).
+        describe: states -> what samples, in words (a generated file's "model" attribute).
         distil: (cfg, class, (train, valid) jets, the sampled states, their key, `Trainer`)
             -> `Trained` or None: a model distilled from the sampled one once its sampling
             options are chosen (a set flow's few-step student), sampled in its place.
@@ -471,6 +489,7 @@ class Generator:
     options: Callable[..., dict[str, dict[str, Any]]] | None = None
     sampling: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
     distil: Callable[..., Trained | None] | None = None
+    describe: Callable[[Mapping[str, dict[str, Any]]], str] = lambda states: ""
     added_sampling: Mapping[str, Any] = field(default_factory=dict)
     reported: tuple[str, ...] = ("flow.pt",)
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -515,6 +534,7 @@ GENERATORS: dict[str, Generator] = {
             options=_cloud_options,
             sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
             distil=_distil_cloud,
+            describe=_cloud_model,
             added_sampling=setflow.ADDED_SAMPLING_FIELDS,
             space={
                 "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
@@ -558,7 +578,7 @@ def build_sampler(
         states = gen.options(states, options)
     sampler = gen.sampler(record, states, device)
     kinematics = torch.tensor(record.jet_kinematics, dtype=torch.float32)
-    return TrainedSampler(record, sampler, kinematics, device)
+    return TrainedSampler(record, sampler, kinematics, device, gen.describe(states))
 
 
 def class_dir(run: str | Path, jet_class: str) -> Path:

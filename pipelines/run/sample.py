@@ -260,6 +260,7 @@ def sample_to_file(
                 "run": str(run),
                 "seed": seed,
                 "batch_size": batch_size,
+                **({"model": gen.model} if gen.model else {}),
                 **{f"sampling_{k}": v for k, v in (options or {}).items()},
             }
         )

@@ -71,7 +71,11 @@ def test_the_pipeline_distils_a_student_and_samples_it(student_run, tmp_path):
     student = _sample(student_run, tmp_path / "s.hdf5")
     with h5py.File(g / "generated.hdf5") as f:
         assert np.array_equal(student, f["particle_features"][:])
+    with h5py.File(tmp_path / "s.hdf5") as f:
+        assert f.attrs["model"] == "few-step student, 2 network calls a jet"
     teacher = _sample(student_run, tmp_path / "t.hdf5", "--teacher")
+    with h5py.File(tmp_path / "t.hdf5") as f:
+        assert f.attrs["model"].startswith("set flow, 4 midpoint steps, guided (w 2")
     one = _sample(student_run, tmp_path / "one.hdf5", "--steps", "1")
     assert not np.allclose(student, teacher) and not np.allclose(student, one)
     seed = load_config(student_run / "config.yaml").data.seed

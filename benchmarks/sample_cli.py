@@ -23,7 +23,7 @@ from pathlib import Path
 from common import cpu_model
 
 
-def _wall(argv: list[str], env: dict[str, str]) -> float:
+def wall(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - start
@@ -55,12 +55,12 @@ def main() -> None:
             "--overwrite",
             "--quiet",
         ]
-        _wall(argv, env)  # warm the file cache
-        times = [_wall(argv, env) for _ in range(args.repeats)]
+        wall(argv, env)  # warm the file cache
+        times = [wall(argv, env) for _ in range(args.repeats)]
         small = [a if a != str(args.n) else "10" for a in argv]
-        startup = statistics.median(_wall(small, env) for _ in range(args.repeats))
+        startup = statistics.median(wall(small, env) for _ in range(args.repeats))
         imports = min(
-            _wall([sys.executable, "-c", "import pipelines.run.sample"], env) for _ in range(3)
+            wall([sys.executable, "-c", "import pipelines.run.sample"], env) for _ in range(3)
         )
         size = out.stat().st_size / 1e6
     print(f"CPU: {cpu_model()}, OMP_NUM_THREADS={args.threads}, {args.repeats} repeats")

@@ -20,10 +20,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import cpu_model
+from sample_cli import wall
 
 SAMPLE_PATH = "import pipelines.cli; from pipelines.run.sample import sample_to_file"
 
@@ -49,12 +49,6 @@ def import_times(env: dict[str, str]) -> dict[str, float]:
         if len(name) - len(name.lstrip()) == 3:
             out[name.strip()] = int(parts[1]) / 1e6
     return out
-
-
-def wall(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -301,11 +301,10 @@ def test_set_flow_learns_three_prongs_that_a_set_blind_model_misses():
     assert abs(blob / real - 1) > 0.2, (blob, real)
 
 
-def test_a_shorter_trained_guide_sharpens_an_under_trained_flows_prongs():
-    """The three-prong toy (tau32 median 0.125): a transformer trained 15 epochs still blurs
-    its prongs (0.17-0.20 on three random streams), and guided (w 1.2 from t = 0.3) by a
-    smaller one trained 3 epochs, it generates within 20% of the toy (0.12-0.14); a guide
-    applied the wrong way round, or not at all, blurs more or as much and fails."""
+def guided_toy(steps: int) -> tuple[SetFlow, SetFlow, torch.Tensor, tuple]:
+    """The three-prong toy's under-trained flow (a 2-block transformer, 15 epochs) and its
+    guide (1 block, width 32, 3 epochs), sampling with ``steps`` midpoint steps, unguided:
+    (flow, guide, the 2,000 jets' mask, the (mean, std) their features were scaled with)."""
     torch.manual_seed(0)
     x, mask = three_prong_jets(2000, seed=0, per_prong=3)
     feats = torch.cat([x[..., :2], x[..., 2:].log()], -1).reshape(-1, 3)
@@ -313,12 +312,20 @@ def test_a_shorter_trained_guide_sharpens_an_under_trained_flows_prongs():
     data = (_to_flow(x, stats), mask, None)
 
     def trained(epochs: int, **config) -> SetFlow:
-        flow = SetFlow(SetFlowConfig(network="transformer", heads=4, steps=16, **config))
+        flow = SetFlow(SetFlowConfig(network="transformer", heads=4, steps=steps, **config))
         cfg = TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, patience=0, schedule="cosine")
         fit(flow, data, (data[0][:256], mask[:256], None), config=cfg, progress=False)
         return flow
 
-    flow, guide = trained(15, width=64, layers=2), trained(3, width=32, layers=1)
+    return trained(15, width=64, layers=2), trained(3, width=32, layers=1), mask, stats
+
+
+def test_a_shorter_trained_guide_sharpens_an_under_trained_flows_prongs():
+    """The three-prong toy (tau32 median 0.125): a transformer trained 15 epochs still blurs
+    its prongs (0.17-0.20 on three random streams), and guided (w 1.2 from t = 0.3) by a
+    smaller one trained 3 epochs, it generates within 20% of the toy (0.12-0.14); a guide
+    applied the wrong way round, or not at all, blurs more or as much and fails."""
+    flow, guide, mask, stats = guided_toy(steps=16)
     real = _tau32_median(*three_prong_jets(1000, seed=1, per_prong=3))
 
     def median(guidance: float) -> float:

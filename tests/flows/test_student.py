@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from flows.setflow import SetFlow, SetFlowConfig, fit
+from flows.setflow import SetFlow, SetFlowConfig
 from flows.setflow import student as student_lib
 from flows.setflow.student import (
     Student,
@@ -20,7 +20,7 @@ from flows.setflow.student import (
 )
 from jetflows.physics import nsubjettiness
 from jetflows.training import TrainConfig
-from tests.flows.test_setflow import TINY, _batch, _from_flow, _to_flow, three_prong_jets
+from tests.flows.test_setflow import TINY, _batch, _from_flow, guided_toy
 
 
 def _teacher(network: str = "transformer", **options) -> SetFlow:
@@ -130,19 +130,7 @@ def test_a_two_call_student_draws_its_guided_teachers_three_prongs():
     fails), its W1 to the teacher's tau32 under 0.35x what the teacher at one Euler step
     (0.69) or the student's own noise (0.64) are off by; and it follows its teacher's jets
     from the same noise more closely than it did at the start."""
-    torch.manual_seed(0)
-    x, mask = three_prong_jets(2000, seed=0, per_prong=3)
-    feats = torch.cat([x[..., :2], x[..., 2:].log()], -1).reshape(-1, 3)
-    stats = (feats.mean(0), feats.std(0))
-    data = (_to_flow(x, stats), mask, None)
-
-    def trained(epochs: int, **config) -> SetFlow:
-        flow = SetFlow(SetFlowConfig(network="transformer", heads=4, steps=8, **config))
-        cfg = TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, patience=0, schedule="cosine")
-        fit(flow, data, (data[0][:256], mask[:256], None), config=cfg, progress=False)
-        return flow
-
-    teacher, guide = trained(15, width=64, layers=2), trained(3, width=32, layers=1)
+    teacher, guide, mask, stats = guided_toy(steps=8)
     teacher.config = dataclasses.replace(teacher.config, guidance=1.2, guidance_from=0.3)
     g = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
     many = mask.repeat(3, 1)

@@ -61,6 +61,8 @@ STEP_FEATURES = 2  # log2(1/d) / 4 and d: which jump the network is asked for
 #: the most steps a student may be trained for (its teacher's grid must hold each jump)
 MAX_STEPS = 64
 MAX_TEACHER_STEPS = 256
+#: the (standardized) angular distance over which `structure_error` weighs particle pairs
+STRUCTURE_SCALE = 0.3
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class StudentConfig:
             teacher: top jets' generated mass was 2.4x the floor at the teacher's 8 midpoint
             steps, 1.6x at 8 RK4 steps (docs/benchmarks.md); ``steps`` must divide
             ``teacher_steps``.
+        structure_weight: the weight of `structure_error` (the relative angles of nearby
+            particles where each jump lands) beside the jumps' own error (0: none).
     """
 
     method: str = "trajectory"
@@ -88,6 +92,7 @@ class StudentConfig:
     init: str = "teacher"
     teacher_solver: str = ""
     teacher_steps: int = 0
+    structure_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -99,6 +104,10 @@ class StudentConfig:
             raise UserError(f"student.steps must be whole step counts, got {steps}")
         if len(set(steps)) != len(steps) or not all(1 <= s <= MAX_STEPS for s in steps):
             raise UserError(f"student.steps must be distinct, in [1, {MAX_STEPS}]: {steps}")
+        if not 0.0 <= self.structure_weight <= 1000.0:
+            raise UserError(
+                f"student.structure_weight must lie in [0, 1000], got {self.structure_weight}"
+            )
         if not 1 <= self.draws <= 100:
             raise UserError(f"student.draws must lie in [1, 100], got {self.draws}")
         if self.teacher_solver not in ("", *SOLVERS):
@@ -365,7 +374,26 @@ def trajectory_loss(
     start, end = traj[rows, j * stride], traj[rows, (j + 1) * stride]
     d = 1.0 / k.to(traj.dtype)
     got = student.mean_velocity(start, j.to(traj.dtype) * d, d, mask, context)
-    return _masked_mse(got, (end - start) / d[:, None, None], mask)
+    loss = _masked_mse(got, (end - start) / d[:, None, None], mask)
+    weight = student.student.structure_weight
+    if weight:
+        # the jumps' landing points: their relative angles, where a prong's width is set
+        landed = start + d[:, None, None] * got
+        loss = loss + weight * structure_error(landed, end, mask)
+    return loss
+
+
+def structure_error(got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the (eta, phi) differences between particle pairs, weighted by
+    how close the pair sits in ``want`` (exp(-d^2 / 2 `STRUCTURE_SCALE`^2)): a prong blurred
+    by errors of its particles' own counts here, a prong moved as a whole does not.
+    got, want (B, P, F), mask (B, P)."""
+    rel_got = got[:, :, None, :2] - got[:, None, :, :2]  # (B, P, P, 2)
+    rel_want = want[:, :, None, :2] - want[:, None, :, :2]
+    near = (-(rel_want**2).sum(-1) / (2 * STRUCTURE_SCALE**2)).exp()  # (B, P, P)
+    pairs = (mask[:, :, None] & mask[:, None, :]).to(got.dtype) * near
+    error = ((rel_got - rel_want) ** 2).sum(-1)
+    return (error * pairs).sum() / pairs.sum().clamp_min(1e-12) / 2
 
 
 def reflow_loss(

@@ -186,6 +186,9 @@ def _generate_stage(
     seed = run.cfg.data.seed
     jets = sampled_jets(sampler, run.cfg.n_generate, seed=seed, progress=run.progress)
     attrs = {"run": str(run.directory.parent), "seed": seed, "batch_size": BATCH_SIZE}
+    if sampler.model:
+        attrs["model"] = sampler.model
+        LOG.info("%s: generated with the %s", run.jet_class, sampler.model)
     write_jetnet_file(generated, jets, {**generated_attributes(run.jet_class), **attrs})
     run.stages.mark("generate", key)
     return stored(jets, generated), True

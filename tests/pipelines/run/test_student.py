@@ -61,6 +61,7 @@ def test_the_pipeline_distils_a_student_and_samples_it(student_run, tmp_path):
     g = student_run / "g"
     log = (student_run / "pipeline.log").read_text()
     assert "g: student done" in log and (g / "student.pt").is_file()
+    assert "g: generated with the few-step student, 2 network calls a jet" in log
     state = torch.load(g / "student.pt", weights_only=False)
     assert state["kind"] == "jetflows.setflow.student" and len(state["history"]) == 3
     assert set(state["provenance"]["fitted_on"]) == {"flow.pt", "jet_flow.pt", "guide.pt"}

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +29,30 @@ from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform, Per
 
 from jetflows.checks import require
 from jetflows.errors import UserError
+
+
+def _broadcast(*tensors: torch.Tensor, ignore: int | list[int] = 0) -> list[torch.Tensor]:
+    """`zuko.utils.broadcast` (the coupling flows broadcast x with their context), with the
+    common shape worked out in Python: zuko's goes through torch.broadcast_shapes, whose first
+    call in torch 2.13 imports torch._refs' symbolic shapes and sympy, 0.5 s of the 2.4 s
+    `jetflows sample` start-up (benchmarks/startup.py)."""
+    ignore = [ignore] * len(tensors) if isinstance(ignore, int) else list(ignore)
+    dims = [t.dim() - i for t, i in zip(tensors, ignore, strict=True)]
+    common: list[int] = []
+    for sizes in itertools.zip_longest(
+        *(reversed(t.shape[:d]) for t, d in zip(tensors, dims, strict=True)), fillvalue=1
+    ):
+        wide = {n for n in sizes if n != 1}
+        if len(wide) > 1:
+            raise RuntimeError(f"shapes {[tuple(t.shape) for t in tensors]} do not broadcast")
+        common.append(wide.pop() if wide else 1)
+    shape = torch.Size(reversed(common))
+    return [torch.broadcast_to(t, shape + t.shape[d:]) for t, d in zip(tensors, dims, strict=True)]
+
+
+# the names zuko's coupling and autoregressive flows and its spline transforms call
+for _module in (zuko.flows.coupling, zuko.flows.autoregressive, zuko.transforms):
+    _module.broadcast = _broadcast
 
 PERMUTATIONS = ("alternate", "random", "none")
 NORMS = ("none", "actnorm", "batchnorm")

@@ -151,3 +151,29 @@ def test_seed_realnvp_is_expressible():
     assert moved[2] == moved[0]
     assert couplings[0].transform_net.initial_layer.out_features == 700
     assert flow.sample(4).shape == (4, 30)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "ignore"),
+    [
+        ([(3, 1, 2), (4, 5)], 1),
+        ([(7, 3), (7, 2)], 1),
+        ([(2, 1, 4), (1, 3, 4)], 0),
+        ([(5, 2), (2,)], [1, 1]),
+    ],
+)
+def test_our_broadcast_is_zukos_without_its_sympy_import(shapes, ignore):
+    """zuko's coupling flows call zuko.utils.broadcast, whose torch.broadcast_shapes imports
+    sympy on first use (0.4 s of jetflows sample's start-up); ours gives the same tensors."""
+    import zuko
+
+    from flows.models import _broadcast
+
+    tensors = [torch.randn(s) for s in shapes]
+    want = zuko.utils.broadcast(*tensors, ignore=ignore)
+    got = _broadcast(*tensors, ignore=ignore)
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert zuko.flows.coupling.broadcast is _broadcast and zuko.transforms.broadcast is _broadcast
+    with pytest.raises(RuntimeError, match="broadcast"):
+        _broadcast(torch.randn(3, 2), torch.randn(4, 2), ignore=1)

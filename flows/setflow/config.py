@@ -27,6 +27,7 @@ GUIDE_FIELDS = ("guide_epochs", "guide_width", "guide_layers")
 #: jets integrated at once when sampling: on 2 CPU cores 500 ran 1.7x faster than 10,000 in
 #: one batch (the attention's working set stays in cache); on a GPU larger chunks may pay
 SAMPLE_CHUNK = 512
+MAX_ODE_STEPS = 1000  # 20 steps scored as 8 did; beyond a thousand only the clock moves
 TIME_FEATURES = 8  # t as cos/sin of 4 frequencies: smooth in t, spread over [0, 1]
 #: the velocity networks (`flows.setflow.networks.NETWORKS`) and time embeddings by name
 NETWORK_NAMES = ("epic", "transformer")
@@ -152,6 +153,11 @@ class SetFlowConfig:
                 f"unknown set_flow.divergence {self.divergence!r}: use one of {DIVERGENCES}"
             )
         require(self, ("width", "layers", "global_width", "heads", "steps"), low=1)
+        if self.steps > MAX_ODE_STEPS:  # a million steps hung `jetflows sample` (issue 39 #6)
+            raise UserError(
+                f"set_flow.steps must be at most {MAX_ODE_STEPS} (8-32 match the floor), "
+                f"got {self.steps}"
+            )
         if self.time_embedding not in TIME_EMBEDDING_NAMES:
             raise UserError(
                 f"unknown set_flow.time_embedding {self.time_embedding!r}: use one of "

@@ -164,3 +164,11 @@ def test_precision_timings_are_kept_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(sampling, "BF16_FASTER", {})
     with kept_precision_timings():
         assert sampling.BF16_FASTER == {}
+
+
+def test_a_million_ode_steps_is_one_line_not_a_hang(student_run, tmp_path, capsys):
+    """`sample --steps 1000000` grew memory until killed (issue 39 #6): bounded, one line."""
+    out = tmp_path / "x.hdf5"
+    args = ["sample", "--run", str(student_run), "--class", "g", "--n", "20", "--out", str(out)]
+    assert_one_line_error(capsys, [*args, "--teacher", "--steps", "1000000"], "at most 1000")
+    assert not out.exists()

@@ -6,6 +6,7 @@ velocity network (`flows.setflow.networks`), the straight path and its loss
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -131,11 +132,24 @@ class SetFlow(nn.Module):
 
         return field
 
+    def precisions(self, mask: torch.Tensor, guide: SetFlow | None) -> tuple[bool, bool | None]:
+        """Whether the flow's network, and the guide's (None: no guide), sample in bf16 for
+        jets of ``mask`` (B, P): as ``config.precision`` says, "auto" timed on each network."""
+        precision, device, slots = self.config.precision, mask.device, mask.shape[1]
+        bf16 = sampling.uses_bf16(precision, device, timed=self._timed(slots))
+        # the guide follows the flow's precision, "auto" timed on its own network
+        guided = (
+            None
+            if guide is None
+            else sampling.uses_bf16(precision, device, timed=guide._timed(slots))
+        )
+        return bf16, guided
+
     def _timed(self, slots: int) -> Callable[[], bool]:
         """Whether this network runs faster in bf16 here (`sampling.bf16_faster`), on asking."""
         width = self.context + TIME_FEATURES
-        return lambda: sampling.bf16_faster(
-            self.net, slots=slots, features=self.features, context=width
+        return functools.partial(
+            sampling.bf16_faster, self.net, slots=slots, features=self.features, context=width
         )
 
     def _check_guide(self, guide: SetFlow | None) -> None:
@@ -162,14 +176,7 @@ class SetFlow(nn.Module):
         """
         self._check_guide(guide)
         x0 = torch.randn((*mask.shape, self.features), generator=generator, device=mask.device)
-        precision, device = self.config.precision, mask.device
-        bf16 = sampling.uses_bf16(precision, device, timed=self._timed(mask.shape[1]))
-        # the guide follows the flow's precision, "auto" timed on its own network
-        guide_bf16 = (
-            None
-            if guide is None
-            else sampling.uses_bf16(precision, device, timed=guide._timed(mask.shape[1]))
-        )
+        bf16, guide_bf16 = self.precisions(mask, guide)
         # only networks that say so, the guide's too (EPiC's pool divides by every slot)
         nets = [self.net] + ([guide.net] if guide is not None else [])
         cut = all(getattr(net, "cuts_padding", False) for net in nets)
@@ -180,7 +187,7 @@ class SetFlow(nn.Module):
 
         # the network's matmuls in bf16; the ODE's state and updates stay fp32 (the velocity
         # comes out fp32: it is multiplied by the fp32 mask)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
             return sampling.chunked(solve, x0, mask, cut=cut)
 
     def _integrate(

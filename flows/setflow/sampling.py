@@ -42,15 +42,19 @@ def time_grid(steps: int, device: torch.device, *, backwards: bool = False) -> t
     return grid.flip(0) if backwards else grid
 
 
-def integrate(field: FlatField, x0: torch.Tensor, config: SetFlowConfig) -> torch.Tensor:
-    """x(1) from x(0) = x0 (B, P, F) along ``field`` with ``config``'s solver and steps."""
-    x1 = ode_solver(field).sample(
+def integrate(
+    field: FlatField, x0: torch.Tensor, config: SetFlowConfig, *, path: bool = False
+) -> torch.Tensor:
+    """x(1) from x(0) = x0 (B, P, F) along ``field`` with ``config``'s solver and steps;
+    ``path``: every state of the grid instead, (steps + 1, B, P, F), x0 first."""
+    states = ode_solver(field).sample(
         x_init=x0.flatten(1),
         step_size=None,
         method=config.solver,
         time_grid=time_grid(config.steps, x0.device),
+        return_intermediates=path,
     )
-    return x1.reshape(x0.shape)
+    return states.reshape(*states.shape[:-1], *x0.shape[1:])
 
 
 def real_log_normal(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -132,6 +132,18 @@ class StudentConfig:
             steps=self.teacher_steps or config.steps,
             precision="fp32",
         )
+
+    def check_steps(self, steps: int | None) -> int:
+        """``steps`` if the student is trained for it (None: its default, the first), else
+        ValueError."""
+        if steps is None:
+            return self.steps[0]
+        if steps not in self.steps:
+            raise UserError(
+                f"this student samples in {', '.join(map(str, self.steps))} steps, "
+                f"not {steps}: choose one of those, or the teacher (--teacher)"
+            )
+        return steps
 
     def check_teacher_steps(self, teacher_steps: int, what: str = "the teacher's steps") -> None:
         """Raise ValueError unless every step count divides ``teacher_steps``."""
@@ -228,14 +240,7 @@ class Student(nn.Module):
 
     def check_steps(self, steps: int | None) -> int:
         """``steps`` if the student was trained for it (None: its default), else ValueError."""
-        if steps is None:
-            return self.student.steps[0]
-        if steps not in self.student.steps:
-            raise UserError(
-                f"this student samples in {', '.join(map(str, self.student.steps))} steps, "
-                f"not {steps}: choose one of those, or the teacher (--teacher)"
-            )
-        return steps
+        return self.student.check_steps(steps)
 
     def jumps(
         self,
@@ -299,43 +304,28 @@ def teacher_trajectories(
     mask: torch.Tensor,
     context: torch.Tensor | None,
     *,
-    steps: int,
     guide: SetFlow | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """The teacher's (guided) ODE from fresh noise, recorded on its grid: (B, steps + 1, P, F),
-    [:, 0] the noise and [:, -1] the jets, zero on padding; mask (B, P), context (B, C).
+    """The teacher's (guided) ODE from fresh noise, recorded on its grid (its
+    ``config.steps``): (B, steps + 1, P, F), [:, 0] the noise and [:, -1] the jets, zero on
+    padding; mask (B, P), context (B, C).
 
-    The teacher samples as configured (solver, guidance) with ``steps`` steps; each step is
-    one solver call of flow_matching over [t_k, t_k+1], so the states are those of its
-    whole-path integration. ``progress(jets)`` is called after every chunk.
+    The teacher samples as configured (solver, steps, guidance, precision); the states are
+    those of its whole-path integration, so the last is `SetFlow.sample`'s jet for the same
+    noise. ``progress(jets)`` is called after every chunk.
     """
     teacher._check_guide(guide)
     x0 = torch.randn((*mask.shape, teacher.features), generator=generator, device=mask.device)
-    config = teacher.config
-    bf16 = sampling.uses_bf16(config.precision, mask.device, timed=teacher._timed(mask.shape[1]))
-    guide_bf16 = (
-        None
-        if guide is None
-        else sampling.uses_bf16(config.precision, mask.device, timed=guide._timed(mask.shape[1]))
-    )
-    grid = sampling.time_grid(steps, mask.device)
-    out = x0.new_zeros(len(x0), steps + 1, *x0.shape[1:])
-    order = torch.arange(len(x0)).split(sampling.SAMPLE_CHUNK)
+    bf16, guide_bf16 = teacher.precisions(mask, guide)
+    out = x0.new_zeros(len(x0), teacher.config.steps + 1, *x0.shape[1:])
     with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for rows in order:
+        for rows in torch.arange(len(x0)).split(sampling.SAMPLE_CHUNK):
             c = None if context is None else context[rows]
-            m = mask[rows]
-            field = teacher._flat_velocity(x0[rows].shape, m, c, guide, guide_bf16)
-            states = sampling.ode_solver(field).sample(
-                x_init=x0[rows].flatten(1),
-                step_size=None,
-                method=config.solver,
-                time_grid=grid,
-                return_intermediates=True,
-            )  # (steps + 1, b, P * F)
-            out[rows] = states.transpose(0, 1).reshape(len(rows), steps + 1, *x0.shape[1:])
+            field = teacher._flat_velocity(x0[rows].shape, mask[rows], c, guide, guide_bf16)
+            states = sampling.integrate(field, x0[rows], teacher.config, path=True)
+            out[rows] = states.transpose(0, 1).to(out.dtype)  # (b, steps + 1, P, F)
             if progress is not None:
                 progress(len(rows))
     return out * mask[:, None, :, None]
@@ -498,10 +488,8 @@ def student_from_state(state: dict[str, Any], *, best: bool = True) -> Student:
     """
     check_kind(state, CHECKPOINT_KIND)
     config = SetFlowConfig(**state["set_flow_config"])
-    options = dict(state["student_config"])
-    options["steps"] = tuple(options["steps"])
     student = Student(
-        config, StudentConfig(**options), features=state["features"], context=state["context"]
+        config, student_config(state), features=state["features"], context=state["context"]
     )
     try:
         student.load_state_dict(state["best_state_dict" if best else "state_dict"])
@@ -510,9 +498,11 @@ def student_from_state(state: dict[str, Any], *, best: bool = True) -> Student:
     return student.eval()
 
 
-def config_dict(student: StudentConfig) -> dict[str, Any]:
-    """The config as plain data (steps as a list), for records and digests."""
-    return {**asdict(student), "steps": list(student.steps)}
+def student_config(state: dict[str, Any]) -> StudentConfig:
+    """The `StudentConfig` a student checkpoint state records (its steps stored as a list)."""
+    return StudentConfig(
+        **{**state["student_config"], "steps": tuple(state["student_config"]["steps"])}
+    )
 
 
 def jump_error(student: Student, data: StudentData, steps: int) -> float:

@@ -263,9 +263,8 @@ def _cloud_options(
             )
         if options.get("steps") is None:
             return dict(states)
-        state = states[STUDENT]
-        _student({**state, "sampling_steps": options["steps"]})  # checks the step count
-        return {**states, STUDENT: {**state, "sampling_steps": options["steps"]}}
+        steps = student_lib.student_config(states[STUDENT]).check_steps(options["steps"])
+        return {**states, STUDENT: {**states[STUDENT], "sampling_steps": steps}}
     states = {k: v for k, v in states.items() if k != STUDENT}
     return _ode_options(states, options) if options else states
 
@@ -275,7 +274,7 @@ def _cloud_model(states: Mapping[str, dict[str, Any]]) -> str:
     and guidance."""
     if STUDENT in states:
         state = states[STUDENT]
-        steps = state.get("sampling_steps") or state["student_config"]["steps"][0]
+        steps = student_lib.student_config(state).check_steps(state.get("sampling_steps"))
         return f"few-step student, {steps} network call{'s' * (steps > 1)} a jet"
     c = setflow.SetFlowConfig(**states["flow.pt"]["set_flow_config"])
     guided = (

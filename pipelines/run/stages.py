@@ -429,7 +429,7 @@ def distillation_data(
             total=len(mask), desc="teacher trajectories", unit="jet", disable=not progress
         ) as bar:
             traj = student_lib.teacher_trajectories(
-                exact, mask, context, steps=config.steps, guide=guide, generator=g,
+                exact, mask, context, guide=guide, generator=g,
                 progress=bar.update,
             )  # fmt: skip
         out.append((traj, mask, context))

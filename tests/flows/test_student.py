@@ -73,14 +73,14 @@ def test_trajectories_end_at_the_guided_teachers_jets():
     guide = SetFlow(dataclasses.replace(teacher.config, guidance=1.0), context=2).eval()
     _, mask, c = _batch(seed=4)
     traj = teacher_trajectories(
-        teacher, mask, c, steps=4, guide=guide, generator=torch.Generator().manual_seed(5)
+        teacher, mask, c, guide=guide, generator=torch.Generator().manual_seed(5)
     )
     assert traj.shape == (len(mask), 5, mask.shape[1], 3)
     jets = teacher.sample(mask, c, generator=torch.Generator().manual_seed(5), guide=guide)
     assert torch.allclose(traj[:, -1], jets, atol=1e-5)
     assert (traj.transpose(1, 2)[~mask] == 0).all()  # padding stays zero all the way
     with pytest.raises(ValueError, match="guide"):
-        teacher_trajectories(teacher, mask, c, steps=4)  # guidance 2 without its guide
+        teacher_trajectories(teacher, mask, c)  # guidance 2 without its guide
 
 
 @pytest.mark.parametrize(
@@ -134,8 +134,8 @@ def test_a_two_call_student_draws_its_guided_teachers_three_prongs():
     teacher.config = dataclasses.replace(teacher.config, guidance=1.2, guidance_from=0.3)
     g = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
     many = mask.repeat(3, 1)
-    traj = teacher_trajectories(teacher, many, None, steps=8, guide=guide, generator=g(5))
-    valid = teacher_trajectories(teacher, mask[:256], None, steps=8, guide=guide, generator=g(6))
+    traj = teacher_trajectories(teacher, many, None, guide=guide, generator=g(5))
+    valid = teacher_trajectories(teacher, mask[:256], None, guide=guide, generator=g(6))
     student = Student.from_teacher(teacher, StudentConfig(method="trajectory", steps=(2,)))
     cfg = TrainConfig(epochs=20, batch_size=32, lr=2e-3, patience=0, schedule="cosine")
     result = student_lib.fit(

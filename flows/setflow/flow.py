@@ -19,6 +19,18 @@ from flows.setflow.networks import NETWORKS, TIME_EMBEDDINGS
 from jetflows.errors import UserError
 
 
+def jet_context(
+    context: torch.Tensor | None, n: int, width: int, like: torch.Tensor, who: str
+) -> torch.Tensor:
+    """The jet-level context (n, ``width``) in ``like``'s dtype ((n, 0) when ``width`` is 0),
+    or ValueError naming ``who`` needs it in that shape."""
+    if width == 0:
+        return like.new_zeros(n, 0)
+    if context is None or context.shape != (n, width):
+        raise UserError(f"{who} needs context of shape ({n}, {width})")
+    return context.to(like.dtype)
+
+
 class SetFlow(nn.Module):
     """A continuous normalizing flow on sets of particles, conditioned on jet-level context.
 
@@ -40,11 +52,7 @@ class SetFlow(nn.Module):
         self.path = path.straight_path()  # x_t = t x1 + (1 - t) x0
 
     def _context(self, context: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
-        if self.context == 0:
-            return like.new_zeros(n, 0)
-        if context is None or context.shape != (n, self.context):
-            raise UserError(f"the set flow needs context of shape ({n}, {self.context})")
-        return context.to(like.dtype)
+        return jet_context(context, n, self.context, like, "the set flow")
 
     def velocity(
         self,

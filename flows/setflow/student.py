@@ -51,7 +51,7 @@ from torch import nn
 
 from flows.setflow import sampling
 from flows.setflow.config import SOLVERS, TIME_FEATURES, SetFlowConfig
-from flows.setflow.flow import SetFlow
+from flows.setflow.flow import SetFlow, jet_context
 from flows.setflow.networks import NETWORKS, TIME_EMBEDDINGS
 from jetflows.errors import UserError
 from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
@@ -229,12 +229,7 @@ class Student(nn.Module):
         t = t.to(x.dtype).reshape(-1).expand(len(x))
         d = d.to(x.dtype).reshape(-1).expand(len(x))
         times = TIME_EMBEDDINGS[self.config.time_embedding](t)
-        if self.context:
-            if context is None or context.shape != (len(x), self.context):
-                raise UserError(f"the student needs context of shape ({len(x)}, {self.context})")
-            extra = context.to(x.dtype)
-        else:
-            extra = x.new_zeros(len(x), 0)
+        extra = jet_context(context, len(x), self.context, x, "the student")
         c = torch.cat([times, extra, step_features(d)], -1)
         return self.net(x, mask, c)
 

@@ -23,101 +23,30 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import machine_line
 from floor_spread import held_out
 
-from pipelines.data.jetnet import Jets
-from pipelines.evaluation.metrics import (
-    _particle_masks,
-    efps,
-    observables,
-    w1efp_selection,
-    wasserstein_1d,
-)
+from pipelines.evaluation.stable import FIGURES, Scored, stable_ratios
 from pipelines.io import write_json
 from pipelines.run.generators import STUDENT, TEACHER, load_sampler
 from pipelines.run.sample import sampled_jets
 
-NAMES = ("w1m", "w1p", "w1efp", "tau21", "tau32", "d2")
-OBSERVABLE = {"w1m": "mass", "tau21": "tau21", "tau32": "tau32", "d2": "d2"}
-
-
-class Scored:
-    """A sample's per-jet quantities: observables, real particles (pooled), selected EFPs."""
-
-    def __init__(self, jets: Jets) -> None:
-        self.obs = observables(jets)
-        self.particles = jets.particles
-        self.real = _particle_masks(jets.particles, jets.mask)
-        self.efps = efps(jets.particles)[:, w1efp_selection()]
-
-    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The quantities of jets ``rows``: per observable, per particle feature, per EFP."""
-        parts = self.particles[rows][self.real[rows]]  # (particles, 3)
-        out = {k: v[rows] for k, v in self.obs.items()}
-        out.update({f"p{f}": parts[:, f] for f in range(3)})
-        out.update({f"e{i}": self.efps[rows, i] for i in range(self.efps.shape[1])})
-        return out
-
-
-def w1s(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
-    """W1 of every figure in `NAMES` between two samples' quantities (`Scored.take`)."""
-    out = {k: wasserstein_1d(a[v], b[v]) for k, v in OBSERVABLE.items()}
-    out["w1p"] = float(np.mean([wasserstein_1d(a[f"p{f}"], b[f"p{f}"]) for f in range(3)]))
-    efp = [k for k in a if k.startswith("e") and k[1:].isdigit()]
-    out["w1efp"] = float(np.mean([wasserstein_1d(a[k], b[k]) for k in efp]))
-    return out
-
-
-def cov(real: np.ndarray, gen: np.ndarray, seed: int) -> float:
-    """jetnet's COV (10 batches of 100 jets) of ``gen`` (N, P, 3) against ``real``."""
-    import jetnet
-
-    np.random.seed(seed)  # jetnet draws its batches from numpy's global stream
-    return float(jetnet.evaluation.cov_mmd(real, gen, use_tqdm=False)[0])
+NAMES = FIGURES
 
 
 def stable(
     real: Scored, gens: dict[str, list[Scored]], n: int, draws: int, cov_draws: int, seed: int
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per sampler and figure: the stable ratio and the 10-90% range of its per-sample ratios
-    over ``draws`` disjoint real pairs (A, B) of ``n`` jets; COV over the first ``cov_draws``."""
-    rng = np.random.default_rng(seed)
-    total = len(real.obs["mass"])
-    floors: dict[str, list[float]] = {k: [] for k in NAMES}
-    model = {s: {k: [] for k in NAMES} for s in gens}  # per sampler: (draws, samples)
-    covs = {s: [] for s in gens}
-    for d in range(draws):
-        order = rng.permutation(total)
-        a_rows, b_rows = order[:n], order[n : 2 * n]
-        a, b = real.take(a_rows), real.take(b_rows)
-        for k, v in w1s(a, b).items():
-            floors[k].append(v)
-        for name, samples in gens.items():
-            rows = np.arange(n)
-            per = [w1s(a, g.take(rows)) for g in samples]
-            for k in NAMES:
-                model[name][k].append([p[k] for p in per])
-            if d < cov_draws:
-                floor = cov(real.particles[a_rows], real.particles[b_rows], seed + d)
-                got = np.mean(
-                    [cov(real.particles[a_rows], g.particles[:n], seed + d) for g in samples]
-                )
-                covs[name].append(got / floor)
-    out = {}
-    for name in gens:
-        out[name] = {}
-        for k in NAMES:
-            values = np.array(model[name][k])  # (draws, samples)
-            per_sample = values.mean(0) / np.mean(floors[k])
-            out[name][k] = {
-                "stable_ratio": float(values.mean() / np.mean(floors[k])),
-                "sample_10_90": np.quantile(per_sample, [0.1, 0.9]).tolist(),
-            }
-        out[name]["cov"] = {"stable_ratio": float(np.mean(covs[name])) if covs[name] else None}
-    return out
+    """Per sampler: `pipelines.evaluation.stable.stable_ratios` on the same real pairs."""
+    return {
+        name: stable_ratios(real, samples, n=n, draws=draws, cov_draws=cov_draws, seed=seed)
+        for name, samples in gens.items()
+    }
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def seconds(sampler, n: int, repeats: int) -> float:
@@ -188,8 +117,8 @@ def main() -> None:
             took = seconds(sampler, 10_000, args.repeats)
             results[jet_class]["timing"][name] = {"seconds_10k": took, "load_seconds": load}
             row = scores[name]
-            cells = [f"{row[k]['stable_ratio']:.2f}" for k in NAMES]
-            c = row["cov"]["stable_ratio"]
+            cells = [_cell(row[k]["stable_ratio"]) for k in NAMES]
+            c = row.get("cov", {}).get("stable_ratio")
             print(
                 f"| {jet_class} | {name} | " + " | ".join(cells)
                 + f" | {'-' if c is None else f'{c:.2f}'} | {took:.2f} ({load:.2f}) |",

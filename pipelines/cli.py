@@ -202,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Compare generated with real jets: every metric beside its truth floor, plots, report."""
     from jetflows.classes import canonical_class
     from pipelines.evaluation.evaluate import EvalConfig, evaluate_files
-    from pipelines.evaluation.report import fmt
+    from pipelines.evaluation.report import STABLE_NAMES, fmt, stable_cell
     from pipelines.io import atomic_dir, check_output_dir
 
     # every argument checked before the EFPs (seconds) are computed
@@ -212,10 +212,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = check_output_dir(args.out, overwrite=args.overwrite, replaceable=EVALUATION_OUTPUTS)
 
     cfg = EvalConfig(
-        n_jets=args.n, seed=args.seed, fpnd=not args.no_fpnd, cov_mmd=not args.no_cov_mmd
+        n_jets=args.n,
+        seed=args.seed,
+        fpnd=not args.no_fpnd,
+        cov_mmd=not args.no_cov_mmd,
+        stable_draws=args.stable_draws,
     )
     with atomic_dir(out) as tmp:  # the old report stays whole until the new one is
         results = evaluate_files(args.real, args.gen, tmp, jet_class=args.jet_class, cfg=cfg)
+    stable = results.get("stable")
+    if stable:
+        sizes = stable["sizes"]
+        print(
+            f"stable ratios ({sizes['draws']} real pairs x {sizes['samples']} generated samples "
+            f"of {sizes['n']}; 10-90% band of one draw):"
+        )
+        for name, label in STABLE_NAMES.items():
+            if name in stable:
+                print(f"  {label:12s} {stable_cell(stable[name])}")
+        print("one draw:")
     rows = results["metrics"]
     for name in ("emd_sum", "w1m", "w1p", "w1efp", "fpd", "kpd", "fpnd"):
         if name in rows:
@@ -498,6 +513,13 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=_seed, default=42, help="seed of the samples and bootstraps")
     ev.add_argument("--no-fpnd", action="store_true", help="skip FPND (a graph network)")
     ev.add_argument("--no-cov-mmd", action="store_true", help="skip COV/MMD")
+    ev.add_argument(
+        "--stable-draws",
+        type=int,
+        default=16,
+        help="real pairs behind the stable ratios (many splits of the real jets x every "
+        "generated sample of --n jets); 0: one draw only",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
 

@@ -91,6 +91,48 @@ def _table(rows: dict[str, dict[str, float]], names: tuple[str, ...]) -> list[st
     return lines + (["", *notes] if notes else [])
 
 
+#: the stable figures' names as the tables print them
+STABLE_NAMES = {
+    "w1m": "W1M",
+    "w1p": "W1P",
+    "w1efp": "W1EFP",
+    "tau21": "tau21",
+    "tau32": "tau32",
+    "d2": "D2",
+    "multiplicity": "multiplicity",
+    "cov": "COV",
+}
+
+
+def stable_cell(entry: dict[str, Any] | None, *, band: bool = True) -> str:
+    """``ratio [p10-p90]`` of one stable figure; "-" where there is none (a floor of 0)."""
+    if not entry or entry.get("stable_ratio") is None:
+        return "-"
+    text = f"{entry['stable_ratio']:.2f}"
+    if band and entry.get("band"):
+        text += f" [{entry['band'][0]:.2f}-{entry['band'][1]:.2f}]"
+    return text
+
+
+def stable_table(stable: dict[str, Any]) -> list[str]:
+    """report.md's headline: every stable ratio with its band, and how it was drawn."""
+    sizes = stable["sizes"]
+    names = [k for k in STABLE_NAMES if k in stable]
+    return [
+        "## Stable ratios to the truth floor (decide by these)",
+        "",
+        f"Mean W1(generated, real A) / mean W1(real A, real B) over {sizes['draws']} random "
+        f"splits (A, B) of {sizes['real']} real jets into halves of {sizes['n']}, and "
+        f"{sizes['samples']} generated sample(s) of {sizes['n']}; in brackets the 10-90% band "
+        "of single-draw ratios (where one draw lands). COV: generated over real, COV(G, A) / "
+        "COV(B, A). W1M on the jet mass in GeV; W1P and W1EFP averaged as jetnet's.",
+        "",
+        *markdown_table(
+            [STABLE_NAMES[k] for k in names], [[stable_cell(stable[k]) for k in names]]
+        ),
+    ]
+
+
 def write_report(
     results: dict[str, Any],
     plots: list[Path],
@@ -115,6 +157,12 @@ def write_report(
             f"Note: jetnet's metrics are defined on 50,000 jets; with "
             f"{results['n_jets']} they are noisier and biased upwards (FPD, FPND most). "
             "Compare with the floor, which has the same size.",
+        ]
+    if results.get("stable"):
+        lines += ["", *stable_table(results["stable"])]
+        lines += [
+            "",
+            "The sections below are one draw each (the floor from one other real sample).",
         ]
     for title, names, note in SECTIONS:
         lines += ["", f"## {title}", "", note, "", *_table(results["metrics"], names)]

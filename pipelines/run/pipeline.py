@@ -35,7 +35,12 @@ from jetflows.errors import UserError
 from pipelines.data.jetnet import Jets, read_jetnet_file, stored, write_jetnet_file
 from pipelines.evaluation.reconstruction import markdown as reconstruction_markdown
 from pipelines.evaluation.reconstruction import reconstruction_plots
-from pipelines.evaluation.report import summary_figure, training_curves
+from pipelines.evaluation.report import (
+    STABLE_NAMES,
+    stable_cell,
+    summary_figure,
+    training_curves,
+)
 from pipelines.io import folder_lock, markdown_table, read_json, write_json, write_text
 from pipelines.run import calibrate
 from pipelines.run.checkpoints import load_checkpoint, provenance, save_checkpoint
@@ -379,7 +384,8 @@ def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
             ),
         ),
         "",
-        "## Every metric",
+        *stable_summary(results),
+        "## Every metric (one draw)",
         "",
         *markdown_table(
             ["metric", *classes],
@@ -389,6 +395,28 @@ def summary_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
         *calibration_summary(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def stable_summary(results: dict[str, dict[str, Any]]) -> list[str]:
+    """summary.md's stable ratios: one row per class, each figure with its 10-90% band."""
+    rows = {c: r["stable"] for c, r in results.items() if r.get("stable")}
+    if not rows:
+        return []
+    names = [k for k in STABLE_NAMES if any(k in s for s in rows.values())]
+    sizes = next(iter(rows.values()))["sizes"]
+    return [
+        "## Stable ratios to the truth floor (decide by these)",
+        "",
+        f"Over {sizes['draws']} splits of the real test jets into halves of {sizes['n']} and the "
+        "generated samples of that size (each class's report.md says how many); in brackets the "
+        "10-90% band of single-draw ratios.",
+        "",
+        *markdown_table(
+            ["class", *(STABLE_NAMES[k] for k in names)],
+            ([c, *(stable_cell(s.get(k)) for k in names)] for c, s in rows.items()),
+        ),
+        "",
+    ]
 
 
 def calibration_summary(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -325,8 +325,52 @@ def cmd_sample(args: argparse.Namespace) -> None:
         model = f.attrs.get("model", "")
     choice = threads.applied()
     used = f"; {choice.describe()}" if choice else ""
-    source = f"{args.run}: {model}" if model else f"{args.run}"
+    where = "jetflows" if args.run is None else args.run
+    source = f"{where}: {model}" if model else f"{where}"
     print(f"wrote {path} ({args.n} {jet_class} jets from {source}{used})")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """The models shipped with jetflows: provenance and scores; --score scores them again on
+    fresh real jets (the main job's first part)."""
+    from pipelines.run import shipped
+
+    if args.score is None:
+        if args.classes or args.real is not None:
+            raise UserError("--classes and --real go with --score OUT")
+        print(shipped.listing(), end="")
+        return
+    out = shipped.score_to_dir(
+        args.score,
+        _class_list(args.classes),
+        n_real=args.real or 5000,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print((args.score / "summary.md").read_text(), end="")
+    print(f"per class: {args.score}/<class>/report.md, plots/ ({len(out)} classes)")
+
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    mod = sub.add_parser(
+        "models", help="the models shipped with jetflows", description=cmd_models.__doc__
+    )
+    mod.add_argument(
+        "--score",
+        type=Path,
+        metavar="OUT",
+        help="score each shipped model on fresh Pythia jets into OUT (summary.md, per class "
+        "report.md and plots)",
+    )
+    mod.add_argument("--classes", help="with --score: comma-separated subset (default: all)")
+    mod.add_argument(
+        "--real", type=_positive_int, help="with --score: fresh real jets per class (5000)"
+    )
+    mod.add_argument(
+        "--seed", type=_seed, default=7, help="with --score: the real jets' Pythia seed"
+    )
+    mod.add_argument("--quiet", action="store_true", help="no progress bars")
+    mod.set_defaults(func=cmd_models)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -429,8 +473,8 @@ def _pipeline_and_sample_parsers(sub: argparse._SubParsersAction) -> None:
     smp.add_argument(
         "--run",
         type=Path,
-        default=Path("runs/quickstart"),
-        help="a pipeline run directory, relative to the working directory",
+        help="a pipeline run directory, relative to the working directory (default: the "
+        "model shipped with jetflows for the class; jetflows models lists them)",
     )
     smp.add_argument("--out", type=Path, help="output HDF5 (default: <class>_generated.hdf5)")
     smp.add_argument("--seed", type=_seed, default=0, help="random seed (same seed, same jets)")
@@ -630,7 +674,8 @@ EXAMPLES: dict[str, str] = {
     "data images": "jetflows data images --digit 8 --pixels 100 --out data/digits8.hdf5",
     "data download": "jetflows data download --class t --dir data/jetnet",
     "pipeline": "jetflows pipeline --config configs/quickstart.yaml --classes t",
-    "sample": "jetflows sample --n 10000 --class top --run runs/quickstart --out top.hdf5",
+    "sample": "jetflows sample --n 10000 --class top --out top.hdf5",
+    "models": "jetflows models --score runs/shipped",
     "tune": "jetflows tune --config configs/tune_flow.yaml --trials 20",
     "study": "jetflows study --config configs/study_losses.yaml --classes t,g",
     "digits": "jetflows digits --config configs/sparse_digits.yaml",
@@ -681,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_parser(sub)
     _digits_parser(sub)
     _evaluate_parser(sub)
+    _models_parser(sub)
     for path, leaf in _leaf_parsers(parser):
         leaf.add_argument(
             "--threads",

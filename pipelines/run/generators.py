@@ -566,7 +566,9 @@ def build_sampler(
         ValueError: not a pipeline flow, or options the generator does not take.
     """
     device = resolve_device(device)
-    record = SamplerRecord.from_dict(states["flow.pt"].get("extra", {}))
+    # a shipped model keeps its student alone (pipelines.run.shipped): its record is the teacher's
+    sampled = states["flow.pt"] if "flow.pt" in states else states[STUDENT]
+    record = SamplerRecord.from_dict(sampled.get("extra", {}))
     gen = GENERATORS[record.target]
     if options:
         if gen.options is None:

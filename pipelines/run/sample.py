@@ -21,6 +21,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,19 @@ from pipelines.io import (
     write_json,
 )
 from pipelines.run.generators import TrainedSampler, class_dir, load_sampler
+from pipelines.run.shipped import open_sampler
+
+#: the ways to a sampler: `load` (a shipped model or a run's, with its `sample` call), a
+#: run's checkpoints alone (`load_sampler`), either without the call (`open_sampler`)
+__all__ = [
+    "JetSampler",
+    "load",
+    "load_sampler",
+    "open_sampler",
+    "sample_jets",
+    "sample_to_file",
+    "sampled_jets",
+]
 
 
 def jet_features(
@@ -147,6 +161,42 @@ def sampled_jets(
     return Jets(pf[..., :3], pf[..., 3] > 0, np.concatenate(jets), np.full(n, -1))
 
 
+@dataclass
+class JetSampler(TrainedSampler):
+    """A trained generator with its sampling call, as `load` returns it."""
+
+    def sample(
+        self, n: int, *, seed: int = 0, kinematics: Any = None, progress: bool = False
+    ) -> Jets:
+        """``n`` jets: particles (n, P, 3), mask (n, P), jet_features (n, 4) (`sampled_jets`)."""
+        return sampled_jets(self, n, seed=seed, kinematics=kinematics, progress=progress)
+
+
+def load(
+    jet_class: str,
+    *,
+    run: str | Path | None = None,
+    device: str = "cpu",
+    options: dict[str, Any] | None = None,
+) -> JetSampler:
+    """The generator of ``jet_class``: the model shipped with jetflows, or ``run``'s.
+
+    Arguments:
+        jet_class: g, q, t, w, z or an alias.
+        run: a pipeline run directory; None: the shipped model (`pipelines.run.shipped`).
+        device: cpu, cuda or auto.
+        options: sampling options (a student's ``steps``; a run's set flow: ``teacher``...).
+
+    Example:
+        >>> import jetflows  # doctest: +SKIP
+        >>> jets = jetflows.load("top").sample(10_000, seed=0)  # doctest: +SKIP
+        >>> jets.particles.shape  # doctest: +SKIP
+        (10000, 30, 3)
+    """
+    gen = open_sampler(run, jet_class, device=device, options=options)
+    return JetSampler(**{f.name: getattr(gen, f.name) for f in fields(gen)})
+
+
 #: the set flows' precision timings (`flows.setflow.sampling.BF16_FASTER`), kept per machine
 PRECISION_TIMINGS = "precision_timings.json"
 
@@ -221,7 +271,7 @@ def _batches(
 
 
 def sample_to_file(
-    run: str | Path,
+    run: str | Path | None,
     jet_class: str,
     n: int,
     out: str | Path,
@@ -234,8 +284,9 @@ def sample_to_file(
     kinematics: Any = None,
     options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write n generated jets of ``jet_class`` from ``run`` to ``out`` (JetNet layout);
-    ``options``: the generator's sampling options (a set flow's solver and steps).
+    """Write n generated jets of ``jet_class`` from ``run`` (None: the shipped model,
+    `pipelines.run.shipped`) to ``out`` (JetNet layout); ``options``: the generator's sampling
+    options (a set flow's solver and steps).
 
     Reproducible: the same run, class, n, seed and batch size give the same file.
     ``kinematics`` (n, 2) (pt [GeV], eta): each jet generated for these (`sample_jets`).
@@ -243,10 +294,11 @@ def sample_to_file(
     if n < 1 or batch_size < 1:
         raise UserError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
     jet_class = canonical_class(jet_class)
-    class_dir(run, jet_class)  # checked before the output: it names what is missing
-    _refuse_run_files(Path(out), Path(run))
+    if run is not None:
+        class_dir(run, jet_class)  # checked before the output: it names what is missing
+        _refuse_run_files(Path(out), Path(run))
     out = check_writable(Path(out), overwrite=overwrite)
-    gen = load_sampler(run, jet_class, device=device, options=options)
+    gen = open_sampler(run, jet_class, device=device, options=options)
     if kinematics is not None:
         kinematics = check_kinematics(gen, kinematics, n)
     P = gen.num_particles
@@ -257,7 +309,7 @@ def sample_to_file(
         f.attrs.update(
             {
                 **generated_attributes(jet_class),
-                "run": str(run),
+                "run": "shipped" if run is None else str(run),
                 "seed": seed,
                 "batch_size": batch_size,
                 **({"model": gen.model} if gen.model else {}),

@@ -236,7 +236,8 @@ def pack(
         "states": {name: _cut(s, name, dtype) for name, s in states.items()},
     }
     stages = json.loads((path / "stages.json").read_text())
-    calibration = json.loads((path / "calibration.json").read_text()).get("chosen")
+    calibrated = path / "calibration.json"  # a run that calibrates its guidance per class
+    calibration = json.loads(calibrated.read_text()).get("chosen") if calibrated.is_file() else {}
     provenance = {
         "config": str(config),
         "config_digest": config_digest(cfg),

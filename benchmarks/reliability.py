@@ -102,6 +102,11 @@ def _flip_a_weight_byte(case: Path) -> None:
     flow.write_bytes(bytes(data))
 
 
+def _cut(path: Path, keep: float) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+
+
 def _pickle_bomb(case: Path) -> None:
     import pickle
 
@@ -255,6 +260,21 @@ CASES = [
         "t/flow.pt is a directory",
         SAMPLE,
         lambda c: ((c / "runs/tiny/t/flow.pt").unlink(), (c / "runs/tiny/t/flow.pt").mkdir()),
+    ),
+    Case(
+        "39.7",
+        "t/flow.pt a text file",
+        SAMPLE,
+        lambda c: (c / "runs/tiny/t/flow.pt").write_text("hello world\n"),
+    ),
+    Case(
+        "39.8", "t/convae.pt cut to 40%", SAMPLE, lambda c: _cut(c / "runs/tiny/t/convae.pt", 0.4)
+    ),
+    Case(
+        "39.15",
+        "a run name of 1 MB",
+        "pipeline --config {C}/long.yaml --runs {C}/runs",
+        lambda c: (c / "long.yaml").write_text("name: " + "x" * 2**20 + "\n"),
     ),
     Case("35", "data check a directory", "data check {D}"),
     Case("35", "particle_features an HDF5 group", "data check {D}/group.hdf5", _group),

@@ -5,7 +5,8 @@ c --set name=NAME`; finished stages are skipped, so an existing run is reused as
 few-step student and jet flow into ``pipelines/shipped/<c>.pt``, score that content as the main
 job scores it (10,000 jets against 5,000 fresh Pythia jets of seed 7, stable ratios over 16
 real pairs x 4 samples of 2,500) and record file, SHA-256, config, data, commit and scores in
-``pipelines/shipped/manifest.json``.
+``pipelines/shipped/manifest.json``. A shipped model is replaced only when the new one's worst
+stable ratio (W1M, W1P, W1EFP, tau21, tau32, D2) is lower, or with --force.
 
     .venv/bin/python scripts/ship_models.py                       # all five classes, ~1 h each
     .venv/bin/python scripts/ship_models.py --classes t --run t=runs/fast_t   # pack a trained run
@@ -33,6 +34,15 @@ def commit() -> str:
     return (head or "unknown") + ("-dirty" if dirty else "")
 
 
+#: the figures a shipped model is judged by: it is replaced only when its worst one improves
+JUDGED = ("w1m", "w1p", "w1efp", "tau21", "tau32", "d2")
+
+
+def worst(scores: dict) -> float:
+    """The largest stable ratio to the floor among `JUDGED`."""
+    return max(scores[k]["stable_ratio"] for k in JUDGED if scores[k]["stable_ratio"] is not None)
+
+
 def train(config: Path, jet_class: str, name: str, threads: int) -> Path:
     """The pipeline run of one class (trained, or reused where up to date)."""
     cmd = [
@@ -56,6 +66,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="their Pythia seed")
     parser.add_argument("--out", type=Path, default=ROOT / "pipelines" / "shipped")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--force", action="store_true", help="replace a shipped model even where it scored better"
+    )
     args = parser.parse_args()
 
     import torch
@@ -81,6 +94,11 @@ def main() -> None:
         )  # fmt: skip
         scores = shipped.score(gen, real, seed=args.seed)
         scores["real"] = {"source": "pythia", "seed": args.seed, "n": args.real}
+        old = shipped.manifest(args.out)["models"].get(c)
+        if old and not args.force and worst(old["scores"]) <= worst(scores):
+            print(f"{c}: kept the shipped model (worst stable ratio {worst(old['scores']):.2f} "
+                  f"against {worst(scores):.2f}; --force replaces it)")  # fmt: skip
+            continue
         path = shipped.write_shipped(packed, scores, args.out, commit=commit(), model=gen.model)
         cells = [
             f"{STABLE_NAMES[k]} {scores[k]['stable_ratio']:.2f}"

@@ -57,7 +57,7 @@ class EvalConfig:
     fpnd_batch: int = 1000
     efp_batch: int = 1000  # 1000 ran ~1.7x faster than 5000 here (cache-sized batches)
     stable_draws: int = 16
-    stable_cov_draws: int = 2
+    stable_cov_draws: int = 1
 
     def __post_init__(self) -> None:
         require(self, ("n_jets", "num_batches", "fpnd_batch", "efp_batch"), low=1)

@@ -56,6 +56,18 @@ def _first_line(err: BaseException) -> str:
     return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
+def _check_container(path: Path) -> None:
+    """Refuse, naming the file, what is neither torch's zip archive nor a pickle (a text file,
+    a checkpoint cut short: its zip directory sits at the end), before torch reads it."""
+    with open(path, "rb") as handle:
+        pickled = handle.read(1) == b"\x80"  # a bare pickle: torch.load says what it holds
+    if not pickled and not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or not one at all); delete "
+            "it and rerun jetflows pipeline to train it again"
+        )
+
+
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
     """Read a checkpoint and check that it is of ``kind`` (e.g. "jetflows.convae"), or of one
     of the kinds in a tuple.
@@ -65,6 +77,7 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
         ValueError: not a checkpoint (truncated, corrupt) or one of another model.
     """
     path = require_file(path, "checkpoint")
+    _check_container(path)
     try:
         # weights_only: a checkpoint is a pickle, and a crafted one runs code when fully
         # unpickled; ours hold only tensors, containers, numbers and strings, which the
@@ -87,7 +100,10 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
             f"{path}: holds objects no jetflows checkpoint holds (refused unread: loading "
             "them could run code); was it made by jetflows?"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, IndexError, OSError) as err:
+        # a damaged archive surfaces from torch's readers as any of these (a KeyError from the
+        # unpickler's memo, errno 22 from the zip reader): all mean the bytes are not a whole
+        # checkpoint
         raise UserError(
             f"{path}: not a readable checkpoint (truncated or corrupt): {_first_line(err)}"
         ) from err

@@ -47,6 +47,11 @@ TARGETS = ("latent", "particles", "cloud")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
+#: the longest run or study name: a folder name (file systems allow 255 bytes; a run's files
+#: add their own names below it)
+MAX_NAME = 100
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a plain directory name (letters, digits, . _ -; not . or ..), the
     only kind of name that becomes a folder or file under --root/--runs: a slash, .. or an
@@ -55,6 +60,8 @@ def check_name(value: str, what: str) -> str:
     Raises:
         ValueError: anything else; the message names ``what`` (the key or option).
     """
+    if isinstance(value, str) and len(value) > MAX_NAME:  # said without echoing all of it
+        raise UserError(f"{what} {value[:40]!r}... is {len(value)} characters: at most {MAX_NAME}")
     if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
         raise UserError(f"{what} {value!r} must be a plain folder name (letters, digits, . _ -)")
     return value
@@ -583,6 +590,22 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # an alias repeats a whole subtree: nine nested ones make 10^9 leaves from 600 bytes
+        # (a "billion laughs"), expanded before any key is checked; no config needs one
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise UserError(
+                f"YAML aliases (*name) are not allowed in config files (line {mark.line + 1}): "
+                "write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+#: the largest config file read: ours are a few KB, and yaml's pure-Python reader takes
+#: minutes for tens of MB
+MAX_CONFIG_BYTES = 2**20
+
 
 def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML mapping from ``path``, strictly: duplicate keys and syntax errors are one-line
@@ -593,6 +616,10 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         ValueError: not YAML, not a mapping, or a duplicate key.
     """
     path = require_file(path, f"{what} file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(
+            f"{path}: {path.stat().st_size} bytes, not a {what} file (at most {MAX_CONFIG_BYTES})"
+        )
     try:
         tree = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as err:

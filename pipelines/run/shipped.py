@@ -84,10 +84,19 @@ def manifest(where: Path | None = None) -> dict[str, Any]:
     return data
 
 
+#: the config sections that make a shipped model (its data, networks, training, guidance and
+#: student); the others (the run's name and classes, the evaluation, the two-stage model's
+#: sections) do not change its weights, and a field added to them must not unship it
+MODEL_SECTIONS = (
+    "target", "normalization", "data", "set_flow", "particle", "flow_train", "calibrate",
+    "student", "student_train", "per_class",
+)  # fmt: skip
+
+
 def config_digest(cfg: PipelineConfig) -> str:
-    """What a shipped model was trained from: the resolved config less its run name and class
-    list (a class trained alone or beside others trains the same)."""
-    return digest({k: v for k, v in to_dict(cfg).items() if k not in ("name", "classes")})
+    """What a shipped model was trained from: the `MODEL_SECTIONS` of its resolved config
+    (added fields at their defaults left out, as for a stage's key: `digest`)."""
+    return digest(*(getattr(cfg, k) for k in MODEL_SECTIONS))
 
 
 def _entry(jet_class: str, where: Path) -> dict[str, Any]:
@@ -290,15 +299,16 @@ def score(
     n: int = 2500,
     n_generated: int = 10_000,
     draws: int = 16,
-    cov_draws: int = 2,
-    seed: int = 0,
+    cov_draws: int = 1,
+    seed: int = 7,
 ) -> dict[str, Any]:
     """The stable ratios (`pipelines.evaluation.stable`) of ``n_generated`` jets of ``gen``
-    against the real jets ``real`` (`Jets`, >= 2n), in samples of ``n``."""
+    against the real jets ``real`` (`Jets`, >= 2n), in samples of ``n``: the jets of
+    `jetflows sample` (seed 0), the real pairs drawn from ``seed``, as `score_to_dir` does."""
     from pipelines.evaluation.stable import stable_ratios
     from pipelines.run.sample import sampled_jets
 
-    jets = sampled_jets(gen, n_generated, seed=seed)
+    jets = sampled_jets(gen, n_generated, seed=0)  # as `jetflows sample` and the main job draw
     return stable_ratios(real, jets, n=n, draws=draws, cov_draws=cov_draws, seed=seed)
 
 
@@ -345,13 +355,16 @@ def score_to_dir(
     n: int = 2500,
     seed: int = 7,
     jobs: int | None = None,
+    cache_dir: str | Path | None = None,
+    cov_mmd: bool = True,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Score every shipped model against fresh real jets: per class, ``n_real`` Pythia8 +
     FastJet jets of a ``seed`` the training never used (42) with the model's own recipe,
     ``n_generated`` jets from the model (``out/<class>/generated.hdf5``), evaluated as
     `jetflows evaluate` does at ``n`` jets per sample, with stable ratios over 16 splits of
-    the real jets (``out/<class>/report.md``, plots, metrics.json); then ``out/summary.md``
+    the real jets (``out/<class>/report.md``, plots, metrics.json; ``cov_mmd``: with COV, 5-10 s
+    a pair on 2 cores); then ``out/summary.md``
     and ``summary.json``: each class's stable ratios now beside those it shipped with.
 
     Raises:
@@ -376,7 +389,7 @@ def score_to_dir(
         pythia = PythiaConfig(c, seed=seed, recipe=data["recipe"])
         real = request_jets(
             pythia, n_real, out / "real" / f"{c}.hdf5", num_particles=data["num_particles"],
-            jobs=jobs, progress=progress,
+            jobs=jobs, cache_dir=cache_dir, progress=progress,
         )  # fmt: skip
         gen_path = sample_to_file(
             None, c, n_generated, out / c / "generated.hdf5", overwrite=True, progress=progress
@@ -386,7 +399,7 @@ def score_to_dir(
             read_jetnet_file(gen_path),
             out / c,
             jet_class=c,
-            cfg=EvalConfig(n_jets=n, seed=seed),
+            cfg=EvalConfig(n_jets=n, seed=seed, cov_mmd=cov_mmd),
             progress=progress,
             inputs={"real": out / "real" / f"{c}.hdf5", "gen": gen_path},
             extra={"shipped": {k: models[c][k] for k in ("model", "sha256", "scores")}},

@@ -90,3 +90,21 @@ def test_flipped_bytes_inside_a_tensor_are_caught(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="damaged"):
         load_checkpoint(path, "jetflows.flow")
+
+
+@pytest.mark.parametrize("content", ["text", "cut 20%", "cut 60%", "cut 95%", "empty"])
+def test_junk_or_cut_short_checkpoints_are_one_line_naming_the_file(tmp_path, content):
+    """Issue 39 #7, #8: a text file was a KeyError, a truncated one "[Errno 22] Invalid
+    argument" naming no file: both exit 1 as bugs."""
+    whole = save_checkpoint(tmp_path / "whole.pt", _state(0) | {"pad": torch.randn(20_000)})
+    path = tmp_path / "flow.pt"
+    if content == "text":
+        path.write_text("hello world\n")
+    elif content == "empty":
+        path.write_bytes(b"")
+    else:
+        raw = whole.read_bytes()
+        path.write_bytes(raw[: len(raw) * int(content.split()[1][:-1]) // 100])
+    with pytest.raises(ValueError, match=r"flow\.pt: not a readable checkpoint") as err:
+        load_checkpoint(path, "jetflows.flow")
+    assert "\n" not in str(err.value)

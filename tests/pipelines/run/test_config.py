@@ -287,3 +287,37 @@ def test_a_section_given_in_part_keeps_the_fields_own_defaults():
     assert cfg.student_train == dataclasses.replace(STUDENT_TRAIN, batch_size=64)
     assert cfg.flow_train == dataclasses.replace(FLOW_TRAIN, epochs=3)
     assert build(PipelineConfig, {}).student_train == STUDENT_TRAIN
+
+
+BOMB = """name: x
+per_class:
+  t:
+    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (BOMB, r"YAML aliases \(\*name\) are not allowed in config files \(line 5\)"),
+        ("name: " + "x" * 200 + "\n", "name 'xxxx.*'... is 200 characters: at most 100"),
+        ("name: x\n#" + "y" * 2**20 + "\n", "bytes, not a config file"),
+    ],
+    ids=["alias bomb", "long name", "huge file"],
+)
+def test_configs_that_would_explode_are_refused_at_once(tmp_path, text, match):
+    """Issue 39 #5, #15: a 659-byte alias bomb hung; a 16 MB name parsed for 239 s, then
+    printed a 16 MB error line."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        load_config(path)
+    assert len(str(err.value)) < 300

@@ -127,6 +127,25 @@ def test_sample_without_a_run_draws_from_the_shipped_model(installed, tmp_path, 
     assert_one_line_error(capsys, ["sample", "--n", "5", "--class", "w"], "shipped: g")
 
 
+def test_the_main_job_scores_the_shipped_models_on_fresh_jets(installed, tmp_path):
+    out = tmp_path / "scored"
+    results = shipped.score_to_dir(
+        out, ("g",), n_real=200, n_generated=200, n=100, jobs=1, cache_dir=tmp_path / "cache",
+        cov_mmd=False, progress=False,
+    )  # fmt: skip
+    stable = results["g"]["stable"]
+    assert stable["sizes"] == {"n": 100, "draws": 16, "samples": 2, "real": 200}
+    assert results["g"]["shipped"]["model"] == "m"
+    summary = (out / "summary.md").read_text()
+    assert "| g | now |" in summary and "| g | shipped | 1.50 |" in summary
+    assert (out / "g" / "report.md").is_file() and (out / "g" / "plots" / "jet_mass.png").is_file()
+    with h5py.File(out / "real" / "g.hdf5") as f:
+        assert f["particle_features"].shape[0] == 200
+    with pytest.raises(UserError, match="made the g model's training jets"):
+        trained_on = shipped.manifest(installed)["models"]["g"]["data"]["seed"]
+        shipped.score_to_dir(out, ("g",), seed=trained_on)
+
+
 # ------------------------------------------------------------------- the package's own files
 
 SHIPPED = shipped.manifest()["models"]

@@ -276,6 +276,8 @@ CASES = [
         "pipeline --config {C}/long.yaml --runs {C}/runs",
         lambda c: (c / "long.yaml").write_text("name: " + "x" * 2**20 + "\n"),
     ),
+    Case("39.16", "sample --guidance -1", SAMPLE + " --guidance -1"),
+    Case("39.10", "sample --seed 2**64", SAMPLE + " --seed 18446744073709551616"),
     Case("35", "data check a directory", "data check {D}"),
     Case("35", "particle_features an HDF5 group", "data check {D}/group.hdf5", _group),
     Case("35", "sample into /proc", "sample --run {R} --class t --n 100 --out /proc/x.hdf5"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -207,6 +208,34 @@ STUDENT = "student.pt"
 TEACHER = "teacher"
 
 
+class OptionError(UserError):
+    """A sampling option a user asked for is wrong: said as the option (`jetflows sample`'s
+    flag), not as the checkpoint it would be applied to."""
+
+
+#: sampling option -> (the types it takes, in words); bool is an int to Python: refused apart
+OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "steps": ((numbers.Integral,), "an integer"),
+    "solver": ((str,), "a string"),
+    "precision": ((str,), "a string"),
+    "guidance": ((numbers.Real,), "a number"),
+    "guidance_from": ((numbers.Real,), "a number"),
+    "guidance_until": ((numbers.Real,), "a number"),
+    TEACHER: ((bool,), "true or false"),
+}
+
+
+def check_option_types(options: Mapping[str, Any]) -> None:
+    """TypeError naming the option whose value is of the wrong type (a steps of 2.5 failed 12
+    frames deep at sampling time, a guidance of "2" as a comparison naming nothing)."""
+    for key, value in options.items():
+        if key not in OPTION_TYPES:
+            continue  # an unknown option: the generator's own check names it
+        types, words = OPTION_TYPES[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise TypeError(f"sampling option {key} must be {words}, got {value!r}")
+
+
 def _student(state: dict[str, Any]) -> torch.nn.Module:
     """The student of a student.pt state, sampling by default with the steps its
     ``sampling_steps`` names (set by `_cloud_options`), else its first."""
@@ -250,20 +279,22 @@ def _cloud_options(
         ValueError: a step count the student was not trained for, or teacher options asked
             of a student.
     """
+    check_option_types(options)
     options = dict(options)
     teacher = options.pop(TEACHER, False)
-    if not isinstance(teacher, bool):
-        raise UserError(f"sampling option {TEACHER} must be true or false, got {teacher!r}")
     if STUDENT in states and not teacher:
         unknown = sorted(set(options) - {"steps"})
         if unknown:
-            raise UserError(
+            raise OptionError(
                 f"{', '.join(unknown)} sample the teacher (the set flow), not its few-step "
                 "student: add --teacher (or sampling option teacher: true)"
             )
         if options.get("steps") is None:
             return dict(states)
-        steps = student_lib.student_config(states[STUDENT]).check_steps(options["steps"])
+        try:
+            steps = student_lib.student_config(states[STUDENT]).check_steps(options["steps"])
+        except ValueError as err:
+            raise OptionError(f"{err} (--steps)") from err
         return {**states, STUDENT: {**states[STUDENT], "sampling_steps": steps}}
     states = {k: v for k, v in states.items() if k != STUDENT}
     return _ode_options(states, options) if options else states
@@ -289,14 +320,21 @@ def _ode_options(
     states: Mapping[str, dict[str, Any]], options: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
     """The checkpoints with the set flow's ODE ``options`` (solver, steps) replaced, checked
-    as a config would be (ValueError: an unknown solver, steps < 1, another key)."""
+    as a config would be (OptionError: an unknown solver, steps < 1, another key), each
+    error naming the option, not the checkpoint it is applied to."""
     unknown = sorted(set(options) - set(setflow.SAMPLING_FIELDS))
     if unknown:
-        raise UserError(
+        raise OptionError(
             f"a set flow takes sampling options {', '.join(setflow.SAMPLING_FIELDS)}, not {unknown}"
         )
     config = {**states["flow.pt"]["set_flow_config"], **options}
-    setflow.SetFlowConfig(**config)  # validates
+    try:
+        setflow.SetFlowConfig(**config)  # validates
+    except ValueError as err:
+        named = [k for k in options if f"set_flow.{k} " in f"{err} "]
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in named)
+        text = str(err).replace("set_flow.", "sampling option ")
+        raise OptionError(f"{text}{f' ({flags})' if flags else ''}") from err
     return {**states, "flow.pt": {**states["flow.pt"], "set_flow_config": config}}
 
 
@@ -572,7 +610,7 @@ def build_sampler(
     gen = GENERATORS[record.target]
     if options:
         if gen.options is None:
-            raise UserError(
+            raise OptionError(
                 f"a {gen.name} generator takes no sampling options ({', '.join(options)}); "
                 "they apply to set flows (target cloud)"
             )
@@ -660,5 +698,7 @@ def load_sampler(
         states[STUDENT] = _load_student(path / STUDENT, path.name, states)
     try:
         return build_sampler(states, device=device, options=options)
+    except OptionError:  # the user's option, not the checkpoint: said as such
+        raise
     except ValueError as err:  # the same kind of error, naming the run's flow
-        raise type(err)(f"{path / 'flow.pt'}: {err}") from None
+        raise type(err)(f"{path / 'flow.pt'}: {err}") from err

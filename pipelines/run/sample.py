@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -225,7 +226,6 @@ def kept_precision_timings() -> Iterator[None]:
                 write_json(path, sampling.BF16_FASTER)
 
 
-@torch.no_grad()
 def sample_jets(
     gen: TrainedSampler,
     n: int,
@@ -240,13 +240,41 @@ def sample_jets(
     generator only); None: draw them from the training jets' pool (a conditional generator
     then generates each jet for its draw).
     """
+    check_call(n=n, batch_size=batch_size, seed=seed)  # here, not at the first batch
     given = None if kinematics is None else check_kinematics(gen, kinematics, n)
     g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
+    return _kept(_batches(gen, n, g, picks, given, batch_size))
+
+
+def _kept(batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches`` with this machine's precision timings kept (`kept_precision_timings`)."""
     with kept_precision_timings():
-        yield from _batches(gen, n, g, picks, given, batch_size)
+        yield from batches
 
 
+#: the largest seed: numpy, torch and HDF5 attributes all take a 64-bit one (seed + 1 seeds
+#: the kinematics draws)
+SEED_MAX = 2**63 - 2
+
+
+def check_call(*, n: Any, batch_size: Any, seed: Any) -> None:
+    """TypeError or ValueError naming the argument: n and batch_size integers >= 1, seed an
+    integer in 0..2**63-2 (torch said "RuntimeError" or "overflow", n = 0 "need at least one
+    array to concatenate", n = -5 nothing at all)."""
+    for name, value, low, high in (
+        ("n", n, 1, None),
+        ("batch_size", batch_size, 1, None),
+        ("seed", seed, 0, SEED_MAX),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise UserError(f"{name} must be {span}, got {value}")
+
+
+@torch.no_grad()
 def _batches(
     gen: TrainedSampler,
     n: int,

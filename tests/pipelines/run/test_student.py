@@ -16,7 +16,7 @@ from pipelines.run.checkpoints import save_checkpoint
 from pipelines.run.config import load_config
 from pipelines.run.generators import load_sampler
 from pipelines.run.pipeline import run_pipeline
-from pipelines.run.sample import sampled_jets
+from pipelines.run.sample import sample_jets, sampled_jets
 from tests.conftest import assert_one_line_error, random_jets
 from tests.pipelines.run.test_generators import TINY
 
@@ -172,3 +172,57 @@ def test_a_million_ode_steps_is_one_line_not_a_hang(student_run, tmp_path, capsy
     args = ["sample", "--run", str(student_run), "--class", "g", "--n", "20", "--out", str(out)]
     assert_one_line_error(capsys, [*args, "--teacher", "--steps", "1000000"], "at most 1000")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n": 0}, ValueError, "n must be >= 1, got 0"),
+        ({"n": -5}, ValueError, "n must be >= 1, got -5"),
+        ({"n": 2.5}, TypeError, "n must be an integer, got 2.5"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"seed": None}, TypeError, "seed must be an integer, got None"),
+        ({"seed": 1.5}, TypeError, "seed must be an integer"),
+        ({"seed": "a"}, TypeError, "seed must be an integer"),
+        ({"seed": 2**64}, ValueError, r"seed must be in 0\.\.9223372036854775806"),
+        ({"seed": True}, TypeError, "seed must be an integer, got True"),
+    ],
+)
+def test_sampling_arguments_are_checked_at_the_call(student_run, kwargs, error, match):
+    """Issue 39 #10: these were torch's RuntimeError, an overflow, "need at least one array to
+    concatenate", "range() arg 3 must not be zero", or (n = -5) nothing at all."""
+    gen = load_sampler(student_run, "g")
+    call = {"n": 10, "seed": 0, "batch_size": 10, **kwargs}
+    with pytest.raises(error, match=match):
+        sample_jets(gen, call.pop("n"), **call)  # raised at the call, before any batch
+    with pytest.raises(error, match=match):
+        sampled_jets(gen, {"n": 10, **kwargs}["n"], **{k: v for k, v in kwargs.items() if k != "n"})
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"teacher": True, "steps": 2.5}, TypeError, "sampling option steps must be an integer"),
+        ({"teacher": True, "steps": True}, TypeError, "steps must be an integer, got True"),
+        ({"teacher": True, "guidance": "2"}, TypeError, "guidance must be a number, got '2'"),
+        ({"teacher": "yes"}, TypeError, "teacher must be true or false"),
+        ({"steps": 3}, ValueError, r"samples in 2, 1 steps, not 3.*\(--steps\)$"),
+        (
+            {"teacher": True, "guidance": -1},
+            ValueError,
+            r"^sampling option guidance must lie in \[1, 20\], got -1 \(--guidance\)$",
+        ),
+    ],
+)
+def test_sampling_options_are_named_as_options(student_run, options, error, match):
+    """Issue 39 #10, #16: a steps of 2.5 failed 12 frames deep when sampling; --guidance -1 was
+    "runs/.../flow.pt: set_flow.guidance must lie in [1, 20]", blaming the checkpoint."""
+    with pytest.raises(error, match=match):
+        load_sampler(student_run, "g", options=options)
+
+
+def test_a_bad_flag_is_one_line_naming_the_flag(student_run, tmp_path, capsys):
+    argv = ["sample", "--run", str(student_run), "--class", "g", "--n", "5"]
+    argv += ["--out", str(tmp_path / "x.hdf5"), "--teacher", "--guidance", "-1"]
+    line = assert_one_line_error(capsys, argv, "sampling option guidance must lie in")
+    assert "flow.pt" not in line and line.rstrip().endswith("(--guidance)")

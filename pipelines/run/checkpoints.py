@@ -33,6 +33,43 @@ def _walk(obj: Any, name: str = "") -> Any:
             yield from _walk(item, f"{name}/{i}")
 
 
+#: the hash of everything else: configs, the generator record, provenance, history
+RECORD_KEY = "record_sha256"
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON-able data, each tensor by its dtype and shape (its bytes are
+    `content_hash`'s)."""
+    if isinstance(obj, torch.Tensor):
+        return ["tensor", str(obj.dtype), list(obj.shape)]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items() if k not in (HASH_KEY, RECORD_KEY)}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float):
+        return repr(obj)  # exact, and NaN or inf as themselves
+    return obj
+
+
+def record_hash(state: dict[str, Any]) -> str:
+    """SHA-256 of every value in ``state`` that is not a tensor's bytes: a sign flipped in a
+    stored jet kinematics value or a config edited by hand changes it."""
+    text = json.dumps(_plain(state), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_extents(state: dict[str, Any], path: Path) -> None:
+    """Refuse a tensor that claims more elements than its storage holds (a crafted
+    ``zeros(1).expand(20000, 20000)`` is 4 bytes on disk and 1.6 GB once made contiguous for
+    the hash): checked before anything is allocated."""
+    for name, tensor in _walk(state):
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise UserError(
+                f"{path}: tensor {name} of shape {tuple(tensor.shape)} is larger than the data "
+                "stored for it: not a checkpoint jetflows wrote; delete it and train again"
+            )
+
+
 def content_hash(state: dict[str, Any]) -> str:
     """SHA-256 of every tensor in ``state`` (weights, best weights, optimizer, RNG), by name."""
     h = hashlib.sha256()
@@ -44,10 +81,12 @@ def content_hash(state: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` with torch.save to a temporary name, then rename it into place, with a
-    content hash of its tensors that `load_checkpoint` checks (flipped bytes inside a tensor
-    leave a loadable file: only the hash tells)."""
+    content hash of its tensors and a hash of everything else (`record_hash`) that
+    `load_checkpoint` checks (flipped bytes inside a tensor or a record leave a loadable file:
+    only the hashes tell)."""
     with atomic_path(path) as tmp:
-        torch.save({**state, HASH_KEY: content_hash(state)}, tmp)
+        hashes = {HASH_KEY: content_hash(state), RECORD_KEY: record_hash(state)}
+        torch.save({**state, **hashes}, tmp)
     return Path(path)
 
 
@@ -110,10 +149,17 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
     found = state.get("kind") if isinstance(state, dict) else type(state).__name__
     if found not in ((kind,) if isinstance(kind, str) else kind):
         raise UserError(f"{path}: a checkpoint of {found!r}, expected {kind!r}")
+    _check_extents(state, path)
     if state.pop(HASH_KEY, None) != content_hash(state):
         raise UserError(
             f"{path}: damaged (its tensors no longer match the hash written with them); "
             "delete it and rerun to train it again"
+        )
+    recorded = state.pop(RECORD_KEY, None)  # None: written before the record was hashed
+    if recorded is not None and recorded != record_hash(state):
+        raise UserError(
+            f"{path}: damaged or edited (its configs, record or history no longer match the "
+            "hash written with them); delete it and rerun to train it again"
         )
     return state
 

@@ -102,9 +102,31 @@ class SamplerRecord:
         if unknown:
             raise UserError(f"{where}: an unknown generator record (keys {unknown})")
         try:
-            return cls(**extra)
+            record = cls(**extra)
         except TypeError as err:
             raise UserError(f"{where}: an incomplete generator record: {err}") from err
+        record.check(where)
+        return record
+
+    def check(self, where: str | Path) -> None:
+        """ValueError naming ``where`` unless the jets it describes can exist: a kinematics
+        pool of finite (pt > 0, eta) pairs, a finite context scale with std > 0, P >= 1."""
+        pool = np.asarray(self.jet_kinematics, dtype=np.float64)
+        bad = (
+            pool.ndim != 2
+            or pool.shape[1:] != (2,)
+            or len(pool) == 0
+            or not np.isfinite(pool).all()
+            or (pool[:, 0] <= 0).any()
+        )
+        if self.kinematics_norm is not None:
+            norm = np.asarray(self.kinematics_norm, dtype=np.float64)
+            bad = bad or norm.shape != (2, 2) or not np.isfinite(norm).all() or (norm[1] <= 0).any()
+        if bad or not isinstance(self.num_particles, int) or self.num_particles < 1:
+            raise UserError(
+                f"{where}: its generator record holds jets that cannot exist (a kinematics pool "
+                "or scale that is not finite, a pt <= 0, no particles): damaged; train it again"
+            )
 
 
 @dataclass

@@ -294,8 +294,20 @@ def _batches(
         context = kin.to(gen.device) if gen.conditional else None
         particles, mask = gen.sampler(b, g, context)
         particles, mask = particles.float().cpu(), mask.cpu()
+        _check_finite(particles, mask, kin)
         pf = torch.cat([particles * mask[..., None], mask[..., None].float()], -1)
         yield pf.numpy(), jet_features(particles, mask, kin).numpy()
+
+
+def _check_finite(particles: torch.Tensor, mask: torch.Tensor, kin: torch.Tensor) -> None:
+    """Never hand out a jet with a non-finite feature: the model is damaged (a file's writing
+    stops, and it never appears)."""
+    real = particles[mask]
+    if not (torch.isfinite(real).all() and torch.isfinite(kin).all()):
+        raise UserError(
+            "the model generated jets with non-finite (NaN or infinite) features: its weights "
+            "are damaged; train it again (nothing was written)"
+        )
 
 
 def sample_to_file(

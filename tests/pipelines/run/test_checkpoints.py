@@ -108,3 +108,27 @@ def test_junk_or_cut_short_checkpoints_are_one_line_naming_the_file(tmp_path, co
     with pytest.raises(ValueError, match=r"flow\.pt: not a readable checkpoint") as err:
         load_checkpoint(path, "jetflows.flow")
     assert "\n" not in str(err.value)
+
+
+def test_an_edited_record_is_caught_like_flipped_weights(tmp_path):
+    """Issue 39 #1: the hash covered the tensors only; a sign flipped in a stored jet
+    kinematics value sampled jets of pt -982 GeV with exit 0."""
+    state = _state(0) | {"extra": {"jet_kinematics": [[1000.0, 0.1], [950.0, -0.3]]}}
+    path = save_checkpoint(tmp_path / "flow.pt", state)
+    assert load_checkpoint(path, "jetflows.flow")["extra"] == state["extra"]
+    raw = torch.load(path, weights_only=False)
+    raw["extra"]["jet_kinematics"][0][0] = -1000.0
+    torch.save(raw, path)
+    with pytest.raises(ValueError, match=r"flow\.pt: damaged or edited \(its configs, record"):
+        load_checkpoint(path, "jetflows.flow")
+
+
+def test_a_tensor_larger_than_its_stored_data_is_refused_before_any_allocation(tmp_path):
+    """Issue 39 #2: a 64 KB file holding zeros(1).expand(20000, 20000) made the loader
+    allocate 1.6 GB (3.3 GB in the probe) for the hash before checking anything."""
+    path = tmp_path / "guide.pt"
+    bomb = torch.zeros(1).expand(20_000, 20_000)
+    torch.save({"kind": "jetflows.flow", "best_state_dict": {"w": bomb}}, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(ValueError, match=r"tensor /best_state_dict/w of shape \(20000, 20000\)"):
+        load_checkpoint(path, "jetflows.flow")

@@ -14,7 +14,7 @@ from pipelines.cli import main
 from pipelines.data.jetnet import write_jetnet_file
 from pipelines.run.checkpoints import save_checkpoint
 from pipelines.run.config import load_config
-from pipelines.run.generators import load_sampler
+from pipelines.run.generators import SamplerRecord, TrainedSampler, load_sampler
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sample_jets, sampled_jets
 from tests.conftest import assert_one_line_error, random_jets
@@ -226,3 +226,27 @@ def test_a_bad_flag_is_one_line_naming_the_flag(student_run, tmp_path, capsys):
     argv += ["--out", str(tmp_path / "x.hdf5"), "--teacher", "--guidance", "-1"]
     line = assert_one_line_error(capsys, argv, "sampling option guidance must lie in")
     assert "flow.pt" not in line and line.rstrip().endswith("(--guidance)")
+
+
+def test_a_record_of_jets_that_cannot_exist_is_refused(student_run):
+    """Issue 39 #1: NaN in the kinematics pool gave jets of pt NaN and n = 0, exit 0."""
+    extra = torch.load(student_run / "g" / "flow.pt", weights_only=False)["extra"]
+    assert SamplerRecord.from_dict(extra).jet_class == "g"
+    for value in (float("nan"), -982.0, 0.0):
+        pool = [list(row) for row in extra["jet_kinematics"]]
+        pool[3][0] = value
+        with pytest.raises(ValueError, match=r"flow\.pt: its generator record holds jets that"):
+            SamplerRecord.from_dict({**extra, "jet_kinematics": pool}, "x/flow.pt")
+
+
+def test_non_finite_jets_are_never_handed_out(student_run, tmp_path):
+    gen = load_sampler(student_run, "g")
+
+    def broken(n, g, context):
+        particles, mask = gen.sampler(n, g, context)
+        return particles.index_fill(1, torch.tensor([0]), float("nan")), mask
+
+    damaged = TrainedSampler(gen.record, broken, gen.kinematics, gen.device, gen.model)
+    with pytest.raises(ValueError, match=r"non-finite .* \(nothing was written\)"):
+        sampled_jets(damaged, 20)
+    assert np.isfinite(sampled_jets(gen, 20).particles).all()

@@ -354,9 +354,9 @@ def _ode_options(
         setflow.SetFlowConfig(**config)  # validates
     except ValueError as err:
         named = [k for k in options if f"set_flow.{k} " in f"{err} "]
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in named)
-        text = str(err).replace("set_flow.", "sampling option ")
-        raise OptionError(f"{text}{f' ({flags})' if flags else ''}") from err
+        which = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in named) or "options"
+        text = str(err).replace("set_flow.", "")
+        raise OptionError(f"sampling {'option ' * bool(named)}{which}: {text}") from err
     return {**states, "flow.pt": {**states["flow.pt"], "set_flow_config": config}}
 
 

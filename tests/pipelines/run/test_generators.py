@@ -119,8 +119,8 @@ def test_sample_takes_a_set_flows_solver_steps_and_precision(cloud_run, tmp_path
         assert np.allclose(f["jet_features"][:, :2], [1100, 0.3])
     capsys.readouterr()
     bad_options = (
-        (["--solver", "dopri9"], "unknown set_flow.solver"),
-        (["--precision", "fp8"], "unknown set_flow.precision"),
+        (["--solver", "dopri9"], "sampling option solver (--solver): unknown solver 'dopri9'"),
+        (["--precision", "fp8"], "sampling option precision (--precision): unknown precision"),
     )
     for bad, match in bad_options:
         assert_one_line_error(capsys, [*base, "--out", str(tmp_path / "x.hdf5"), *bad], match)

@@ -355,7 +355,7 @@ def score(
     )
     sampler = build_sampler(trained.states, device=cfg.device, options=generator.sampling(cfg))
     kinematics = valid.jet_features[:, :2] if sampler.conditional else None
-    gen = sampled_jets(sampler, len(valid), seed=cfg.data.seed, kinematics=kinematics)
+    gen = sampled_jets(sampler, len(valid), seed=cfg.data.seed, kinematics=kinematics, finite=False)
     emds, _ = metrics.observable_emds(metrics.observables(valid), metrics.observables(gen))
     return {k: float(v) for k, v in emds.items()}
 

@@ -104,7 +104,7 @@ def calibrate(
     rows = []
     for setting in tqdm(cfg.settings, desc="calibrating", unit="setting", disable=not progress):
         sampler = build_sampler(states, device=device, options={**sampling, **setting})
-        w1 = _w1s(reference, sampled_jets(sampler, n, seed=seed), names)
+        w1 = _w1s(reference, sampled_jets(sampler, n, seed=seed, finite=False), names)
         # a floor of exactly 0 (a constant observable) makes any difference infinitely worse
         ratios = {k: w1[k] / floor[k] if floor[k] else (math.inf if w1[k] else 0.0) for k in names}
         worst = max(v if math.isfinite(v) else math.inf for v in ratios.values())

@@ -149,12 +149,18 @@ def sampled_jets(
     batch_size: int = BATCH_SIZE,
     kinematics: Any = None,
     progress: bool = False,
+    finite: bool = True,
 ) -> Jets:
     """``n`` generated jets in memory, the same jets `sample_to_file` writes for these
-    arguments: particles (n, P, 3), mask (n, P), jet_features (n, 4), labels -1."""
+    arguments: particles (n, P, 3), mask (n, P), jet_features (n, 4), labels -1.
+    ``finite=False``: hand out non-finite jets too (a candidate scored by calibration or a
+    tuning trial, where a diverged draw ranks last), else ValueError."""
     parts, jets = [], []
     with tqdm(total=n, desc="sampling", unit="jet", disable=not progress) as bar:
-        for pf, jf in sample_jets(gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics):
+        batches = sample_jets(
+            gen, n, seed=seed, batch_size=batch_size, kinematics=kinematics, finite=finite
+        )
+        for pf, jf in batches:
             parts.append(pf)
             jets.append(jf)
             bar.update(len(pf))
@@ -233,8 +239,10 @@ def sample_jets(
     seed: int = 0,
     batch_size: int = BATCH_SIZE,
     kinematics: Any = None,
+    finite: bool = True,
 ) -> Any:
-    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy.
+    """Yield batches (particle_features (b, P, 4), jet_features (b, 4)) as float32 numpy;
+    ValueError at a batch with a non-finite feature unless ``finite`` is off.
 
     ``kinematics`` (n, 2) (pt [GeV], eta): generate each jet for these (a conditional
     generator only); None: draw them from the training jets' pool (a conditional generator
@@ -244,7 +252,7 @@ def sample_jets(
     given = None if kinematics is None else check_kinematics(gen, kinematics, n)
     g = torch.Generator(device=gen.device).manual_seed(seed)
     picks = torch.Generator().manual_seed(seed + 1)  # kinematics draws: a stream of their own
-    return _kept(_batches(gen, n, g, picks, given, batch_size))
+    return _kept(_batches(gen, n, g, picks, given, batch_size, finite))
 
 
 def _kept(batches: Iterator[Any]) -> Iterator[Any]:
@@ -282,6 +290,7 @@ def _batches(
     picks: torch.Generator,
     given: torch.Tensor | None,
     batch_size: int,
+    finite: bool = True,
 ) -> Any:
     """`sample_jets`'s batches."""
     for start in range(0, n, batch_size):
@@ -294,7 +303,8 @@ def _batches(
         context = kin.to(gen.device) if gen.conditional else None
         particles, mask = gen.sampler(b, g, context)
         particles, mask = particles.float().cpu(), mask.cpu()
-        _check_finite(particles, mask, kin)
+        if finite:
+            _check_finite(particles, mask, kin)
         pf = torch.cat([particles * mask[..., None], mask[..., None].float()], -1)
         yield pf.numpy(), jet_features(particles, mask, kin).numpy()
 

@@ -107,6 +107,17 @@ def _cut(path: Path, keep: float) -> None:
     path.write_bytes(raw[: int(len(raw) * keep)])
 
 
+def _copy(case: Path, name: str, new: str) -> Path:
+    out = case / new
+    shutil.copy(case / "D" / name, out)
+    return out
+
+
+def _empty(f: h5py.File) -> None:
+    f["particle_features"][...] = 0.0
+    f["jet_features"][:, 3] = 0.0
+
+
 def _pickle_bomb(case: Path) -> None:
     import pickle
 
@@ -278,6 +289,12 @@ CASES = [
     ),
     Case("39.16", "sample --guidance -1", SAMPLE + " --guidance -1"),
     Case("39.10", "sample --seed 2**64", SAMPLE + " --seed 18446744073709551616"),
+    Case(
+        "39.12",
+        "evaluate real jets that are all empty",
+        "evaluate --real {C}/empty.hdf5 --gen {D}/t.hdf5 --out {C}/ev",
+        lambda c: _edit(_copy(c, "t.hdf5", "empty.hdf5"), _empty),
+    ),
     Case("35", "data check a directory", "data check {D}"),
     Case("35", "particle_features an HDF5 group", "data check {D}/group.hdf5", _group),
     Case("35", "sample into /proc", "sample --run {R} --class t --n 100 --out /proc/x.hdf5"),

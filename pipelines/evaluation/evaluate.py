@@ -83,8 +83,21 @@ class Samples:
 PARTICLE_RANGE = 10.0
 
 
+#: the largest jet pt [GeV] a file may state: 100 TeV, seven times the LHC's collision energy
+MAX_JET_PT = 1e5
+
+
 def _check_ranges(name: str, jets: Jets) -> None:
-    """ValueError naming the feature and its extreme if a real particle is outside the range."""
+    """ValueError naming the feature and its extreme if a real particle is outside the range,
+    a jet pt is not in (0, `MAX_JET_PT`], or no jet holds a particle."""
+    if not jets.mask.any():
+        raise UserError(f"the {name} jets hold no particles at all: nothing to evaluate")
+    pt = jets.jet_features[:, 0]
+    if len(pt) and (pt.max() > MAX_JET_PT or pt.min() <= 0):
+        worst = pt.max() if pt.max() > MAX_JET_PT else pt.min()
+        raise UserError(
+            f"{name} jets have pt {worst:.3g} GeV, outside (0, {MAX_JET_PT:g}]: not LHC jets"
+        )
     x = jets.particles[jets.mask]
     for k, feature in enumerate(("eta_rel", "phi_rel", "pt_rel")):
         low = 0.0 if feature == "pt_rel" else -PARTICLE_RANGE

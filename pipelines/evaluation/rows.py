@@ -15,6 +15,8 @@ UNDEFINED = {
     "ratio of a bad value": "the value is not a finite number (see its reason), so value / "
     "floor is undefined though the floor is fine",
     "no floor": "the figure has no real-vs-real counterpart, so there is no ratio: read the value",
+    "floor within its error": "the floor is not told apart from 0 by its own uncertainty "
+    "(floor <= its std), so value / floor is noise: read the value beside the floor and its error",
 }
 
 
@@ -37,9 +39,14 @@ class MetricRow:
 
     @property
     def ratio(self) -> float:
-        """value / floor; NaN where the floor is missing or <= 0."""
+        """value / floor; NaN where the floor is missing, <= 0, or within its own uncertainty
+        of 0 (an FPD floor of 2.9e-18 +- 0.0096 gave a ratio of 3e15)."""
         floor = self.floor
-        return self.value / floor if floor is not None and floor > 0 else math.nan
+        return self.value / floor if floor is not None and self._floor_measured() else math.nan
+
+    def _floor_measured(self) -> bool:
+        """Whether the floor is > 0 and told apart from 0 by its uncertainty (when it has one)."""
+        return self.floor is not None and self.floor > 0 and not (self.floor_std or 0) >= self.floor
 
     def undefined(self) -> dict[str, str]:
         """Why each non-finite number is not one, by key."""
@@ -51,6 +58,7 @@ class MetricRow:
             # the ratio's reason is the floor's only where the floor is <= 0; it was said even
             # for a floor of 1.03 beside a NaN value (all-empty generated jets)
             why = "ratio" if not self.floor > 0 else "ratio of a bad value"
+            why = "floor within its error" if self.floor > 0 and not self._floor_measured() else why
         return {
             key: UNDEFINED[why if key == "ratio" else "value"]
             for key, number in numbers.items()

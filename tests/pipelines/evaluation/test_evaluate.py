@@ -27,8 +27,10 @@ def test_model_equal_to_real_sits_at_the_floor_and_bad_model_far_above():
     bad_jets = random_jets(400, 30, seed=4)
     bad_jets.particles[..., 0] *= 2.0  # twice as wide in eta
     bad = evaluate(real, bad_jets, cfg=FAST, progress=False)
-    for name in ("emd_sum", "w1p_eta", "fpd"):
+    for name in ("emd_sum", "w1p_eta"):
         assert bad["metrics"][name]["ratio"] > 2 * good["metrics"][name]["ratio"], name
+    # FPD's floor at 150 jets is not told from 0 by its error: no ratio, the values compare
+    assert bad["metrics"]["fpd"]["value"] > 2 * good["metrics"]["fpd"]["value"]
     assert good["metrics"]["emd_sum"]["ratio"] < 3
     row = good["metrics"]["w1m"]
     assert row["ratio"] == pytest.approx(row["value"] / row["floor"])
@@ -229,3 +231,40 @@ def test_plot_choices_for_spiky_and_integer_distributions():
     assert arrows.get("^") == 2 and arrows.get("o") == 2
     plt.close(fig)
     plt.close(fig2)
+
+
+def test_no_ratio_where_the_floor_is_within_its_own_error():
+    """Issue 39 #12: at --n 400 an FPD floor of 2.9e-18 +- 0.0096 printed a ratio of 3.05e15."""
+    from pipelines.evaluation.rows import MetricRow
+
+    noisy = MetricRow(8.8e-3, 2.9e-18, std=1e-3, floor_std=0.0096).to_dict()
+    assert noisy["ratio"] is None or np.isnan(noisy["ratio"])
+    assert "not told apart from 0" in noisy["undefined"]["ratio"]
+    assert MetricRow(0.3, 0.2, std=0.01, floor_std=0.05).ratio == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("empty", "the real jets hold no particles at all"),
+        ("huge pt", "generated jets have pt 1e+30 GeV, outside"),
+    ],
+)
+def test_jets_that_cannot_be_evaluated_are_refused(tmp_path, capsys, edit, match):
+    """Issue 39 #12: all-empty real jets gave exit 0 and a report of n/a; a generated jet pt
+    of 1e30 GeV was accepted (emd_pt 1.2e30) while a negative one was refused."""
+    from pipelines.data.jetnet import write_jetnet_file
+    from tests.conftest import assert_one_line_error
+
+    real, gen = random_jets(400, 30, seed=1), random_jets(200, 30, seed=2)
+    if edit == "empty":
+        real.mask[:] = False
+        real.particles[:] = 0
+        real.jet_features[:, 3] = 0
+    else:
+        gen.jet_features[5, 0] = 1e30
+    write_jetnet_file(tmp_path / "real.hdf5", real)
+    write_jetnet_file(tmp_path / "gen.hdf5", gen)
+    argv = ["evaluate", "--real", str(tmp_path / "real.hdf5"), "--gen", str(tmp_path / "gen.hdf5")]
+    assert_one_line_error(capsys, [*argv, "--out", str(tmp_path / "ev")], match)
+    assert not (tmp_path / "ev").exists()

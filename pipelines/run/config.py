@@ -453,14 +453,24 @@ def _checked_per_class(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     the whole section) holding the values as built (20 -> 20.0), once each class's config is
     known to build (an unknown class, key or value is one UserError naming it)."""
     out: dict[str, dict[str, Any]] = {}
+    spelled: dict[str, str] = {}
     for name, settings in cfg.per_class.items():
         try:
             jet_class = canonical_class(name)
         except ValueError as err:
             raise UserError(f"per_class: {err}") from None
-        if jet_class in out:
-            raise UserError(f"per_class names class {jet_class} twice ({name!r})")
-        out[jet_class] = flat_keys(settings)
+        flat = _strict_flat_keys(settings, f"per_class.{name}")
+        # two spellings of one class (top in the YAML, --set per_class.t.x=1) are merged;
+        # only a key the two set differently is a conflict
+        for key, value in flat.items():
+            known = out.get(jet_class, {})
+            if key in known and known[key] != value:
+                raise UserError(
+                    f"per_class.{spelled[jet_class]}.{key} and per_class.{name}.{key} set "
+                    f"{key} of class {jet_class} to {known[key]!r} and {value!r}: keep one"
+                )
+        out[jet_class] = {**out.get(jet_class, {}), **flat}
+        spelled.setdefault(jet_class, name)
         for key in out[jet_class]:
             if not key or key.split(".")[0] in _RUN_KEYS or "=" in key:
                 raise UserError(f"per_class.{name}: {key!r} cannot be set per class")
@@ -475,12 +485,34 @@ def _checked_per_class(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _strict_flat_keys(settings: Any, where: str) -> dict[str, Any]:
+    """`flat_keys` of a per-class entry, refusing a key reached twice ({"a.b": 3, "a": {"b":
+    5}} silently kept the last)."""
+    if not isinstance(settings, dict):
+        raise UserError(f"{where} must be a mapping of config keys, got {settings!r}")
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            inner = _strict_flat_keys(value, f"{where}.{key}")
+            items = {f"{key}.{name}": v for name, v in inner.items()}
+        else:
+            items = {str(key): value}
+        for full, v in items.items():
+            if full in out:
+                raise UserError(f"{where}: {full} is set twice (as a dotted key and in a section)")
+            out[full] = v
+    return out
+
+
 def class_tree(tree: dict[str, Any], jet_class: str) -> dict[str, Any]:
-    """A pipeline config tree with its ``per_class`` entry for ``jet_class`` applied (the
-    entry's keys may name the class by an alias) and ``per_class`` removed."""
+    """A pipeline config tree with its ``per_class`` entries for ``jet_class`` applied (an
+    entry may name the class by an alias; two spellings are merged) and ``per_class``
+    removed."""
     per_class = tree.get("per_class") or {}
-    entries = [v for k, v in per_class.items() if canonical_class(k) == jet_class]
-    values = entries[0] if entries else {}
+    values = {}
+    for k, v in per_class.items():
+        if canonical_class(k) == jet_class:
+            values.update(flat_keys(v))
     tree = {k: v for k, v in tree.items() if k != "per_class"}
     return with_values(tree, values)
 
@@ -563,17 +595,22 @@ def set_value(tree: dict[str, Any], assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise UserError(f"--set expects section.key=value, got {assignment!r}")
-    *parents, leaf = key.strip().split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"--set {key}: {part} is not a section")
     try:
-        node[leaf] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as err:  # a traceback before; safe_load also refuses !!python tags
         why = str(err).splitlines()[0]
         raise UserError(f"--set {key}: the value {text!r} is not valid YAML ({why})") from None
+    parts = key.strip().split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        dotted = ".".join(parts[i:])
+        if dotted in node:  # a dotted key (per_class: {t: {loss.gamma_tau: 20}}): replaced, not
+            node[dotted] = value  # shadowed by a section set beside it
+            return
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -160,7 +160,14 @@ def test_overrides_are_typed_and_nested():
         (["per_class={t: {device: cpu}}"], "'device' cannot be set per class"),
         (["per_class={t: {loss.gamma_tau.x: 1}}"], r"per_class.t: loss.gamma_tau.x: gamma_tau is"),
         (["n_generate=5", "per_class={t: {loss.gamma_tau: 1}}"], "config: n_generate must be"),
-        (["per_class={t: {}, top: {}}"], "per_class names class t twice"),
+        (
+            ["per_class={t: {flow_train.epochs: 3}, top: {flow_train.epochs: 4}}"],
+            r"per_class.t.flow_train.epochs and per_class.top.flow_train.epochs set",
+        ),
+        (
+            ["per_class={t: {flow_train.epochs: 3, flow_train: {epochs: 5}}}"],
+            r"per_class.t: flow_train.epochs is set twice \(as a dotted key and in a section\)",
+        ),
         (["per_class={t: 3}"], r"per_class\.t: expected a mapping"),
         (["per_class={t: {convae.num_particles: 20}}"], r"per_class.t: convae.num_particles"),
     ],
@@ -321,3 +328,16 @@ def test_configs_that_would_explode_are_refused_at_once(tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as err:
         load_config(path)
     assert len(str(err.value)) < 300
+
+
+def test_two_spellings_of_one_class_are_merged(tmp_path):
+    """Issue 39 #13: per_class: {top: ...} in the YAML and --set per_class.t.x=... was refused
+    as naming class t twice; each spelling's keys now add up (a key set to two values is one
+    error naming both, above)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("per_class:\n  top:\n    flow_train: {epochs: 5}\n")
+    cfg = load_config(path, ["per_class.t.flow_train.lr=0.01"])
+    assert cfg.per_class == {"t": {"flow_train.epochs": 5, "flow_train.lr": 0.01}}
+    assert load_config(path, ["per_class.t.flow_train.epochs=5"]).per_class["t"] == {
+        "flow_train.epochs": 5
+    }

@@ -206,7 +206,7 @@ def _calibration_stage(
     (`pipelines.run.calibrate`)."""
     path = run.directory / "calibration.json"
     if run.stages.complete("calibrate", key, path):
-        return read_json(path)
+        return _checked_calibration(read_json(path), run.cfg.calibrate.settings, path)
     result = calibrate.calibrate(
         states,
         sampling,
@@ -220,6 +220,22 @@ def _calibration_stage(
     write_json(path, result)
     run.stages.mark("calibrate", key)
     LOG.info("%s: sampling with %s (chosen on validation jets)", run.jet_class, result["chosen"])
+    return result
+
+
+def _checked_calibration(
+    result: Any, settings: tuple[dict[str, Any], ...], path: Path
+) -> dict[str, Any]:
+    """A calibration.json read back on a rerun, checked: its ``chosen`` is one of the config's
+    candidate ``settings`` (a string gave exit 1; a setting never tried was written into
+    flow.pt). ValueError naming the file otherwise."""
+    chosen = result.get("chosen") if isinstance(result, dict) else None
+    candidates = [dict(s) for s in settings]
+    if not isinstance(chosen, dict) or chosen not in candidates:
+        raise UserError(
+            f"{path}: its chosen setting {chosen!r} is not one of the config's "
+            "calibrate.settings (edited by hand?); delete it and rerun to choose again"
+        )
     return result
 
 

@@ -246,6 +246,18 @@ def test_guidance_is_chosen_per_class_on_validation_jets_and_kept_for_sampling(d
     log = (again / "pipeline.log").read_text().split("class g")[-1]
     assert "g: calibrate up to date" in log and "g: generate up to date" in log
     assert "g: evaluate done" not in log
+    # a calibration.json edited by hand is refused, naming it (issue 39 #9: a string was exit
+    # 1; a setting never tried was written into flow.pt, then the summary crashed)
+    path, kept = run / "g" / "calibration.json", (run / "g" / "calibration.json").read_text()
+    flow_before = (run / "g" / "flow.pt").read_bytes()
+    for chosen in ("x", ["guidance", 1.0], None, {"guidance": 5, "steps": 1}):
+        path.write_text(json.dumps({**result, "chosen": chosen}))
+        with pytest.raises(
+            ValueError, match=r"calibration\.json: its chosen setting .* is not one"
+        ):
+            run_pipeline(cfg, root=tmp_path, progress=False)
+    assert (run / "g" / "flow.pt").read_bytes() == flow_before
+    path.write_text(kept)
     # another criterion: calibrated and reported again, whatever it chooses
     observables = "calibrate.observables=[mass, tau32]"
     cfg = load_config("configs/quickstart.yaml", [*base, settings, observables])

@@ -43,7 +43,7 @@ from jetflows.classes import canonical_class
 from jetflows.distributed import resolve_device
 from jetflows.errors import MissingFileError, UserError
 from jetflows.normalize import Normalization
-from pipelines.run.checkpoints import check_provenance, load_checkpoint
+from pipelines.run.checkpoints import check_provenance, fingerprint, load_checkpoint
 
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets
@@ -677,6 +677,20 @@ def _load_student(path: Path, jet_class: str, states: dict[str, dict[str, Any]])
     return state
 
 
+def _check_window(state: dict[str, Any], options: Mapping[str, Any]) -> None:
+    """OptionError where a user asks for a guidance window (from, until) of a set flow that
+    samples unguided: it was ignored without a word. (The pipeline's own options carry the
+    config's window beside guidance 1 on purpose: only a user's request is checked.)"""
+    window = sorted({"guidance_from", "guidance_until"} & set(options))
+    stored = state.get("set_flow_config", {}).get("guidance", 1.0)
+    if window and options.get("guidance", stored) == 1.0:
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in window)
+        raise OptionError(
+            f"{flags} set when guidance acts, but this model samples unguided (guidance 1): "
+            "add --guidance w > 1, or leave them out"
+        )
+
+
 def load_sampler(
     run: str | Path,
     jet_class: str,
@@ -712,10 +726,13 @@ def load_sampler(
         try:
             companion = load_checkpoint(path / name, kind)
             check_provenance(companion, path / name, path.name, **inputs)
+            if fingerprint(companion) == fingerprint(state):  # cp flow.pt guide.pt
+                raise UserError(f"{path / name}: the same model as flow.pt, not its companion")
         except ValueError as err:
             LOG.info("%s: left out (%s)", path / name, err)
             continue
         states[name] = companion
+    _check_window(state, options or {})
     if gen.distil is not None and (path / STUDENT).is_file() and not (options or {}).get(TEACHER):
         states[STUDENT] = _load_student(path / STUDENT, path.name, states)
     try:

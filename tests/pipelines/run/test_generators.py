@@ -193,14 +193,21 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     out = tmp_path / "x.hdf5"
     args = ["sample", "--run", str(cloud_run), "--class", "g", "--n", "50", "--out", str(out)]
     assert_one_line_error(capsys, [*args, "--guidance", "2"], "guide.pt")
-    assert_one_line_error(capsys, [*args, "--guidance-from", "1.5"], "guidance_from")
-    assert_one_line_error(capsys, [*args, "--guidance-until", "1.5"], "guidance_until")
+    assert_one_line_error(capsys, [*args, "--guidance-from", "1.5"], "--guidance-from")
+    assert_one_line_error(capsys, [*args, "--guidance-until", "1.5"], "--guidance-until")
     assert not out.exists()
     # a damaged guide blocks only guided sampling
     (run / "g" / "guide.pt").write_bytes(b"not a checkpoint")
     args = ["sample", "--run", str(run), "--class", "g", "--n", "50", "--out", str(out)]
     assert_one_line_error(capsys, args, "guide.pt")  # the run's config guides
     assert main([*args, "--guidance", "1", "--quiet"]) == 0 and out.is_file()
+    # issue 39 #14: a copy of flow.pt is not a guide (guided sampling equalled unguided), and a
+    # guidance window on an unguided model is said, not ignored
+    shutil.copy(run / "g" / "flow.pt", run / "g" / "guide.pt")
+    assert_one_line_error(capsys, [*args, "--overwrite"], "guide.pt")
+    window = ["--guidance", "1", "--guidance-from", "0.5", "--overwrite"]
+    line = assert_one_line_error(capsys, [*args, *window], "")
+    assert "--guidance-from set when guidance acts, but this model samples unguided" in line
     # a config that trains no guide removes the run's old one
     cfg = load_config(
         "configs/quickstart.yaml", [*TINY, f"data.data_dir={data_dir}", "target=cloud"]

@@ -203,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from jetflows.classes import canonical_class
     from pipelines.evaluation.evaluate import EvalConfig, evaluate_files
     from pipelines.evaluation.report import STABLE_NAMES, fmt, stable_cell
-    from pipelines.io import atomic_dir, check_output_dir
+    from pipelines.io import atomic_dir, check_output_dir, output_claim
 
     # every argument checked before the EFPs (seconds) are computed
     if args.jet_class:
@@ -218,8 +218,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         cov_mmd=not args.no_cov_mmd,
         stable_draws=args.stable_draws,
     )
-    with atomic_dir(out) as tmp:  # the old report stays whole until the new one is
-        results = evaluate_files(args.real, args.gen, tmp, jet_class=args.jet_class, cfg=cfg)
+    with output_claim(out):  # two evaluations on one --out: the second is refused
+        # again under the claim: another evaluation may have written it since the first check
+        check_output_dir(args.out, overwrite=args.overwrite, replaceable=EVALUATION_OUTPUTS)
+        with atomic_dir(out) as tmp:  # the old report stays whole until the new one is
+            results = evaluate_files(args.real, args.gen, tmp, jet_class=args.jet_class, cfg=cfg)
     stable = results.get("stable")
     if stable:
         sizes = stable["sizes"]

@@ -158,30 +158,47 @@ def folder_lock(directory: str | Path) -> Iterator[Path]:
     writing it) is stale: it is taken over. A lock from another host cannot be checked from
     here: it is refused, and the message says which file to remove if that run is over.
     """
+    with _lock(Path(directory) / ".lock", f"{directory} is in use", "use another name") as path:
+        yield path
+
+
+@contextmanager
+def output_claim(path: str | Path) -> Iterator[Path]:
+    """Claim the output ``path`` for this process while the block writes it (``.<name>.lock``
+    beside it, as `folder_lock`): two commands started together on one --out both exited 0,
+    the later silently replacing the earlier."""
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    with _lock(lock, f"{path} is being written", "choose another output") as held:
+        yield held
+
+
+@contextmanager
+def _lock(path: Path, busy: str, other: str) -> Iterator[Path]:
+    """Create ``path`` exclusively (pid, host, start time) for the block; see `folder_lock`."""
     import socket
     import time
 
-    path = Path(directory) / ".lock"
     host = socket.gethostname()
     me = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):  # a stale lock is removed, then taken; losing that race is refused
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            _check_stale_lock(path, host)
+            _check_stale_lock(path, host, busy, other)
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
     else:
-        raise UserError(f"{directory} is being locked by another process: try again")
+        raise UserError(f"{busy} by another process: try again")
     try:
         yield path
     finally:
         path.unlink(missing_ok=True)
 
 
-def _check_stale_lock(path: Path, host: str) -> None:
+def _check_stale_lock(path: Path, host: str, busy: str, other: str) -> None:
     """Remove ``path`` if its holder is gone; raise ValueError if it may still run."""
     try:
         holder = json.loads(path.read_text())
@@ -192,10 +209,9 @@ def _check_stale_lock(path: Path, host: str) -> None:
     if where == host and not _alive(pid):
         path.unlink(missing_ok=True)
         return
-    gone = f"; if that run is over, remove {path}" if where != host else ""
+    gone = f"; if that process is over, remove {path}" if where != host else ""
     raise UserError(
-        f"{path.parent} is in use by process {pid} on {where} since {since}: wait for it to "
-        f"finish, or use another name{gone}"
+        f"{busy} by process {pid} on {where} since {since}: wait for it to finish, or {other}{gone}"
     )
 
 

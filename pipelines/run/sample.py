@@ -41,6 +41,7 @@ from pipelines.io import (
     check_disk_space,
     check_writable,
     default_cache_dir,
+    output_claim,
     write_json,
 )
 from pipelines.run.generators import TrainedSampler, class_dir, load_sampler
@@ -348,6 +349,29 @@ def sample_to_file(
         class_dir(run, jet_class)  # checked before the output: it names what is missing
         _refuse_run_files(Path(out), Path(run))
     out = check_writable(Path(out), overwrite=overwrite)
+    with output_claim(out):
+        # again under the claim: another command may have written it since the first check
+        check_writable(out, overwrite=overwrite)
+        return _write_samples(
+            run, jet_class, n, out, seed=seed, batch_size=batch_size, device=device,
+            progress=progress, kinematics=kinematics, options=options,
+        )  # fmt: skip
+
+
+def _write_samples(
+    run: str | Path | None,
+    jet_class: str,
+    n: int,
+    out: Path,
+    *,
+    seed: int,
+    batch_size: int,
+    device: str,
+    progress: bool,
+    kinematics: Any,
+    options: dict[str, Any] | None,
+) -> Path:
+    """`sample_to_file`'s work once the output is claimed."""
     gen = open_sampler(run, jet_class, device=device, options=options)
     if kinematics is not None:
         kinematics = check_kinematics(gen, kinematics, n)

@@ -486,3 +486,23 @@ def test_evaluate_never_replaces_a_folder_holding_other_files(tmp_path, capsys):
     argv = f"evaluate --real {real} --gen {real} --out {run} --overwrite"
     _error(capsys, argv, match="holds flow.pt besides results")
     assert (run / "flow.pt").read_text() == "a trained model"
+
+
+def test_an_output_another_command_is_writing_is_refused(tmp_path, capsys):
+    """Issue 39 #3: two `sample --out same.hdf5` started 0.3 s apart both exited 0, the later
+    silently replacing the earlier (the same for `evaluate --out`)."""
+    from pipelines.io import output_claim
+
+    write_jetnet_file(tmp_path / "real.hdf5", random_jets(400, 30, seed=1))
+    write_jetnet_file(tmp_path / "gen.hdf5", random_jets(200, 30, seed=2))
+    out, report = tmp_path / "top.hdf5", tmp_path / "ev"
+    sample = ["sample", "--n", "5", "--class", "top", "--out", str(out)]
+    evaluate = ["evaluate", "--real", str(tmp_path / "real.hdf5"), "--gen"]
+    evaluate += [str(tmp_path / "gen.hdf5"), "--out", str(report), "--no-fpnd"]
+    for argv, path in ((sample, out), (evaluate, report)):
+        with output_claim(path):  # another command, alive, is writing it
+            assert_one_line_error(capsys, argv, f"{path} is being written by process")
+            assert not path.exists()
+        assert not (tmp_path / f".{path.name}.lock").exists()
+    assert main([*sample, "--quiet"]) == 0 and out.is_file()  # once free, as before
+    assert_one_line_error(capsys, sample, "already exists: pass --overwrite")

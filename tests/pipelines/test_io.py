@@ -99,7 +99,7 @@ def test_folder_lock_refuses_a_second_holder_and_takes_over_dead_ones(tmp_path):
         pass
     elsewhere = {"pid": 1, "host": socket.gethostname() + "-other", "started": "then"}
     lock.write_text(json.dumps(elsewhere))  # another machine's: cannot be checked from here
-    with pytest.raises(ValueError, match="if that run is over, remove"):
+    with pytest.raises(ValueError, match="if that process is over, remove"):
         with folder_lock(tmp_path):
             pass
     assert lock.exists()  # not ours to remove

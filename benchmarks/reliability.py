@@ -65,6 +65,7 @@ class Case:
     prepare: Callable[[Path], None] | None = None
     timeout: float = 120.0
     limit_file_size: int | None = None
+    env: dict[str, str] | None = None
 
 
 def _jets(n: int, seed: int, eta: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +296,8 @@ CASES = [
         "evaluate --real {C}/empty.hdf5 --gen {D}/t.hdf5 --out {C}/ev",
         lambda c: _edit(_copy(c, "t.hdf5", "empty.hdf5"), _empty),
     ),
+    Case("39.11", "WORLD_SIZE=2 without RANK", RERUN, env={"WORLD_SIZE": "2"}),
+    Case("39.11", "WORLD_SIZE=abc", SAMPLE, env={"WORLD_SIZE": "abc"}),
     Case("35", "data check a directory", "data check {D}"),
     Case("35", "particle_features an HDF5 group", "data check {D}/group.hdf5", _group),
     Case("35", "sample into /proc", "sample --run {R} --class t --n 100 --out /proc/x.hdf5"),
@@ -358,7 +361,7 @@ def run_case(case: Case, repo: Path, work: Path, run: Path, data: Path, k: int) 
 
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", **(case.env or {})}
     start = time.perf_counter()
     try:
         done = subprocess.run(
@@ -396,7 +399,7 @@ def main() -> None:
         sets = [a for s in [*TINY, f"data.data_dir={data}"] for a in ("--set", s)]
         argv = ["pipeline", "--config", "configs/quickstart.yaml", "--classes", "t"]
         argv += ["--runs", str(work / "runs"), "--quiet", "--set", "name=tiny", *sets]
-        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", **(case.env or {})}
         subprocess.run(
             [sys.executable, "-m", "pipelines.cli", *argv],
             cwd=repo,

@@ -35,14 +35,35 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable torchrun sets (ValueError naming it otherwise)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(
+            f"environment variable {name}={text!r} is not an integer (torchrun sets it; unset "
+            "it to run one process)"
+        ) from None
+
+
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group torchrun describes in the environment; False when not launched
     by torchrun (WORLD_SIZE unset or 1) or already joined."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if _env_int("WORLD_SIZE", 1) <= 1 or dist.is_initialized():
         return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UserError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} without {', '.join(missing)}: start the "
+            "processes with torchrun --nproc_per_node=N (it sets them), or unset WORLD_SIZE"
+        )
+    _env_int("RANK", 0)
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(backend)
     return True
 
@@ -87,4 +108,4 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("device cuda: no CUDA device is available here")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cuda", _env_int("LOCAL_RANK", 0))

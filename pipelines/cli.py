@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -799,15 +800,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads.apply_threads(threads.choose_threads(args.threads, cap=_thread_cap(args)))
             func(args)
             interrupt.check()  # a SIGTERM swallowed where it landed still ends as one
-    # FloatingPointError: a diverged training, whose cure is in the settings, not the code
-    except (UserError, OSError, FloatingPointError) as err:
-        if args.debug:
-            raise
-        print(f"jetflows: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt as stop:  # Terminated included
         return _stopped(type(stop))
     except Exception as err:
+        said = _users_to_fix(err)
+        if said is not None:
+            if args.debug:
+                raise
+            print(f"jetflows: error: {said}", file=sys.stderr)
+            return EXIT_USAGE
         # C++ extensions (wasserstein's PairwiseEMD, under COV/MMD) catch the interrupt and
         # rethrow it as "RuntimeError: KeyboardInterrupt received in ..."
         if isinstance(err, RuntimeError) and "KeyboardInterrupt" in str(err):
@@ -816,6 +817,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _bug(err)
     return 0
+
+
+#: errno values of OS errors the user's environment causes and the user can fix
+_USER_ERRNOS = {
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+    errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
+}  # fmt: skip
+
+
+def _users_to_fix(err: Exception) -> str | None:
+    """The one line for an error the user causes and can fix (exit 2), else None (a bug,
+    exit 1 with its traceback): bad input (`UserError`), a missing file, a permission, a full
+    disk or read-only folder, memory exhausted, a diverged training (FloatingPointError: its
+    cure is in the settings). Any other OSError is ours to explain, not the user's."""
+    if isinstance(err, UserError | FloatingPointError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in _USER_ERRNOS:
+        return str(err)
+    out_of_memory = isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
+    if out_of_memory:
+        return (
+            "out of memory: ask for less at a time (a smaller --batch-size or --n), or free memory"
+        )
+    return None
 
 
 #: jets below which a command's tensors are too small to share among threads

@@ -16,6 +16,7 @@ from convae.train import fit as fit_convae
 from flows.models import FlowConfig, build_flow
 from flows.train import fit as fit_flow
 from jetflows.distributed import all_sum, is_main, main_first, rank_world
+from jetflows.errors import UserError
 from jetflows.training import TrainConfig
 from tests.conftest import random_jets, without_times
 
@@ -120,3 +121,26 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"WORLD_SIZE": "abc"}, "environment variable WORLD_SIZE='abc' is not an integer"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 without RANK, MASTER_ADDR, MASTER_PORT: start"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            "RANK='x' is not an integer",
+        ),
+    ],
+)
+def test_a_broken_torchrun_environment_is_the_users_to_fix(monkeypatch, env, match):
+    """Issue 39 #11: these were a ValueError from int() or torch's rendezvous, exit 1."""
+    from jetflows import distributed
+
+    for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match=match):
+        distributed.init_from_env()

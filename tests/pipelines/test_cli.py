@@ -1,5 +1,6 @@
 """The command line: every user mistake -> one line on stderr, exit status 2, no output file."""
 
+import errno
 import tempfile
 
 import numpy as np
@@ -506,3 +507,27 @@ def test_an_output_another_command_is_writing_is_refused(tmp_path, capsys):
         assert not (tmp_path / f".{path.name}.lock").exists()
     assert main([*sample, "--quiet"]) == 0 and out.is_file()  # once free, as before
     assert_one_line_error(capsys, sample, "already exists: pass --overwrite")
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "said"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "No space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied"), 2, "Permission denied"),
+        (MemoryError(), 2, "out of memory: ask for less at a time"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: 8 GB"), 2, "out of memory"),
+        (OSError(errno.EIO, "Input/output error"), 1, "internal error"),
+        (KeyError("x"), 1, "internal error"),
+    ],
+)
+def test_only_errors_the_user_can_fix_exit_2(monkeypatch, capsys, raised, code, said):
+    """Issue 39 (errors): every OSError exited 2, so an internal I/O bug read as the user's
+    fault; memory exhausted by --n 1e7 --batch-size 1e7 was a bug's exit 1."""
+
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_data_check", fail)  # the parser is built in main
+    assert main(["data", "check", "x.hdf5"]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and said in err

@@ -399,7 +399,7 @@ def main() -> None:
         sets = [a for s in [*TINY, f"data.data_dir={data}"] for a in ("--set", s)]
         argv = ["pipeline", "--config", "configs/quickstart.yaml", "--classes", "t"]
         argv += ["--runs", str(work / "runs"), "--quiet", "--set", "name=tiny", *sets]
-        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", **(case.env or {})}
+        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
         subprocess.run(
             [sys.executable, "-m", "pipelines.cli", *argv],
             cwd=repo,

@@ -168,6 +168,7 @@ def output_claim(path: str | Path) -> Iterator[Path]:
     beside it, as `folder_lock`): two commands started together on one --out both exited 0,
     the later silently replacing the earlier."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the output's folder: made for it anyway
     lock = path.parent / f".{path.name}.lock"
     with _lock(lock, f"{path} is being written", "choose another output") as held:
         yield held

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from tqdm import tqdm
 
 from jetflows.classes import canonical_class
@@ -224,6 +225,13 @@ def with_installed_driver(url: str) -> str:
     return url
 
 
+#: what opening a storage raises for a bad URL, a missing driver or an unreachable server
+#: (SQLAlchemy's errors, optuna's ValueError for a URL it cannot use); anything else is a bug
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError, OSError,
+)  # fmt: skip
+
+
 def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats and retries; URL: given, else $storage_env, else SQLite."""
     if url is None and cfg.storage_env:
@@ -247,7 +255,7 @@ def open_storage(url: str | None, cfg: TuneConfig, default: Path) -> optuna.stor
                     ),
                     engine_kwargs={"connect_args": {"timeout": 30}} if "sqlite" in url else {},
                 )
-        except Exception as err:  # SQLAlchemy raises many kinds; the user needs one line
+        except STORAGE_ERRORS as err:  # what a URL, a driver or a server can cause: one line
             # two workers starting together on a new SQLite file race to create its tables
             if any(race in str(err) for race in _CREATION_RACES) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))

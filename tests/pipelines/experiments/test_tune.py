@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from pipelines.data.jetnet import write_jetnet_file
@@ -435,3 +436,25 @@ def test_the_tuned_class_s_own_settings_are_its_base_and_a_trial_value_wins(tmp_
     assert best.for_class("g").convae_train.lr == 0.002 and best.for_class("g").flow.bins == 4
     assert best.for_class("q").convae_train.lr == 0.002  # no entry: the tuned value
     assert best.for_class("t").convae_train.lr == 0.1  # its own entry
+
+
+def test_a_bug_while_opening_a_storage_is_not_called_the_users(monkeypatch, tmp_path):
+    """Issue 39 (errors): every exception from the storage constructor became "cannot open the
+    storage" (exit 2), a bug in our code included."""
+    from pipelines.experiments import tune as tune_module
+
+    cfg = TuneConfig()
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(tune_module.optuna.storages, "RDBStorage", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        tune_module.open_storage(None, cfg, tmp_path / "s.db")
+
+    def refused(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("no server"))
+
+    monkeypatch.setattr(tune_module.optuna.storages, "RDBStorage", refused)
+    with pytest.raises(ValueError, match="cannot open the storage"):
+        tune_module.open_storage(None, cfg, tmp_path / "s.db")

@@ -720,6 +720,7 @@ def load_sampler(
         check_provenance(states[name], path / name, path.name)
     inputs = {name: states[name] for name, _ in gen.inputs}
     check_provenance(state, path / "flow.pt", path.name, **inputs)
+    left_out: dict[str, str] = {}
     for name, kind in gen.companions:
         # a companion that is not this run's (or not readable) is left out: only a sampler
         # that needs it refuses, so unguided sampling never fails on a stale guide.pt
@@ -730,6 +731,7 @@ def load_sampler(
                 raise UserError(f"{path / name}: the same model as flow.pt, not its companion")
         except ValueError as err:
             LOG.info("%s: left out (%s)", path / name, err)
+            left_out[name] = str(err)
             continue
         states[name] = companion
     _check_window(state, options or {})
@@ -739,5 +741,8 @@ def load_sampler(
         return build_sampler(states, device=device, options=options)
     except OptionError:  # the user's option, not the checkpoint: said as such
         raise
+    except MissingFileError as err:  # a companion it needs: say why it was left out
+        why = "; ".join(f"{reason}" for name, reason in left_out.items() if name in str(err))
+        raise type(err)(f"{err}{f' ({why})' if why else ''}") from err
     except ValueError as err:  # the same kind of error, naming the run's flow
         raise type(err)(f"{path / 'flow.pt'}: {err}") from err

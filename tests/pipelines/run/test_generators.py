@@ -199,12 +199,13 @@ def test_a_guide_is_trained_beside_a_finished_set_flow_and_guides_sampling(
     # a damaged guide blocks only guided sampling
     (run / "g" / "guide.pt").write_bytes(b"not a checkpoint")
     args = ["sample", "--run", str(run), "--class", "g", "--n", "50", "--out", str(out)]
-    assert_one_line_error(capsys, args, "guide.pt")  # the run's config guides
+    line = assert_one_line_error(capsys, args, "guide.pt")  # the run's config guides
+    assert "not a readable checkpoint" in line  # why it is left out, not only "missing"
     assert main([*args, "--guidance", "1", "--quiet"]) == 0 and out.is_file()
     # issue 39 #14: a copy of flow.pt is not a guide (guided sampling equalled unguided), and a
     # guidance window on an unguided model is said, not ignored
     shutil.copy(run / "g" / "flow.pt", run / "g" / "guide.pt")
-    assert_one_line_error(capsys, [*args, "--overwrite"], "guide.pt")
+    assert_one_line_error(capsys, [*args, "--overwrite"], "the same model as flow.pt")
     window = ["--guidance", "1", "--guidance-from", "0.5", "--overwrite"]
     line = assert_one_line_error(capsys, [*args, *window], "")
     assert "--guidance-from set when guidance acts, but this model samples unguided" in line

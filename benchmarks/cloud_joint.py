@@ -34,7 +34,7 @@ from pipelines.evaluation.evaluate import evaluate
 from pipelines.io import atomic_path, write_json
 from pipelines.run import stages
 from pipelines.run.config import load_config
-from pipelines.run.generators import _jet_level_sampler, build_sampler
+from pipelines.run.generators import build_sampler, jet_level_sampler
 from pipelines.run.sample import sampled_jets
 
 SHOWN = ("w1m", "w1p", "w1efp", "cov", "emd_tau21", "emd_tau32", "emd_d2")
@@ -120,7 +120,7 @@ def main() -> None:
         onehot = torch.zeros(1, len(classes))
         onehot[0, k] = 1.0
         model = ClassConditioned(flow, onehot)
-        sampler = _jet_level_sampler(
+        sampler = jet_level_sampler(
             setflow.generate, lambda _, m=model: m, trained.record, states, trained.device
         )
         joint_gen = dataclasses.replace(trained, sampler=sampler)

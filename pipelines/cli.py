@@ -337,14 +337,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     """The models shipped with jetflows: provenance and scores; --score scores them again on
     fresh real jets (the main job's first part)."""
-    from pipelines.run import shipped
+    from pipelines.run import shipped, showcase
 
     if args.score is None:
         if args.classes or args.real is not None:
             raise UserError("--classes and --real go with --score OUT")
         print(shipped.listing(), end="")
         return
-    out = shipped.score_to_dir(
+    out = showcase.score_to_dir(
         args.score,
         _class_list(args.classes),
         n_real=args.real or 5000,

@@ -78,7 +78,7 @@ def main() -> None:
     from pipelines.data.production import request_jets
     from pipelines.data.pythia import PythiaConfig
     from pipelines.evaluation.report import STABLE_NAMES
-    from pipelines.run import shipped
+    from pipelines.run import shipped, showcase
     from pipelines.run.generators import build_sampler
 
     given = dict(item.split("=", 1) for item in args.run)
@@ -92,7 +92,7 @@ def main() -> None:
             PythiaConfig(c, seed=args.seed, recipe=data["recipe"]), args.real,
             ROOT / "runs" / "shipped_real" / f"{c}.hdf5", num_particles=data["num_particles"],
         )  # fmt: skip
-        scores = shipped.score(gen, real, seed=args.seed)
+        scores = showcase.score(gen, real, seed=args.seed)
         scores["real"] = {"source": "pythia", "seed": args.seed, "n": args.real}
         old = shipped.manifest(args.out)["models"].get(c)
         if old and not args.force and worst(old["scores"]) <= worst(scores):

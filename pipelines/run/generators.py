@@ -26,11 +26,10 @@ import functools
 import logging
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 
 from convae.train import CHECKPOINT_KIND as CONVAE_KIND
@@ -44,126 +43,18 @@ from jetflows.distributed import resolve_device
 from jetflows.errors import MissingFileError, UserError
 from jetflows.normalize import Normalization
 from pipelines.run.checkpoints import check_provenance, fingerprint, load_checkpoint
+from pipelines.run.records import (
+    Sampler,
+    SamplerRecord,
+    TrainedSampler,
+    kinematics_context,
+)
 
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets
     from pipelines.run.config import PipelineConfig, TwoStageConfig
 
 LOG = logging.getLogger("jetflows.pipeline")
-
-#: (n, torch.Generator, kinematics (n, 2) (pt, eta) or None) -> (particles (n, P, 3), mask)
-Sampler = Callable[[int, torch.Generator, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class SamplerRecord:
-    """What a trained generator is besides its weights, stored in its flow checkpoint
-    (``state["extra"]``): how the flows' samples become jets, and for which jets.
-
-    Arguments:
-        target: the generator's name, a key of `GENERATORS`: "latent" (latent flow -> ConVAE
-            decoder), "particles" (jet flow -> particle flow) or "cloud" (jet flow -> set flow).
-        jet_class: the class it was trained on.
-        num_particles: P of the jets it makes.
-        jet_kinematics: (M, 2) training jets' (pt [GeV], eta): the pool each generated jet's
-            kinematics are drawn from.
-        kinematics_norm: the mean and std of (log pt, eta) the flows' context was standardized
-            with; None: not conditioned on kinematics.
-        latent: `pipelines.run.config.LatentOptions` as a dict (masking, pt_threshold, project);
-            latent target only.
-        multiplicity_probs: (P + 1,) training multiplicity distribution; latent target only.
-        particle_target: `flows.particle.ParticleTarget.to_dict()`; particles and cloud
-            targets.
-    """
-
-    target: str
-    jet_class: str
-    num_particles: int
-    jet_kinematics: list[list[float]]
-    kinematics_norm: list[list[float]] | None = None
-    latent: dict[str, Any] | None = None
-    multiplicity_probs: list[float] | None = None
-    particle_target: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The checkpoint's ``extra`` (fields left None are left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, extra: dict[str, Any], where: str | Path = "flow.pt") -> SamplerRecord:
-        """Read it back from a checkpoint's ``extra``.
-
-        Raises:
-            ValueError: not a pipeline flow (no known target, unknown or missing keys).
-        """
-        if extra.get("target") not in GENERATORS:
-            raise UserError(f"{where}: not a pipeline flow (no known target recorded)")
-        unknown = sorted(set(extra) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UserError(f"{where}: an unknown generator record (keys {unknown})")
-        try:
-            record = cls(**extra)
-        except TypeError as err:
-            raise UserError(f"{where}: an incomplete generator record: {err}") from err
-        record.check(where)
-        return record
-
-    def check(self, where: str | Path) -> None:
-        """ValueError naming ``where`` unless the jets it describes can exist: a kinematics
-        pool of finite (pt > 0, eta) pairs, a finite context scale with std > 0, P >= 1."""
-        pool = np.asarray(self.jet_kinematics, dtype=np.float64)
-        bad = (
-            pool.ndim != 2
-            or pool.shape[1:] != (2,)
-            or len(pool) == 0
-            or not np.isfinite(pool).all()
-            or (pool[:, 0] <= 0).any()
-        )
-        if self.kinematics_norm is not None:
-            norm = np.asarray(self.kinematics_norm, dtype=np.float64)
-            bad = bad or norm.shape != (2, 2) or not np.isfinite(norm).all() or (norm[1] <= 0).any()
-        if bad or not isinstance(self.num_particles, int) or self.num_particles < 1:
-            raise UserError(
-                f"{where}: its generator record holds jets that cannot exist (a kinematics pool "
-                "or scale that is not finite, a pt <= 0, no particles): damaged; train it again"
-            )
-
-
-@dataclass
-class TrainedSampler:
-    """A trained generator of one class, ready to sample: its record, the ``sampler`` built
-    from its models, the jet (pt, eta) pool, and the device its models live on."""
-
-    record: SamplerRecord
-    sampler: Sampler
-    kinematics: torch.Tensor  # (M, 2) training jets' (pt [GeV], eta), on the CPU
-    device: torch.device  # where the models and their random stream live
-    model: str = ""  # what draws the jets, in words (the generated file's "model" attribute)
-
-    @property
-    def num_particles(self) -> int:
-        return self.record.num_particles
-
-    @property
-    def conditional(self) -> bool:
-        """Whether each jet is generated for the (pt, eta) it is given."""
-        return self.record.kinematics_norm is not None
-
-
-def kinematics_norm(jet_features: np.ndarray) -> list[list[float]]:
-    """Mean and std of the training jets' (log pt, eta): the flows' context scale.
-
-    jet_features: (N, 4) JetNet jet features (pt, eta, mass, n).
-    """
-    x = np.stack([np.log(jet_features[:, 0]), jet_features[:, 1]], 1).astype(np.float64)
-    return [x.mean(0).tolist(), np.maximum(x.std(0), 1e-6).tolist()]
-
-
-def kinematics_context(kinematics: torch.Tensor, norm: list[list[float]]) -> torch.Tensor:
-    """(n, 2) (pt [GeV], eta) -> the flows' standardized (log pt, eta) context (n, 2)."""
-    x = torch.stack([kinematics[:, 0].log(), kinematics[:, 1]], 1)
-    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in norm)
-    return (x - mean) / std
 
 
 def _kinematics(record: SamplerRecord, kin: torch.Tensor | None) -> torch.Tensor | None:
@@ -202,7 +93,7 @@ def _latent_sampler(
     return sample
 
 
-def _jet_level_sampler(
+def jet_level_sampler(
     generate: Callable[..., Any],
     build: Callable[[dict[str, Any]], torch.nn.Module],
     record: SamplerRecord,
@@ -275,7 +166,7 @@ def _cloud_sampler(
     flow, which guide.pt guides when its config's ``guidance`` asks for it
     (`flows.setflow.SetFlow.guided_velocity`)."""
     if STUDENT in states:
-        return _jet_level_sampler(setflow.generate, _student, record, states, device, STUDENT)
+        return jet_level_sampler(setflow.generate, _student, record, states, device, STUDENT)
     guidance = setflow.SetFlowConfig(**states["flow.pt"]["set_flow_config"]).guidance
     guide = None
     if guidance != 1.0:
@@ -287,7 +178,7 @@ def _cloud_sampler(
             )
         guide = setflow.set_flow_from_state(states["guide.pt"]).to(device)
     generate = functools.partial(setflow.generate, guide=guide)
-    return _jet_level_sampler(generate, setflow.set_flow_from_state, record, states, device)
+    return jet_level_sampler(generate, setflow.set_flow_from_state, record, states, device)
 
 
 def _cloud_options(
@@ -581,7 +472,7 @@ GENERATORS: dict[str, Generator] = {
             "particles",
             (("flow.pt", FLOW_KIND), ("jet_flow.pt", FLOW_KIND)),
             _train_particles,
-            functools.partial(_jet_level_sampler, particle.generate, flow_from_state),
+            functools.partial(jet_level_sampler, particle.generate, flow_from_state),
             space=_FLOW_SPACE,
         ),
         Generator(
@@ -628,7 +519,7 @@ def build_sampler(
     device = resolve_device(device)
     # a shipped model keeps its student alone (pipelines.run.shipped): its record is the teacher's
     sampled = states["flow.pt"] if "flow.pt" in states else states[STUDENT]
-    record = SamplerRecord.from_dict(sampled.get("extra", {}))
+    record = record_of(sampled.get("extra", {}))
     gen = GENERATORS[record.target]
     if options:
         if gen.options is None:
@@ -640,6 +531,14 @@ def build_sampler(
     sampler = gen.sampler(record, states, device)
     kinematics = torch.tensor(record.jet_kinematics, dtype=torch.float32)
     return TrainedSampler(record, sampler, kinematics, device, gen.describe(states))
+
+
+def record_of(extra: dict[str, Any], where: str | Path = "flow.pt") -> SamplerRecord:
+    """`SamplerRecord.from_dict`, its target checked against the registry (ValueError)."""
+    record = SamplerRecord.from_dict(extra, where)
+    if record.target not in GENERATORS:
+        raise UserError(f"{where}: not a pipeline flow (target {record.target!r} is unknown)")
+    return record
 
 
 def class_dir(run: str | Path, jet_class: str) -> Path:
@@ -668,7 +567,7 @@ def _load_student(path: Path, jet_class: str, states: dict[str, dict[str, Any]])
     the file (sampling the teacher instead, ``teacher``, needs no student)."""
     state = load_checkpoint(path, student_lib.CHECKPOINT_KIND)
     check_provenance(state, path, jet_class, **states)
-    teacher = SamplerRecord.from_dict(states["flow.pt"].get("extra", {}), path.parent / "flow.pt")
+    teacher = record_of(states["flow.pt"].get("extra", {}), path.parent / "flow.pt")
     if state.get("extra") != teacher.to_dict():
         raise UserError(
             f"{path}: a student without its teacher's normalization and record (particle "
@@ -710,7 +609,7 @@ def load_sampler(
     """
     path = class_dir(run, jet_class)
     state = load_checkpoint(path / "flow.pt", SAMPLED_KINDS)
-    record = SamplerRecord.from_dict(state.get("extra", {}), path / "flow.pt")
+    record = record_of(state.get("extra", {}), path / "flow.pt")
     gen = GENERATORS[record.target]
     if state["kind"] != gen.checkpoints[0][1]:
         raise UserError(f"{path / 'flow.pt'}: a {state['kind']} checkpoint in a {gen.name} record")

@@ -14,7 +14,8 @@ no history, no teacher (the teacher and its exact ``log_prob`` stay in the run t
     jetflows models                                 # what ships, with its provenance and scores
     >>> import jetflows; gen = jetflows.load("top")  # doctest: +SKIP
 
-`scripts/ship_models.py` rebuilds the files from their configs.
+`scripts/ship_models.py` rebuilds the files from their configs; `pipelines.run.showcase` scores
+them (the main job's first step).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def config_digest(cfg: PipelineConfig) -> str:
     return digest(*(getattr(cfg, k) for k in MODEL_SECTIONS))
 
 
-def _entry(jet_class: str, where: Path) -> dict[str, Any]:
+def require_entry(jet_class: str, where: Path) -> dict[str, Any]:
     """The manifest entry of a class (ValueError naming the classes that ship)."""
     models = manifest(where)["models"]
     if jet_class not in models:
@@ -125,7 +126,7 @@ def read_shipped(jet_class: str, where: Path | None = None) -> dict[str, Any]:
             SHA-256 in the manifest (damaged or edited), or whose content is not that class's.
     """
     jet_class, where = canonical_class(jet_class), where or folder()
-    entry = _entry(jet_class, where)
+    entry = require_entry(jet_class, where)
     path = where / entry["file"]
     if not path.is_file():
         raise MissingFileError(
@@ -292,26 +293,6 @@ def write_shipped(
     return path
 
 
-def score(
-    gen: TrainedSampler,
-    real: Any,
-    *,
-    n: int = 2500,
-    n_generated: int = 10_000,
-    draws: int = 16,
-    cov_draws: int = 1,
-    seed: int = 7,
-) -> dict[str, Any]:
-    """The stable ratios (`pipelines.evaluation.stable`) of ``n_generated`` jets of ``gen``
-    against the real jets ``real`` (`Jets`, >= 2n), in samples of ``n``: the jets of
-    `jetflows sample` (seed 0), the real pairs drawn from ``seed``, as `score_to_dir` does."""
-    from pipelines.evaluation.stable import stable_ratios
-    from pipelines.run.sample import sampled_jets
-
-    jets = sampled_jets(gen, n_generated, seed=0)  # as `jetflows sample` and the main job draw
-    return stable_ratios(real, jets, n=n, draws=draws, cov_draws=cov_draws, seed=seed)
-
-
 def describe_scores(scores: Mapping[str, Any]) -> str:
     """One line of a shipped model's stable ratios (`jetflows models`)."""
     names = ("w1m", "w1p", "w1efp", "tau21", "tau32", "d2", "cov")
@@ -341,103 +322,3 @@ def listing(where: Path | None = None) -> str:
             f"{sizes.get('samples')} samples of {sizes.get('n')}): {describe_scores(e['scores'])}",
         ]
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- the main job's view
-
-
-def score_to_dir(
-    out: str | Path,
-    classes: tuple[str, ...] | None = None,
-    *,
-    n_real: int = 5000,
-    n_generated: int = 10_000,
-    n: int = 2500,
-    seed: int = 7,
-    jobs: int | None = None,
-    cache_dir: str | Path | None = None,
-    cov_mmd: bool = True,
-    progress: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Score every shipped model against fresh real jets: per class, ``n_real`` Pythia8 +
-    FastJet jets of a ``seed`` the training never used (42) with the model's own recipe,
-    ``n_generated`` jets from the model (``out/<class>/generated.hdf5``), evaluated as
-    `jetflows evaluate` does at ``n`` jets per sample, with stable ratios over 16 splits of
-    the real jets (``out/<class>/report.md``, plots, metrics.json; ``cov_mmd``: with COV, 5-10 s
-    a pair on 2 cores); then ``out/summary.md``
-    and ``summary.json``: each class's stable ratios now beside those it shipped with.
-
-    Raises:
-        ValueError: no shipped model of a class, or a seed the shipped models trained on.
-    """
-    from pipelines.data.jetnet import read_jetnet_file
-    from pipelines.data.production import request_jets
-    from pipelines.data.pythia import PythiaConfig
-    from pipelines.evaluation.evaluate import EvalConfig, evaluate_to_dir
-    from pipelines.run.sample import sample_to_file
-
-    out = Path(out)
-    models = manifest()["models"]
-    classes = tuple(canonical_class(c) for c in classes) if classes else tuple(models)
-    for c in classes:
-        _entry(c, folder())
-        if models[c]["data"]["seed"] == seed:
-            raise UserError(f"seed {seed} made the {c} model's training jets: score on another")
-    results = {}
-    for c in classes:
-        data = models[c]["data"]
-        pythia = PythiaConfig(c, seed=seed, recipe=data["recipe"])
-        real = request_jets(
-            pythia, n_real, out / "real" / f"{c}.hdf5", num_particles=data["num_particles"],
-            jobs=jobs, cache_dir=cache_dir, progress=progress,
-        )  # fmt: skip
-        gen_path = sample_to_file(
-            None, c, n_generated, out / c / "generated.hdf5", overwrite=True, progress=progress
-        )
-        results[c] = evaluate_to_dir(
-            real,
-            read_jetnet_file(gen_path),
-            out / c,
-            jet_class=c,
-            # FPND (ParticleNet, g q t only) left out: a third of the time, not a stable figure
-            cfg=EvalConfig(n_jets=n, seed=seed, cov_mmd=cov_mmd, fpnd=False),
-            progress=progress,
-            inputs={"real": out / "real" / f"{c}.hdf5", "gen": gen_path},
-            extra={"shipped": {k: models[c][k] for k in ("model", "sha256", "scores")}},
-        )
-    write_json(out / "summary.json", results)
-    _write_summary(out / "summary.md", results, models)
-    return results
-
-
-def _write_summary(path: Path, results: dict[str, dict[str, Any]], models: dict) -> Path:
-    """summary.md: per class, the stable ratios measured now and those shipped."""
-    from pipelines.evaluation.report import STABLE_NAMES, stable_cell
-    from pipelines.io import markdown_table, write_text
-
-    names = [k for k in STABLE_NAMES if k != "multiplicity"]
-    rows = []
-    for c, r in results.items():
-        rows.append([c, "now", *(stable_cell(r["stable"].get(k)) for k in names)])
-        shipped = models[c]["scores"]
-        rows.append([c, "shipped", *(stable_cell(shipped.get(k), band=False) for k in names)])
-    sizes = next(iter(results.values()))["stable"]["sizes"]
-    lines = [
-        "# The shipped models, scored on fresh real jets",
-        "",
-        f"Per class: {sizes['samples'] * sizes['n']} jets from the shipped model "
-        f"(`jetflows sample`, no --run) against {sizes['real']} fresh Pythia8 + FastJet jets "
-        "of a seed the training never used. Stable ratios to the truth floor: mean W1 over "
-        f"{sizes['draws']} random splits of the real jets into halves of {sizes['n']} and "
-        f"{sizes['samples']} generated samples of {sizes['n']}; in brackets the 10-90% band of "
-        "single-draw ratios. 'shipped': the figures recorded when the model shipped "
-        "(`jetflows models`). Lower is better; 1 is as close as another real sample; COV: "
-        "higher is better, 1 is real.",
-        "",
-        *markdown_table(["class", "scored", *(STABLE_NAMES[k] for k in names)], rows),
-        "",
-        "Models: "
-        + "; ".join(f"{c}: {models[c]['model']}" for c in results)
-        + ". Each class's report.md and plots/ are in its folder.",
-    ]
-    return write_text(path, "\n".join(lines) + "\n")

@@ -36,7 +36,7 @@ from jetflows.training import TrainConfig
 from pipelines.data.jetnet import Jets, jetnet_file_size, locate_jetnet_file, read_jetnet_file
 from pipelines.io import check_model_memory
 from pipelines.run.config import PipelineConfig, TwoStageConfig, to_dict
-from pipelines.run.generators import SamplerRecord, kinematics_context, kinematics_norm
+from pipelines.run.records import SamplerRecord, kinematics_context, kinematics_norm
 
 #: added to the student's training seed for the teacher's noise: the trajectories share no
 #: stream with the student's own draws

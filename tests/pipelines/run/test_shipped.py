@@ -14,7 +14,7 @@ import jetflows
 from jetflows.classes import JET_TYPES
 from jetflows.errors import MissingFileError, UserError
 from pipelines.cli import main
-from pipelines.run import shipped
+from pipelines.run import shipped, showcase
 from pipelines.run.config import load_config, to_dict
 from pipelines.run.generators import load_sampler
 from pipelines.run.sample import sampled_jets
@@ -129,7 +129,7 @@ def test_sample_without_a_run_draws_from_the_shipped_model(installed, tmp_path, 
 
 def test_the_main_job_scores_the_shipped_models_on_fresh_jets(installed, tmp_path):
     out = tmp_path / "scored"
-    results = shipped.score_to_dir(
+    results = showcase.score_to_dir(
         out, ("g",), n_real=200, n_generated=200, n=100, jobs=1, cache_dir=tmp_path / "cache",
         cov_mmd=False, progress=False,
     )  # fmt: skip
@@ -143,7 +143,7 @@ def test_the_main_job_scores_the_shipped_models_on_fresh_jets(installed, tmp_pat
         assert f["particle_features"].shape[0] == 200
     with pytest.raises(UserError, match="made the g model's training jets"):
         trained_on = shipped.manifest(installed)["models"]["g"]["data"]["seed"]
-        shipped.score_to_dir(out, ("g",), seed=trained_on)
+        showcase.score_to_dir(out, ("g",), seed=trained_on)
 
 
 # ------------------------------------------------------------------- the package's own files

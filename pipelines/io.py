@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from jetflows import interrupt
 from jetflows.errors import MissingFileError, UserError
 
 
@@ -275,6 +276,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _beside(path, "tmp") as (tmp,):
         yield tmp
+        interrupt.check()  # a stop request swallowed in the block never commits its output
         with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -299,6 +301,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with _beside(path, "tmp", "old") as (tmp, old):
         tmp.mkdir()
         yield tmp
+        interrupt.check()  # a stop request swallowed in the block never commits its output
         # two renames (a folder cannot replace a non-empty one in one): the window between them
         # is microseconds, against minutes of writing into the folder itself
         if path.exists():

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
+from jetflows import interrupt
 from jetflows.physics import d2, jet_observables, tau_ratios
 from pipelines.data.jetnet import Jets
 
@@ -356,6 +357,7 @@ def efps(
     efpset = _efpset()
     out = []
     for start in range(0, len(particles), batch_size):
+        interrupt.check()  # between batches: where a swallowed stop request is raised again
         batch = torch.as_tensor(particles[start : start + batch_size], dtype=torch.float64)
         out.append(efpset.calc_disc(_connected_efps(efpset, batch)).reshape(len(batch), -1))
         if progress is not None:

@@ -531,3 +531,49 @@ def test_only_errors_the_user_can_fix_exit_2(monkeypatch, capsys, raised, code, 
     assert main(["data", "check", "x.hdf5"]) == code
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and said in err
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "said"), [("INT", 130, "interrupted"), ("TERM", 143, "SIGTERM")]
+)
+def test_a_stop_turned_into_another_error_is_still_a_stop(monkeypatch, capsys, sig, status, said):
+    """Issue 39 #4: Ctrl-C during imports came out as "internal error" (exit 1) in 2 of 14
+    tries: a library turned the KeyboardInterrupt into its own error."""
+    import os
+    import signal
+
+    def importing(args):
+        try:
+            os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+        except KeyboardInterrupt as err:  # what an import wrapper does with it
+            raise ImportError("cannot import name 'x' (partially initialized module)") from err
+
+    monkeypatch.setattr(cli, "cmd_data_check", importing)
+    code, _, err = _run(capsys, "data check x.hdf5")
+    assert code == status and said in err and len(err.splitlines()) == 1
+
+
+def test_a_swallowed_stop_never_commits_an_output(tmp_path, capsys, monkeypatch):
+    """Issue 39 #4: a SIGTERM swallowed during evaluate's imports let it write every output,
+    then exit 143 saying no partial output was written."""
+    import os
+    import signal
+
+    write_jetnet_file(tmp_path / "real.hdf5", random_jets(400, 30, seed=1))
+    write_jetnet_file(tmp_path / "gen.hdf5", random_jets(200, 30, seed=2))
+    from pipelines.evaluation import evaluate as evaluation
+
+    real_read = evaluation.read_jetnet_file
+
+    def swallowing(path):  # the signal lands where a library catches and ignores it
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+        return real_read(path)
+
+    monkeypatch.setattr(evaluation, "read_jetnet_file", swallowing)
+    out = tmp_path / "ev"
+    argv = f"evaluate --real {tmp_path / 'real.hdf5'} --gen {tmp_path / 'gen.hdf5'} --out {out}"
+    code, _, err = _run(capsys, argv + " --no-fpnd --no-cov-mmd --stable-draws 0")
+    assert code == 143 and "terminated (SIGTERM)" in err and not out.exists()

@@ -185,11 +185,28 @@ def to_jets(
     """
     x = decoded_particles(decoded, normalization)
     if counts is not None:
+        # the jet has the multiplicity its model sampled (dropping the chosen particles the
+        # decoder gave pt <= 0 made top jets' multiplicity 274x the floor): such a particle
+        # keeps its direction and takes the jet's softest decoded pt
         mask = _first(counts.to(x.device), x.shape[1])
+        x = torch.cat([x[..., :PT], _soft_floor(x[..., PT], mask)[..., None]], -1)
     else:
         mask = MASKINGS[masking.method](x[..., PT], masking, labels, generator)
-    mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
+        mask = mask & (x[..., PT] > 0)  # a decoded particle without pt is no particle
     return x * mask[..., None], mask
+
+
+#: the pt_rel of a chosen particle in a jet whose decoded pts are all <= 0 (a soft particle)
+SOFTEST_PT = 1e-4
+
+
+def _soft_floor(pt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pt (n, P) with each chosen (``mask``) pt <= 0 raised to the smallest positive pt of its
+    jet's chosen particles (`SOFTEST_PT` where none is positive)."""
+    positive = mask & (pt > 0)
+    softest = torch.where(positive, pt, torch.full_like(pt, torch.inf)).amin(1, keepdim=True)
+    softest = torch.where(torch.isfinite(softest), softest, torch.full_like(softest, SOFTEST_PT))
+    return torch.where(mask & (pt <= 0), softest.expand_as(pt), pt)
 
 
 @torch.no_grad()

@@ -356,3 +356,24 @@ def test_a_conditional_convae_is_told_the_ratios_the_flow_samples(top):
     torch.testing.assert_close(told[0], sampled[:, -2:])
     with pytest.raises(ValueError, match=r"\+2 for its decoder's condition"):
         latent.generate(build_flow(FLOW, features=8), vae, 3, masking=joint, project=True)
+
+
+def test_a_jet_has_the_multiplicity_its_model_sampled():
+    """Issue 39 #17: with joint masking the latent flow samples n, but decoded particles with
+    pt_rel <= 0 were then dropped: the shipped two-stage top model's multiplicity was 274x its
+    floor. The chosen particles stay, the soft ones at their jet's softest decoded pt."""
+    decoded = torch.tensor(
+        [
+            [[0.1, 0.0, 0.5], [0.2, 0.1, 0.2], [0.0, 0.3, -0.1], [0.3, 0.2, -0.2]],
+            [[0.1, 0.0, -0.5], [0.2, 0.1, -0.2], [0.0, 0.3, -0.1], [0.3, 0.2, -0.2]],
+        ]
+    )
+    counts = torch.tensor([3, 2])
+    x, mask = latent.to_jets(
+        decoded, normalization=None, masking=latent.Masking("joint"), counts=counts
+    )
+    assert mask.sum(1).tolist() == [3, 2]
+    assert (x[..., 2][mask] > 0).all() and (x[~mask] == 0).all()
+    assert x[0, :, 2].tolist() == pytest.approx([0.5, 0.2, 0.2, 0.0])  # the softest: 0.2
+    assert x[1, :2, 2].tolist() == pytest.approx([latent.SOFTEST_PT] * 2)  # none positive
+    assert x[0, 2, :2].tolist() == pytest.approx([0.0, 0.3])  # its direction is kept

@@ -318,7 +318,8 @@ def listing(where: Path | None = None) -> str:
             f"  trained from {e['config']} (digest {e['config_digest']}) on {e['data']['n_jets']} "
             f"{e['data']['source']} jets, recipe {e['data']['recipe']}, seed {e['data']['seed']}; "
             f"packed at commit {e['commit'][:12]}",
-            f"  stable ratios to the floor ({sizes.get('draws')} real pairs x "
+            f"  stable ratios to the floor ({sizes.get('draws')} splits of {sizes.get('real')} "
+            f"fresh Pythia jets of seed {e['scores'].get('real', {}).get('seed')} x "
             f"{sizes.get('samples')} samples of {sizes.get('n')}): {describe_scores(e['scores'])}",
         ]
     return "\n".join(lines) + "\n"

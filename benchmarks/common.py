@@ -6,19 +6,11 @@ and they import this module as ``common``.
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 import torch
 
+from jetflows.threads import cpu_model
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else ():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+__all__ = ["cpu_model", "machine_line"]
 
 
 def machine_line() -> str:

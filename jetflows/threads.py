@@ -163,3 +163,16 @@ def apply_threads(choice: ThreadChoice) -> None:
 def applied() -> ThreadChoice | None:
     """The `ThreadChoice` this process applied last (None: none; torch's own default)."""
     return _APPLIED[0] if _APPLIED else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), printed beside every timing and
+    score: CPUs differ (bf16 was faster on one Xeon and slower on another)."""
+    import platform
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else ():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"

@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from jetflows.classes import canonical_class
 from jetflows.errors import UserError
+from jetflows.threads import cpu_model
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.data.production import request_jets
 from pipelines.data.pythia import PythiaConfig
@@ -127,5 +130,7 @@ def _write_summary(path: Path, results: dict[str, dict[str, Any]], models: dict)
         "Models: "
         + "; ".join(f"{c}: {models[c]['model']}" for c in results)
         + ". Each class's report.md and plots/ are in its folder.",
+        "",
+        f"Scored on: {cpu_model()}, torch threads {torch.get_num_threads()}.",
     ]
     return write_text(path, "\n".join(lines) + "\n")

@@ -61,7 +61,9 @@ def test_lost_prongs_show_in_tau32_while_a_faithful_reconstruction_meets_its_flo
     radius = x[..., :2].norm(dim=-1)
     turn = 2 * torch.pi * torch.rand(radius.shape, generator=g)
     ring = torch.stack([radius * turn.cos(), radius * turn.sin(), x[..., 2]], -1) * m[..., None]
-    lost = reconstruction_diagnostics(x, m, ring, m)
+    # the halves are drawn from a seeded stream: from torch's global one, the ratio moved with
+    # whatever ran before (4.4 to 25 over splits: a floor between two 300-jet halves is noisy)
+    lost = reconstruction_diagnostics(x, m, ring, m, generator=torch.Generator().manual_seed(0))
     assert lost.correlation["tau32"] < 0.5 and lost.w1["tau32"]["ratio"] > 5
     assert lost.median["tau32"]["reconstruction"] > 1.5 * lost.median["tau32"]["input"]
 

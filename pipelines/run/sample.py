@@ -262,14 +262,14 @@ def _kept(batches: Iterator[Any]) -> Iterator[Any]:
         yield from batches
 
 
-#: the largest seed: numpy, torch and HDF5 attributes all take a 64-bit one (seed + 1 seeds
-#: the kinematics draws)
-SEED_MAX = 2**63 - 2
+#: the largest seed, as the command line takes it: an HDF5 attribute holds it as int64 (torch
+#: takes seed + 1, for the kinematics draws, up to 2**64 - 1)
+SEED_MAX = 2**63 - 1
 
 
 def check_call(*, n: Any, batch_size: Any, seed: Any) -> None:
     """TypeError or ValueError naming the argument: n and batch_size integers >= 1, seed an
-    integer in 0..2**63-2 (torch said "RuntimeError" or "overflow", n = 0 "need at least one
+    integer in 0..2**63-1 (torch said "RuntimeError" or "overflow", n = 0 "need at least one
     array to concatenate", n = -5 nothing at all)."""
     for name, value, low, high in (
         ("n", n, 1, None),

@@ -342,8 +342,7 @@ def sample_to_file(
     Reproducible: the same run, class, n, seed and batch size give the same file.
     ``kinematics`` (n, 2) (pt [GeV], eta): each jet generated for these (`sample_jets`).
     """
-    if n < 1 or batch_size < 1:
-        raise UserError(f"n and the batch size must be >= 1, got {n} and {batch_size}")
+    check_call(n=n, batch_size=batch_size, seed=seed)  # before the output is claimed
     jet_class = canonical_class(jet_class)
     if run is not None:
         class_dir(run, jet_class)  # checked before the output: it names what is missing

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from jetflows.classes import canonical_class
+from jetflows.classes import JET_TYPES, canonical_class
 from jetflows.errors import UserError
 from jetflows.threads import cpu_model
 from pipelines.data.jetnet import read_jetnet_file
@@ -70,6 +70,7 @@ def score_to_dir(
     """
 
     out = Path(out)
+    _refuse_a_run(out)
     models = shipped.manifest()["models"]
     classes = tuple(canonical_class(c) for c in classes) if classes else tuple(models)
     for c in classes:
@@ -101,6 +102,18 @@ def score_to_dir(
     write_json(out / "summary.json", results)
     _write_summary(out / "summary.md", results, models)
     return results
+
+
+def _refuse_a_run(out: Path) -> None:
+    """ValueError where ``out`` is a pipeline run: its class folders' generated.hdf5, report.md
+    and metrics.json would be replaced by the shipped models' (`jetflows models --score
+    runs/standard_cloud` overwrote that run's results)."""
+    owned = [out / "config.yaml", *(out / c / "flow.pt" for c in JET_TYPES)]
+    if any(path.exists() for path in owned):
+        raise UserError(
+            f"{out} is a pipeline run (its models and results would be replaced): score the "
+            "shipped models into a folder of their own, e.g. runs/shipped"
+        )
 
 
 def _write_summary(path: Path, results: dict[str, dict[str, Any]], models: dict) -> Path:

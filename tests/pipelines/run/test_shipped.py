@@ -146,6 +146,13 @@ def test_the_main_job_scores_the_shipped_models_on_fresh_jets(installed, tmp_pat
         showcase.score_to_dir(out, ("g",), seed=trained_on)
 
 
+def test_scoring_into_a_run_is_refused(student_run, capsys):  # noqa: F811
+    """`jetflows models --score RUN` would replace the run's generated jets and reports."""
+    before = (student_run / "g" / "report.md").read_text()
+    assert_one_line_error(capsys, ["models", "--score", str(student_run)], "is a pipeline run")
+    assert (student_run / "g" / "report.md").read_text() == before
+
+
 # ------------------------------------------------------------------- the package's own files
 
 SHIPPED = shipped.manifest()["models"]

@@ -347,11 +347,7 @@ def evaluate_to_dir(
     )
     if inputs:
         results["inputs"] = {k: str(v) for k, v in inputs.items()}
-    if cfg.stable_draws:
-        results["stable"] = stable_section(real, gen, len(samples.gen), cfg)
-        cov = results["metrics"].get("cov", {}).get("ratio")
-        if cov is not None and np.isfinite(cov):  # one draw's COV(G, A) / COV(B, A)
-            results["stable"]["cov"] = {"stable_ratio": float(cov)}
+    add_stable(results, real, gen, cfg)
     results.update(extra or {})
     out_dir = Path(out_dir)
     plots = write_plots(samples, efps[0], efps[2], out_dir / "plots", obs=(obs[0], obs[2]))
@@ -363,6 +359,18 @@ def evaluate_to_dir(
 #: the most real jets the stable ratios draw their pairs from, in units of n: enough for many
 #: distinct pairs, while the EFPs of a 28,000-jet file are not all computed for 2,500-jet pairs
 STABLE_POOL = 8
+
+
+def add_stable(results: dict[str, Any], real: Jets, gen: Jets, cfg: EvalConfig) -> None:
+    """Put the stable ratios (`stable_section`) into ``results`` (what `evaluate` returned for
+    these jets), at its ``n_jets``, with the one draw's COV(G, A) / COV(B, A) beside them;
+    nothing when ``cfg.stable_draws`` is 0."""
+    if not cfg.stable_draws:
+        return
+    results["stable"] = stable_section(real, gen, results["n_jets"], cfg)
+    cov = results["metrics"].get("cov", {}).get("ratio")
+    if cov is not None and np.isfinite(cov):
+        results["stable"]["cov"] = {"stable_ratio": float(cov)}
 
 
 def stable_section(real: Jets, gen: Jets, n: int, cfg: EvalConfig) -> dict[str, Any]:

@@ -18,9 +18,8 @@ from jetflows.threads import cpu_model
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.data.production import request_jets
 from pipelines.data.pythia import PythiaConfig
-from pipelines.evaluation.evaluate import EvalConfig, evaluate_to_dir
+from pipelines.evaluation.evaluate import EvalConfig, add_stable, evaluate, evaluate_to_dir
 from pipelines.evaluation.report import STABLE_NAMES, stable_cell
-from pipelines.evaluation.stable import stable_ratios
 from pipelines.io import markdown_table, write_json, write_text
 from pipelines.run import shipped
 from pipelines.run.generators import TrainedSampler
@@ -34,14 +33,17 @@ def score(
     n: int = 2500,
     n_generated: int = 10_000,
     draws: int = 16,
-    cov_draws: int = 1,
     seed: int = 7,
 ) -> dict[str, Any]:
-    """The stable ratios (`pipelines.evaluation.stable`) of ``n_generated`` jets of ``gen``
-    against the real jets ``real`` (`Jets`, >= 2n), in samples of ``n``: the jets of
-    `jetflows sample` (seed 0), the real pairs drawn from ``seed``, as `score_to_dir` does."""
+    """The stable ratios of ``n_generated`` jets of ``gen`` against the real jets ``real``
+    (`Jets`, >= 2n), in samples of ``n``, computed exactly as `score_to_dir` computes them
+    (`jetflows sample`'s jets of seed 0; `evaluate` and `add_stable` at ``seed``, COV
+    included), so the figures a model ships with are the main job's."""
     jets = sampled_jets(gen, n_generated, seed=0)  # as `jetflows sample` and the main job draw
-    return stable_ratios(real, jets, n=n, draws=draws, cov_draws=cov_draws, seed=seed)
+    cfg = EvalConfig(n_jets=n, seed=seed, fpnd=False, stable_draws=draws)
+    results = evaluate(real, jets, cfg=cfg, progress=False)
+    add_stable(results, real, jets, cfg)
+    return results["stable"]
 
 
 def score_to_dir(

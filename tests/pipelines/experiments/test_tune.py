@@ -167,7 +167,10 @@ def test_a_killed_workers_trial_is_retried_not_lost(tmp_path, data_dir):
     assert trials[killed].state == optuna.trial.TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert retried and retried[0].state in FINISHED
-    assert retried[0].params == running[0].params
+    # the killed trial's params as stored when it died: the snapshot taken when it started
+    # running can predate its last suggestion (CI once saw one param of two)
+    assert retried[0].params == trials[killed].params
+    assert running[0].params.items() <= trials[killed].params.items()
 
 
 def test_a_terminated_workers_trial_is_queued_again_without_a_traceback(tmp_path, data_dir):

@@ -24,7 +24,7 @@ from common import machine_line
 from pipelines.data.jetnet import Jets, read_jetnet_file
 from pipelines.evaluation.dataset_summary import particle_level
 from pipelines.run.config import load_config
-from pipelines.run.generators import load_sampler
+from pipelines.run.generators import GENERATORS, load_sampler
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sample_jets
 
@@ -47,7 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--classes", default="t")
-    parser.add_argument("--target", default="latent", choices=["latent", "particles"])
+    conditionable = [name for name, g in GENERATORS.items() if g.target.kinematics]
+    parser.add_argument("--target", default="latent", choices=conditionable)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--low", type=float, default=850.0)
     parser.add_argument("--high", type=float, default=1200.0)
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(machine_line(), flush=True)
-    option = "latent.kinematics" if args.target == "latent" else "particle.kinematics"
+    option = GENERATORS[args.target].target.kinematics
     for cls in args.classes:
         for conditioned in (False, True):
             name = f"{args.target}_{'conditioned' if conditioned else 'pool'}"

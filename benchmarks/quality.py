@@ -33,16 +33,13 @@ import numpy as np
 import torch
 from common import cpu_model
 
-from flows import particle
-from flows.train import CHECKPOINT_KIND as FLOW_KIND
-from flows.train import flow_from_state
 from jetflows.classes import canonical_class
 from pipelines.data.jetnet import Jets, write_jetnet_file
 from pipelines.evaluation.evaluate import evaluate_files
 from pipelines.io import atomic_path, write_json
 from pipelines.run.checkpoints import load_checkpoint
 from pipelines.run.config import load_config
-from pipelines.run.generators import SamplerRecord, TrainedSampler
+from pipelines.run.generators import GENERATORS, build_sampler, sampled_kinds
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sample_jets
 
@@ -60,20 +57,19 @@ TARGETS = {"w1m": 2.0, "w1p": 2.0, "w1efp": 2.0}  # the issue's: <= 2x the floor
 
 
 def unprojected(class_dir: Path, jet_class: str, n: int, seed: int, cfg: Any) -> dict:
-    """The particle flow's raw jets (no projection onto the sampled mass and sum pt), scored
-    like the pipeline scores the projected ones; written under ``class_dir/unprojected``."""
-    state = load_checkpoint(class_dir / "flow.pt", FLOW_KIND)
-    flow = flow_from_state(state)
-    jet_flow = flow_from_state(load_checkpoint(class_dir / "jet_flow.pt", FLOW_KIND))
-    record = SamplerRecord.from_dict(state["extra"])
-    target = particle.ParticleTarget.from_dict(record.particle_target)
-    gen = TrainedSampler(
-        record,
-        lambda b, g, kin: particle.generate(flow, jet_flow, b, target, generator=g, project=False),
-        torch.tensor(record.jet_kinematics, dtype=torch.float32),
-        torch.device("cpu"),
-    )
-    pf, jf = next(sample_jets(gen, n, seed=seed, batch_size=n))
+    """A jet-level generator's raw jets (not projected onto the mass and sum pt its jet flow
+    sampled), scored like the pipeline scores the projected ones; written under
+    ``class_dir/unprojected``. The projection is a field of the record (`ParticleTarget`),
+    so the run's own sampler, rebuilt through the registry, draws them."""
+    states = {"flow.pt": load_checkpoint(class_dir / "flow.pt", sampled_kinds())}
+    extra = states["flow.pt"]["extra"]
+    if "particle_target" not in extra:
+        raise SystemExit(f"{class_dir}: the {extra['target']} generator projects no jet rows")
+    for name, kind in GENERATORS[extra["target"]].inputs:
+        states[name] = load_checkpoint(class_dir / name, kind)
+    raw = {**extra, "particle_target": {**extra["particle_target"], "project": False}}
+    states["flow.pt"] = {**states["flow.pt"], "extra": raw}
+    pf, jf = next(sample_jets(build_sampler(states), n, seed=seed, batch_size=n))
     out = class_dir / "unprojected"
     path = out / "generated.hdf5"
     out.mkdir(exist_ok=True)
@@ -106,7 +102,7 @@ def run_one(config: str, jet_class: str, overrides: list[str], root: str, thread
         "threads": threads,
         "metrics": json.loads((d / "metrics.json").read_text()),
     }
-    if cfg.target != "particles" or not cfg.particle.project:
+    if not GENERATORS[cfg.target].target.projected(cfg):
         return [row]
     raw = unprojected(d, jet_class, cfg.n_generate, cfg.data.seed, cfg.evaluate)
     return [row, {**row, "name": f"{cfg.name} (unprojected)", "metrics": raw}]

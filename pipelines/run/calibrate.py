@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from jetflows.errors import UserError
 from pipelines.evaluation.metrics import observables, wasserstein_1d
 from pipelines.io import markdown_table
-from pipelines.run.config import MIN_CALIBRATION_JETS
 from pipelines.run.generators import build_sampler
 from pipelines.run.sample import sampled_jets
+from pipelines.run.targets import MIN_CALIBRATION_JETS
 
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets

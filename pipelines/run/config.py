@@ -37,13 +37,12 @@ from jetflows.training import TrainConfig
 from pipelines.evaluation.evaluate import EvalConfig
 from pipelines.evaluation.metrics import EMD_OBSERVABLES
 from pipelines.io import require_file, stable_hash
+from pipelines.run import targets
+from pipelines.run.targets import MIN_CALIBRATION_JETS
 
 SOURCES = ("auto", "jetnet", "pythia")
 
 
-#: the keys of `pipelines.run.generators.GENERATORS` (a test keeps them equal; that module imports
-#: this one)
-TARGETS = ("latent", "particles", "cloud")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -189,7 +188,6 @@ def _check_device(device: str, normalization: str) -> None:
 #: (sharper prongs against spread), while more steps or a higher-order solver only score better
 #: at more time, which a quality criterion cannot weigh
 CALIBRATED = ("guidance", "guidance_from", "guidance_until")
-MIN_CALIBRATION_JETS = 100  # below this the W1 floor is noise
 
 
 @dataclass(frozen=True)
@@ -239,13 +237,6 @@ class CalibrateConfig:
             )
 
 
-def _check_guided(flow: SetFlowConfig, what: str) -> None:
-    """Raise UserError (``what``, then the fix) if ``flow`` guides but the pipeline trains no
-    guide for it."""
-    if flow.guidance != 1.0 and not flow.guide_epochs:
-        raise UserError(f"{what}: set set_flow.guide_epochs > 0 (the epochs the guide trains for)")
-
-
 #: the flows' training defaults (a flow learns at a higher rate than the ConVAE)
 FLOW_TRAIN = TrainConfig(lr=1e-3, batch_size=256, patience=10)
 #: a few-step student's distillation defaults (it starts from its teacher's weights); batch 32:
@@ -259,7 +250,8 @@ STUDENT_TRAIN = TrainConfig(
 class TwoStageConfig:
     """What a two-stage generator (ConVAE, then a flow on its latents) is made of, and nothing
     else: the part of `PipelineConfig` its stages read, with the same keys, so the studies
-    (digits: no jets, no evaluation) build it on its own.
+    (digits: no jets, no evaluation) build it on its own. `PipelineConfig` extends it, so the
+    fields and their defaults are declared here once.
 
     Arguments: as the fields of the same name in `PipelineConfig`.
     """
@@ -289,16 +281,21 @@ class TwoStageConfig:
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
+#: the keys a written pipeline config starts with (a run's config.yaml is read by people)
+_FIRST_KEYS = ("name", "classes", "target")
+
+
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(TwoStageConfig):
     """Everything a pipeline run needs; ``configs/*.yaml`` mirror it.
 
     Arguments:
         name: the run directory is ``runs/<name>``.
         classes: jet classes (g, q, t, w, z or aliases), one model per class.
-        target: "latent" (ConVAE + latent flow, two-stage), "particles" (a flow on the 30 x 3
-            particle features) or "cloud" (a continuous flow on the particle set,
-            `flows.setflow`); the jet-level side of the last two is ``particle``.
+        target: the generator, a registered `pipelines.run.targets.Target`: "latent" (ConVAE
+            + latent flow, two-stage), "particles" (a flow on the 30 x 3 particle features) or
+            "cloud" (a continuous flow on the particle set, `flows.setflow`); the jet-level
+            side of the last two is ``particle``.
         normalization: ConVAE input scaling: "standard" (zero mean, unit variance per feature),
             "standard_log_pt" (the same on eta, phi and log pt_rel; decoded pts are exp of the
             output) or "minmax" (into [0, 1], for a sigmoid output; it collapsed the ConVAE:
@@ -315,21 +312,15 @@ class PipelineConfig:
         per_class: settings of one class only, {class: {dotted key: value}} with the keys of
             ``--set`` (``{t: {loss.gamma_tau: 20}}``); `for_class` applies them. A class's
             stages are keyed on its own settings, so another class's entry retrains nothing.
+        The two-stage fields (convae, loss, convae_train, flow, flow_train, latent) are
+        `TwoStageConfig`'s.
     """
 
     name: str = "quickstart"
     classes: tuple[str, ...] = ("g", "q", "t", "w", "z")
     target: str = "latent"
-    normalization: str = "standard"
     n_generate: int = 1000
-    device: str = "auto"
     data: DataConfig = DataConfig()
-    convae: ConVAEConfig = ConVAEConfig()
-    loss: LossConfig = LossConfig()
-    convae_train: TrainConfig = TrainConfig()
-    flow: FlowConfig = FlowConfig()
-    flow_train: TrainConfig = FLOW_TRAIN
-    latent: LatentOptions = LatentOptions()
     particle: ParticleOptions = ParticleOptions()
     set_flow: SetFlowConfig = SetFlowConfig()
     evaluate: EvalConfig = EvalConfig(fpnd=False)
@@ -339,13 +330,18 @@ class PipelineConfig:
     per_class: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_device(self.device, self.normalization)
-        if self.target not in TARGETS:
-            raise UserError(f"unknown target {self.target!r}: use one of {TARGETS}")
+        super().__post_init__()
+        targets.target_of(self)
         if not self.classes:
             raise UserError("classes must name at least one jet class")
         check_name(self.name, "name")
-        self._check_models()
+        # one model per class: a class-conditional flow (num_classes > 0) is a library feature
+        # the pipeline never feeds labels to
+        if self.particle.jet_flow.num_classes:
+            raise UserError(
+                "particle.jet_flow.num_classes must be 0: the pipeline trains one model per class"
+            )
+        targets.check(self)
         object.__setattr__(self, "classes", tuple(canonical_class(c) for c in self.classes))
         if self.n_generate < 100:
             raise UserError("n_generate must be >= 100 (the evaluation's minimum sample)")
@@ -357,67 +353,6 @@ class PipelineConfig:
         # last: an error of the config itself is not to be blamed on a class's entry
         object.__setattr__(self, "per_class", _checked_per_class(self))
 
-    def _check_models(self) -> None:
-        # one model per class: a class-conditional flow (num_classes > 0) is a library feature
-        # the pipeline never feeds labels to
-        for key, flow in (("flow", self.flow), ("particle.jet_flow", self.particle.jet_flow)):
-            if flow.num_classes:
-                raise UserError(
-                    f"{key}.num_classes must be 0: the pipeline trains one model per class"
-                )
-        if self.target == "cloud" and self.particle.centroid:
-            raise UserError("particle.centroid must be false for target cloud (a set has no lead)")
-        _check_guided(self.set_flow, f"set_flow.guidance {self.set_flow.guidance} needs a guide")
-        self._check_calibration()
-        self._check_student()
-        if self.target != "latent":
-            return
-        TwoStageConfig.of(self)  # its checks
-        if self.convae.num_particles != self.data.num_particles:
-            raise UserError(
-                f"convae.num_particles ({self.convae.num_particles}) must equal "
-                f"data.num_particles ({self.data.num_particles})"
-            )
-
-    def _check_calibration(self) -> None:
-        """Calibrated options must be the set flow's, each setting a valid config of it."""
-        if not self.calibrate.settings:
-            return
-        if self.target != "cloud":
-            raise UserError(
-                f"calibrate.settings choose a set flow's sampling options: target {self.target} "
-                "has none (use target cloud, or calibrate.settings: [])"
-            )
-        valid = round(self.data.n_jets * self.data.split[1])
-        if valid < MIN_CALIBRATION_JETS:
-            raise UserError(
-                f"calibrate.settings score the validation jets: data.n_jets x data.split[1] = "
-                f"{valid}, needs >= {MIN_CALIBRATION_JETS} (or calibrate.settings: [])"
-            )
-        for setting in self.calibrate.settings:
-            try:
-                flow = dataclasses.replace(self.set_flow, **setting)  # its own checks
-            except ValueError as err:
-                raise UserError(f"calibrate.settings {setting}: {err}") from None
-            _check_guided(flow, f"calibrate.settings {setting} guides")
-
-    def _check_student(self) -> None:
-        """A student distils a set flow: its steps must divide every step count the teacher
-        may be sampled with (the config's, and each calibration candidate's)."""
-        if not self.student.steps:
-            return
-        if self.target != "cloud":
-            raise UserError(
-                f"student.steps distil a set flow: target {self.target} has none (use target "
-                "cloud, or student.steps: [])"
-            )
-        if self.student.teacher_steps:  # the student learns the teacher on a grid of its own
-            return
-        self.student.check_teacher_steps(self.set_flow.steps, "set_flow.steps")
-        for setting in self.calibrate.settings:
-            if "steps" in setting:
-                self.student.check_teacher_steps(setting["steps"], f"calibrate.settings {setting}")
-
     def for_class(self, jet_class: str) -> PipelineConfig:
         """The settings class ``jet_class`` runs with: this config with its ``per_class``
         entry applied, and ``per_class`` emptied (another class's entry is not part of it)."""
@@ -428,7 +363,7 @@ class PipelineConfig:
     @property
     def kinematics(self) -> bool:
         """Whether the target's generator is conditioned on each jet's (log pt, eta)."""
-        return self.latent.kinematics if self.target == "latent" else self.particle.kinematics
+        return targets.target_of(self).conditioned(self)
 
 
 #: top-level keys a class cannot set for itself: they name the run, not a class's model (the
@@ -693,8 +628,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def to_yaml(config: Any) -> str:
-    """The resolved config as YAML that `load_config` reads back to an equal config."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """The resolved config as YAML that `load_config` reads back to an equal config (a
+    pipeline's name, classes and target first)."""
+    tree = to_dict(config)
+    tree = {**{k: tree[k] for k in _FIRST_KEYS if k in tree}, **tree}
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 #: fields a config gained after runs were made with it: left out of a stage's digest while

@@ -4,7 +4,9 @@ are, how its sampler is built from them, and what tuning searches.
 A `Generator` record is all the pipeline, ``jetflows sample``, ``jetflows tune``, the study and
 ``benchmarks/quality.py`` know of a target: they look it up in `GENERATORS` by the config's
 ``target`` (or the ``target`` recorded in a checkpoint) and call its ``train`` and ``sampler``.
-Adding a generator means writing those two functions and one entry here.
+Adding a generator means writing those two functions, its config side (a
+`pipelines.run.targets.Target`: its checks and options) and one `register` call, in a module of
+its own if it likes (the tests register a toy generator that way).
 
 - ``latent``: the ConVAE (convae.pt), then a flow on its latent space (flow.pt); sampling
   decodes the flow's samples (two-stage, the paper's model).
@@ -49,6 +51,8 @@ from pipelines.run.records import (
     TrainedSampler,
     kinematics_context,
 )
+from pipelines.run.targets import CLOUD, LATENT, PARTICLES, TARGETS, Target
+from pipelines.run.targets import register as register_target
 
 if TYPE_CHECKING:
     from pipelines.data.jetnet import Jets
@@ -407,7 +411,8 @@ class Generator:
     """One target: what it trains, what its checkpoints are, how it samples, what to tune.
 
     Arguments:
-        name: the config's ``target``.
+        target: its config side (`pipelines.run.targets.Target`: name, the options it owns,
+            its checks of a config, its kinematics option); ``name`` is the target's.
         checkpoints: (file, kind) of each model; the first (flow.pt) is the one sampled from,
             whose record (`SamplerRecord`) names the generator; the others are what it was
             fitted on.
@@ -430,7 +435,7 @@ class Generator:
             `pipelines.experiments.tune.Param` fields}), used when a tuning config names none.
     """
 
-    name: str
+    target: Target
     checkpoints: tuple[tuple[str, str], ...]
     train: Callable[..., Trained]
     sampler: Callable[..., Sampler]
@@ -445,6 +450,11 @@ class Generator:
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
+    def name(self) -> str:
+        """The config's ``target``, and the ``target`` its checkpoints record."""
+        return self.target.name
+
+    @property
     def inputs(self) -> tuple[tuple[str, str], ...]:
         """(file, kind) of the models the sampled one was fitted on."""
         return self.checkpoints[1:]
@@ -456,50 +466,79 @@ _FLOW_SPACE = {
     "flow_train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
 }
 
-GENERATORS: dict[str, Generator] = {
-    g.name: g
-    for g in (
-        Generator(
-            "latent",
-            (("flow.pt", FLOW_KIND), ("convae.pt", CONVAE_KIND)),
-            _train_latent,
-            _latent_sampler,
-            reconstructs=True,
-            reported=("convae.pt", "flow.pt"),
-            space=_FLOW_SPACE,
-        ),
-        Generator(
-            "particles",
-            (("flow.pt", FLOW_KIND), ("jet_flow.pt", FLOW_KIND)),
-            _train_particles,
-            functools.partial(jet_level_sampler, particle.generate, flow_from_state),
-            space=_FLOW_SPACE,
-        ),
-        Generator(
-            "cloud",
-            (("flow.pt", setflow.CHECKPOINT_KIND), ("jet_flow.pt", FLOW_KIND)),
-            _train_cloud,
-            _cloud_sampler,
-            companions=(("guide.pt", setflow.CHECKPOINT_KIND),),
-            options=_cloud_options,
-            sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
-            distil=_distil_cloud,
-            describe=_cloud_model,
-            added_sampling=setflow.ADDED_SAMPLING_FIELDS,
-            space={
-                "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
-                "set_flow.layers": {"low": 2, "high": 6, "integer": True},
-                "set_flow.steps": {"low": 4, "high": 40, "log": True, "integer": True},
-                "set_flow.solver": {"choices": ["euler", "midpoint", "rk4"]},
-                "set_flow.time_power": {"low": 0.0, "high": 2.0},
-                "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
-                "flow_train.batch_size": {"choices": [32, 64, 256]},
-            },
-        ),
+#: every generator by name: filled by `register`
+GENERATORS: dict[str, Generator] = {}
+
+
+def register(generator: Generator) -> Generator:
+    """Make ``generator`` one a config may name as its ``target``: files its `Target` (the
+    config's checks) and the generator itself, by name. Adding a generator is this call and
+    the functions it names.
+
+    Raises:
+        ValueError: a generator of that name is registered already.
+    """
+    if generator.name in GENERATORS:
+        raise ValueError(f"a generator named {generator.name!r} is registered already")
+    register_target(generator.target)
+    GENERATORS[generator.name] = generator
+    return generator
+
+
+def unregister(name: str) -> None:
+    """Remove generator ``name`` and its target (a test's toy generator, once it is done)."""
+    GENERATORS.pop(name, None)
+    TARGETS.pop(name, None)
+
+
+register(
+    Generator(
+        LATENT,
+        (("flow.pt", FLOW_KIND), ("convae.pt", CONVAE_KIND)),
+        _train_latent,
+        _latent_sampler,
+        reconstructs=True,
+        reported=("convae.pt", "flow.pt"),
+        space=_FLOW_SPACE,
     )
-}
-#: every kind a flow.pt may hold
-SAMPLED_KINDS = tuple(sorted({g.checkpoints[0][1] for g in GENERATORS.values()}))
+)
+register(
+    Generator(
+        PARTICLES,
+        (("flow.pt", FLOW_KIND), ("jet_flow.pt", FLOW_KIND)),
+        _train_particles,
+        functools.partial(jet_level_sampler, particle.generate, flow_from_state),
+        space=_FLOW_SPACE,
+    )
+)
+register(
+    Generator(
+        CLOUD,
+        (("flow.pt", setflow.CHECKPOINT_KIND), ("jet_flow.pt", FLOW_KIND)),
+        _train_cloud,
+        _cloud_sampler,
+        companions=(("guide.pt", setflow.CHECKPOINT_KIND),),
+        options=_cloud_options,
+        sampling=lambda cfg: {k: getattr(cfg.set_flow, k) for k in setflow.SAMPLING_FIELDS},
+        distil=_distil_cloud,
+        describe=_cloud_model,
+        added_sampling=setflow.ADDED_SAMPLING_FIELDS,
+        space={
+            "set_flow.width": {"low": 32, "high": 192, "step": 32, "integer": True},
+            "set_flow.layers": {"low": 2, "high": 6, "integer": True},
+            "set_flow.steps": {"low": 4, "high": 40, "log": True, "integer": True},
+            "set_flow.solver": {"choices": ["euler", "midpoint", "rk4"]},
+            "set_flow.time_power": {"low": 0.0, "high": 2.0},
+            "set_flow.coupling": {"choices": list(setflow.COUPLINGS)},
+            "flow_train.batch_size": {"choices": [32, 64, 256]},
+        },
+    )
+)
+
+
+def sampled_kinds() -> tuple[str, ...]:
+    """Every kind a flow.pt may hold (the registered generators' sampled checkpoints)."""
+    return tuple(sorted({g.checkpoints[0][1] for g in GENERATORS.values()}))
 
 
 def build_sampler(
@@ -608,7 +647,7 @@ def load_sampler(
             together (`pipelines.run.checkpoints.check_provenance`), or options it does not take.
     """
     path = class_dir(run, jet_class)
-    state = load_checkpoint(path / "flow.pt", SAMPLED_KINDS)
+    state = load_checkpoint(path / "flow.pt", sampled_kinds())
     record = record_of(state.get("extra", {}), path / "flow.pt")
     gen = GENERATORS[record.target]
     if state["kind"] != gen.checkpoints[0][1]:

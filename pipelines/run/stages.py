@@ -37,6 +37,7 @@ from pipelines.data.jetnet import Jets, jetnet_file_size, locate_jetnet_file, re
 from pipelines.io import check_model_memory
 from pipelines.run.config import PipelineConfig, TwoStageConfig, to_dict
 from pipelines.run.records import SamplerRecord, kinematics_context, kinematics_norm
+from pipelines.run.targets import LATENT
 
 #: added to the student's training seed for the teacher's noise: the trajectories share no
 #: stream with the student's own draws
@@ -301,10 +302,10 @@ def train_latent_flow(
     device = resolve_device(cfg.device)
     vae, norm = convae_of(vae_state, device)
     record = sampler_record(
-        "latent",
+        LATENT.name,  # a study's TwoStageConfig has no target: this stage is the latent one's
         jet_class,
         parts[0],
-        kinematics=cfg.latent.kinematics,
+        kinematics=LATENT.conditioned(cfg),
         latent=to_dict(cfg.latent),
         multiplicity_probs=latent.multiplicity_probs(torch.from_numpy(parts[0].mask)).tolist(),
     )

@@ -12,10 +12,11 @@ import torch
 from pipelines.cli import main
 from pipelines.data.jetnet import write_jetnet_file
 from pipelines.run.checkpoints import save_checkpoint
-from pipelines.run.config import TARGETS, load_config
+from pipelines.run.config import load_config
 from pipelines.run.generators import GENERATORS, load_sampler
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sampled_jets
+from pipelines.run.targets import TARGETS
 from tests.conftest import TINY_MODELS, assert_one_line_error, random_jets
 
 TINY = [

@@ -10,9 +10,8 @@ and scheduler state, random streams, early-stopping counters and history.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +19,7 @@ from convae import losses as L
 from convae.model import ConVAE, ConVAEConfig
 from jetflows.checks import require
 from jetflows.errors import UserError
+from jetflows.family import FitOptions, ModelFamily
 from jetflows.normalize import Normalization
 from jetflows.training import (  # noqa: F401  (re-exported: the ConVAE's training API)
     OPTIMIZERS,
@@ -30,6 +30,9 @@ from jetflows.training import (  # noqa: F401  (re-exported: the ConVAE's traini
     check_kind,
     fit_loop,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CHECKPOINT_KIND = "jetflows.convae"
 SPACES = ("physical", "normalized")
@@ -180,17 +183,25 @@ def check_particles(x: torch.Tensor, mask: torch.Tensor, name: str) -> None:
         raise UserError(f"{name}: particles contain NaN or inf")
 
 
+#: the ConVAE as `jetflows.family` trains and rebuilds it
+FAMILY = ModelFamily(
+    kind=CHECKPOINT_KIND,
+    what="ConVAE",
+    check_data=lambda model, data, name: check_particles(data[0], data[1], name),
+    describe=lambda model: {"model_config": model.config},
+    build=lambda state: ConVAE(ConVAEConfig(**state["model_config"])),
+    extra=False,
+)
+
+
 def fit(
     model: ConVAE,
     train: tuple[torch.Tensor, torch.Tensor],
     valid: tuple[torch.Tensor, torch.Tensor],
     *,
     loss: LossConfig | None = None,
-    config: TrainConfig | None = None,
     normalization: Normalization | None = None,
-    resume: dict[str, Any] | None = None,
-    on_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None,
-    progress: bool = True,
+    **options: Unpack[FitOptions],
 ) -> FitResult:
     """Train ``model`` on (particles (N, P, F), mask (N, P)), early-stopping on validation loss.
 
@@ -198,14 +209,14 @@ def fit(
         model: a `ConVAE` (its weights are updated in place).
         train, valid: (particles, mask); particles in physical units (eta_rel, phi_rel,
             pt_rel). A conditional decoder's condition is computed once for every jet here.
-        loss, config: `LossConfig`, `TrainConfig`.
+        loss: `LossConfig`.
         normalization: the map the network's input goes through (and its output comes back
             through) batch by batch; the losses compare physical particles, and it is stored
             in the state. None: the network sees physical units.
-        resume: a state from `on_epoch` or a previous `FitResult`: continue from there.
-        on_epoch: called after every epoch with (epoch, history row, state), e.g. to write a
-            checkpoint or to report to Optuna (raise optuna.TrialPruned there to prune).
-        progress: tqdm bar with the loss terms.
+        options: `jetflows.family.FitOptions`: config (`TrainConfig`), resume (a state from
+            ``on_epoch`` or a previous `FitResult`), on_epoch (called after every epoch with
+            (epoch, history row, state), e.g. to write a checkpoint or to report to Optuna:
+            raise optuna.TrialPruned there to prune), progress (a tqdm bar of the loss terms).
 
     Returns:
         `FitResult`; its state holds the best weights (lowest validation loss).
@@ -214,9 +225,9 @@ def fit(
         ValueError: bad data or a resume state from another model/config.
         FloatingPointError: a loss term became NaN/inf (the message names the epoch and term).
     """
-    loss, config = loss or LossConfig(), config or TrainConfig()
-    for name, (x, mask) in (("train", train), ("valid", valid)):
-        check_particles(x, mask, name)
+    loss, config = loss or LossConfig(), options.pop("config", None) or TrainConfig()
+    FAMILY.check(model, train, valid)
+    resume = options.get("resume")
     if resume is not None:
         check_state(resume, model.config)
     if model.config.condition:  # once, not per batch: an exclusive-kT clustering costs
@@ -226,23 +237,19 @@ def fit(
             model.set_condition_scale(train[2])
     gamma_2 = loss.gamma_2 if loss.gamma_2 is not None else L.default_gamma_2(train[0], train[1])
     describe = {
-        "model_config": model.config,
         "loss_config": loss,
         "gamma_2": gamma_2,
         "normalization": normalization.to_dict() if normalization else None,
     }
-    return fit_loop(
+    return FAMILY.fit(
         model,
-        ConVAELoss(loss, gamma_2, normalization, config.precision),
         train,
         valid,
-        config=config,
-        kind=CHECKPOINT_KIND,
+        objective=ConVAELoss(loss, gamma_2, normalization, config.precision),
         describe=describe,
-        resume=resume,
-        on_epoch=on_epoch,
-        progress=progress,
-        desc="ConVAE",
+        checked=True,  # before the decoder's condition joined the data
+        config=config,
+        **options,
     )
 
 
@@ -257,8 +264,5 @@ def check_state(state: dict[str, Any], config: ConVAEConfig | None = None) -> No
 
 
 def model_from_state(state: dict[str, Any], *, best: bool = True) -> ConVAE:
-    """Rebuild a ConVAE from a checkpoint state alone (best or last weights)."""
-    check_state(state)
-    model = ConVAE(ConVAEConfig(**state["model_config"]))
-    model.load_state_dict(state["best_state_dict" if best else "state_dict"])
-    return model
+    """Rebuild a ConVAE from a checkpoint state alone (best or last weights), in eval mode."""
+    return FAMILY.from_state(state, best=best)

@@ -8,15 +8,18 @@ rebuilds the flow from and ``resume`` continues from exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from flows.models import Flow, FlowConfig, build_flow
 from jetflows.errors import UserError
-from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
+from jetflows.family import FitOptions, ModelFamily, check_context, widths
+from jetflows.training import FitResult, TrainConfig, check_kind
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CHECKPOINT_KIND = "jetflows.flow"
 #: (x (N, D), context (N, C) or None, labels (N,) or None)
@@ -41,13 +44,29 @@ def check_data(flow: Flow, data: FlowData, name: str) -> None:
         raise UserError(f"{name}: x must be (N, {flow.features}), got {tuple(x.shape)}")
     if len(x) == 0:
         raise UserError(f"{name}: no data")
-    for part, tensor in (("x", x), ("context", context)):
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise UserError(f"{name}: {part} contains NaN or inf")
-    if flow.context and (context is None or context.shape != (len(x), flow.context)):
-        raise UserError(f"{name}: the flow needs context of shape ({len(x)}, {flow.context})")
+    if not torch.isfinite(x).all():
+        raise UserError(f"{name}: x contains NaN or inf")
+    check_context(flow.context, context, len(x), name, "the flow")
     if flow.embedding is not None and (labels is None or labels.shape != (len(x),)):
         raise UserError(f"{name}: the flow is class-conditional: give labels of shape (N,)")
+
+
+def _built(state: dict[str, Any]) -> Flow:
+    """An untrained flow of the configuration a checkpoint records."""
+    config = FlowConfig(**state["flow_config"])
+    return build_flow(config, features=state["features"], context=state["context"])
+
+
+#: the flows as `jetflows.family` trains and rebuilds them
+FAMILY = ModelFamily(
+    kind=CHECKPOINT_KIND,
+    what="flow",
+    check_data=check_data,
+    describe=lambda flow: {"flow_config": flow.config, **widths(flow)},
+    build=_built,
+    objective=nll,
+    desc=lambda flow: f"flow {flow.config.kind}",
+)
 
 
 def fit(
@@ -55,23 +74,18 @@ def fit(
     train: FlowData,
     valid: FlowData,
     *,
-    config: TrainConfig | None = None,
     standardize: bool = True,
-    extra: dict[str, Any] | None = None,
-    resume: dict[str, Any] | None = None,
-    on_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None,
-    progress: bool = True,
+    **options: Unpack[FitOptions],
 ) -> FitResult:
     """Fit ``flow`` by maximum likelihood; early stopping on the validation NLL.
 
     Arguments:
         flow: a `Flow` (updated in place; ends with its best weights).
         train, valid: (x (N, D), context (N, C) or None, labels (N,) or None).
-        config: `TrainConfig` (bf16 is refused: spline bin searches need float32).
         standardize: set the flow's loc/scale from the training x first (not on resume).
-        extra: what else rebuilds the generator around the flow (e.g. the target's
-            preprocessing); stored in the state and checked on resume.
-        resume, on_epoch, progress: as in `jetflows.training.fit_loop`.
+        options: `jetflows.family.FitOptions`: config (bf16 is refused: spline bin searches
+            need float32), extra (what else rebuilds the generator around the flow, e.g. the
+            target's preprocessing), resume, on_epoch, progress.
 
     Returns:
         `FitResult`; history rows carry train/valid ``loss`` (NLL) and ``nll_per_dim``.
@@ -80,34 +94,15 @@ def fit(
         ValueError: bad data, a bf16 config, or a resume state of another flow or config.
         FloatingPointError: the NLL became NaN/inf (the message names the epoch).
     """
-    config = config or TrainConfig()
+    config = options.get("config") or TrainConfig()
     if config.precision != "fp32":
         raise UserError("flows train in fp32 only (precision='fp32')")
-    for name, data in (("train", train), ("valid", valid)):
-        check_data(flow, data, name)
-    if resume is not None:
-        check_state(resume, flow)
+    FAMILY.check(flow, train, valid)
+    if options.get("resume") is not None:
+        check_state(options["resume"], flow)
     elif standardize:
         flow.standardize_(train[0])
-    describe = {
-        "flow_config": flow.config,
-        "features": flow.features,
-        "context": flow.context,
-        "extra": extra or {},
-    }
-    return fit_loop(
-        flow,
-        nll,
-        train,
-        valid,
-        config=config,
-        kind=CHECKPOINT_KIND,
-        describe=describe,
-        resume=resume,
-        on_epoch=on_epoch,
-        progress=progress,
-        desc=f"flow {flow.config.kind}",
-    )
+    return FAMILY.fit(flow, train, valid, checked=True, **options)
 
 
 def check_state(state: dict[str, Any], flow: Flow | None = None) -> None:
@@ -125,9 +120,4 @@ def check_state(state: dict[str, Any], flow: Flow | None = None) -> None:
 
 def flow_from_state(state: dict[str, Any], *, best: bool = True) -> Flow:
     """Rebuild a `Flow` from a checkpoint state alone (best or last weights), in eval mode."""
-    check_state(state)
-    flow = build_flow(
-        FlowConfig(**state["flow_config"]), features=state["features"], context=state["context"]
-    )
-    flow.load_state_dict(state["best_state_dict" if best else "state_dict"])
-    return flow.eval()
+    return FAMILY.from_state(state, best=best)

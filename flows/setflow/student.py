@@ -44,7 +44,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,7 +54,11 @@ from flows.setflow.config import SOLVERS, TIME_FEATURES, SetFlowConfig
 from flows.setflow.flow import SetFlow, jet_context
 from flows.setflow.networks import NETWORKS, TIME_EMBEDDINGS
 from jetflows.errors import UserError
-from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
+from jetflows.family import FitOptions, ModelFamily, check_context, widths
+from jetflows.training import FitResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CHECKPOINT_KIND = "jetflows.setflow.student"
 STEP_FEATURES = 2  # log2(1/d) / 4 and d: which jump the network is asked for
@@ -423,22 +427,32 @@ def check_data(student: Student, data: StudentData, name: str) -> None:
         raise UserError(f"{name}: a mask (N, P) per trajectory is needed, got {tuple(mask.shape)}")
     if not torch.isfinite(traj).all():
         raise UserError(f"{name}: trajectories contain NaN or inf")
-    if student.context and (context is None or context.shape != (len(traj), student.context)):
-        raise UserError(
-            f"{name}: the student needs context of shape ({len(traj)}, {student.context})"
-        )
+    check_context(student.context, context, len(traj), name, "the student")
+
+
+#: the few-step students as `jetflows.family` trains and rebuilds them
+FAMILY = ModelFamily(
+    kind=CHECKPOINT_KIND,
+    what="student",
+    check_data=check_data,
+    describe=lambda student: {
+        "set_flow_config": student.config,
+        "student_config": student.student,
+        **widths(student),
+    },
+    build=lambda state: Student(
+        SetFlowConfig(**state["set_flow_config"]),
+        student_config(state),
+        features=state["features"],
+        context=state["context"],
+    ),
+    objective=_objective,
+    desc=lambda student: f"student ({student.student.method})",
+)
 
 
 def fit(
-    student: Student,
-    train: StudentData,
-    valid: StudentData,
-    *,
-    config: TrainConfig,
-    extra: dict[str, Any] | None = None,
-    resume: dict[str, Any] | None = None,
-    on_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None,
-    progress: bool = True,
+    student: Student, train: StudentData, valid: StudentData, **options: Unpack[FitOptions]
 ) -> FitResult:
     """Distil: train ``student`` on the teacher's trajectories (`teacher_trajectories`) with
     its ``student.method``; early stopping on the validation trajectories' loss.
@@ -446,33 +460,12 @@ def fit(
     Arguments:
         student: a `Student` (updated in place; ends with its best weights).
         train, valid: (trajectories (N, K+1, P, F), mask (N, P), context (N, C) or None).
-        config: `TrainConfig`; extra, resume, on_epoch, progress: as `flows.setflow.fit`.
+        options: `jetflows.family.FitOptions` (config, extra, resume, on_epoch, progress).
 
     Raises:
         ValueError: bad data, or a resume state of another student.
     """
-    for name, data in (("train", train), ("valid", valid)):
-        check_data(student, data, name)
-    describe = {
-        "set_flow_config": student.config,
-        "student_config": student.student,
-        "features": student.features,
-        "context": student.context,
-        "extra": extra or {},
-    }
-    return fit_loop(
-        student,
-        _objective,
-        train,
-        valid,
-        config=config,
-        kind=CHECKPOINT_KIND,
-        describe=describe,
-        resume=resume,
-        on_epoch=on_epoch,
-        progress=progress,
-        desc=f"student ({student.student.method})",
-    )
+    return FAMILY.fit(student, train, valid, **options)
 
 
 def student_from_state(state: dict[str, Any], *, best: bool = True) -> Student:
@@ -481,16 +474,7 @@ def student_from_state(state: dict[str, Any], *, best: bool = True) -> Student:
     Raises:
         ValueError: not a student checkpoint, or one whose weights do not fit its config.
     """
-    check_kind(state, CHECKPOINT_KIND)
-    config = SetFlowConfig(**state["set_flow_config"])
-    student = Student(
-        config, student_config(state), features=state["features"], context=state["context"]
-    )
-    try:
-        student.load_state_dict(state["best_state_dict" if best else "state_dict"])
-    except RuntimeError as err:  # shapes edited apart from the config
-        raise UserError(f"a student whose weights do not fit its config: {err}") from err
-    return student.eval()
+    return FAMILY.from_state(state, best=best)
 
 
 def student_config(state: dict[str, Any]) -> StudentConfig:

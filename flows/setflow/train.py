@@ -3,8 +3,7 @@ from its checkpoint state, and generating jets with the jet-level flow that feed
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,7 +12,11 @@ from flows.particle import N_COLUMN, ParticleTarget, finish, sample_jet_rows
 from flows.setflow.config import CHECKPOINT_KIND, SetFlowConfig
 from flows.setflow.flow import SetFlow
 from jetflows.errors import UserError
-from jetflows.training import FitResult, TrainConfig, check_kind, fit_loop
+from jetflows.family import FitOptions, ModelFamily, check_context, widths
+from jetflows.training import FitResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def flow_matching_objective(
@@ -39,56 +42,38 @@ def check_data(flow: SetFlow, data: SetData, name: str) -> None:
         raise UserError(f"{name}: no jets, or a jet without particles")
     if not torch.isfinite(x[mask]).all():
         raise UserError(f"{name}: particles contain NaN or inf")
-    if flow.context and (context is None or context.shape != (len(x), flow.context)):
-        raise UserError(f"{name}: the set flow needs context of shape ({len(x)}, {flow.context})")
-    if context is not None and not torch.isfinite(context).all():
-        raise UserError(f"{name}: context contains NaN or inf")
+    check_context(flow.context, context, len(x), name, "the set flow")
 
 
-def fit(
-    flow: SetFlow,
-    train: SetData,
-    valid: SetData,
-    *,
-    config: TrainConfig | None = None,
-    extra: dict[str, Any] | None = None,
-    resume: dict[str, Any] | None = None,
-    on_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None,
-    progress: bool = True,
-) -> FitResult:
+#: the set flows as `jetflows.family` trains and rebuilds them
+FAMILY = ModelFamily(
+    kind=CHECKPOINT_KIND,
+    what="set flow",
+    check_data=check_data,
+    describe=lambda flow: {"set_flow_config": flow.config, **widths(flow)},
+    build=lambda state: SetFlow(
+        SetFlowConfig(**state["set_flow_config"]),
+        features=state["features"],
+        context=state["context"],
+    ),
+    objective=flow_matching_objective,
+    desc=lambda flow: f"set flow {flow.config.network}",
+)
+
+
+def fit(flow: SetFlow, train: SetData, valid: SetData, **options: Unpack[FitOptions]) -> FitResult:
     """Train ``flow`` by conditional flow matching; early stopping on the validation loss.
 
     Arguments:
         flow: a `SetFlow` (updated in place; ends with its best weights).
         train, valid: (particles (N, P, F) standardized, mask (N, P), context (N, C) or None).
-        config: `TrainConfig`; extra: what else rebuilds the generator (stored in the state).
-        resume, on_epoch, progress: as in `jetflows.training.fit_loop`.
+        options: `jetflows.family.FitOptions` (config, extra, resume, on_epoch, progress).
 
     Raises:
         ValueError: bad data, or a resume state of another flow or config.
         FloatingPointError: the loss became NaN/inf (the message names the epoch).
     """
-    for name, data in (("train", train), ("valid", valid)):
-        check_data(flow, data, name)
-    describe = {
-        "set_flow_config": flow.config,
-        "features": flow.features,
-        "context": flow.context,
-        "extra": extra or {},
-    }
-    return fit_loop(
-        flow,
-        flow_matching_objective,
-        train,
-        valid,
-        config=config or TrainConfig(),
-        kind=CHECKPOINT_KIND,
-        describe=describe,
-        resume=resume,
-        on_epoch=on_epoch,
-        progress=progress,
-        desc=f"set flow {flow.config.network}",
-    )
+    return FAMILY.fit(flow, train, valid, **options)
 
 
 def set_flow_from_state(state: dict[str, Any], *, best: bool = True) -> SetFlow:
@@ -97,11 +82,7 @@ def set_flow_from_state(state: dict[str, Any], *, best: bool = True) -> SetFlow:
     Raises:
         ValueError: not a set-flow checkpoint.
     """
-    check_kind(state, CHECKPOINT_KIND)
-    config = SetFlowConfig(**state["set_flow_config"])
-    flow = SetFlow(config, features=state["features"], context=state["context"])
-    flow.load_state_dict(state["best_state_dict" if best else "state_dict"])
-    return flow.eval()
+    return FAMILY.from_state(state, best=best)
 
 
 @torch.no_grad()

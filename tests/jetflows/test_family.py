@@ -47,14 +47,16 @@ def _flow():
 def _set_flow():
     model = SetFlow(SET_FLOW, context=2)
     data = [(*_particles(s), torch.randn(N, 2)) for s in (0, 1)]
-    return set_train.FAMILY, set_train.fit, model, data, lambda m: m.velocity(data[1][0], torch.full((N,), 0.5), data[1][1], data[1][2])
+    x, mask, context = data[1]
+    t = torch.tensor(0.5)
+    return set_train.FAMILY, set_train.fit, model, data, lambda m: m.velocity(x, t, mask, context)
 
 
 def _student():
     teacher = SetFlow(SET_FLOW, context=2)
     data = []
     for seed in (0, 1):
-        x, mask = _particles(seed)
+        _, mask = _particles(seed)
         context = torch.randn(N, 2)
         data.append((teacher_trajectories(teacher, mask, context), mask, context))
     model = Student.from_teacher(teacher, StudentConfig(steps=(1, 2)))
@@ -86,7 +88,7 @@ def test_a_family_refuses_bad_data_and_foreign_checkpoints_alike(name):
     bad = list(train)
     bad[0] = bad[0].clone()
     bad[0][0, 0] = float("nan")
-    with pytest.raises(UserError, match="train: .*NaN"):
+    with pytest.raises(UserError, match=r"train: .*NaN"):
         fit(model, tuple(bad), valid, config=CONFIG, progress=False)
     state = fit(model, train, valid, config=CONFIG, progress=False).state
     other = next(f for f in (convae_train.FAMILY, flow_train.FAMILY) if f.kind != family.kind)

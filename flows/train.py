@@ -53,8 +53,7 @@ def check_data(flow: Flow, data: FlowData, name: str) -> None:
 
 def _built(state: dict[str, Any]) -> Flow:
     """An untrained flow of the configuration a checkpoint records."""
-    config = FlowConfig(**state["flow_config"])
-    return build_flow(config, features=state["features"], context=state["context"])
+    return build_flow(FlowConfig(**state["flow_config"]), **widths(state))
 
 
 #: the flows as `jetflows.family` trains and rebuilds them

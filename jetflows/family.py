@@ -131,9 +131,12 @@ class ModelFamily:
         return model.eval()
 
 
-def widths(model: Any) -> dict[str, int]:
-    """A model's feature and context widths, as its checkpoint records them."""
-    return {"features": model.features, "context": model.context}
+def widths(model_or_state: Any) -> dict[str, int]:
+    """The feature and context widths of a model, or as its checkpoint state records them
+    (the keyword arguments a family's model takes)."""
+    if isinstance(model_or_state, dict):
+        return {"features": model_or_state["features"], "context": model_or_state["context"]}
+    return {"features": model_or_state.features, "context": model_or_state.context}
 
 
 def check_context(

@@ -441,10 +441,7 @@ FAMILY = ModelFamily(
         **widths(student),
     },
     build=lambda state: Student(
-        SetFlowConfig(**state["set_flow_config"]),
-        student_config(state),
-        features=state["features"],
-        context=state["context"],
+        SetFlowConfig(**state["set_flow_config"]), student_config(state), **widths(state)
     ),
     objective=_objective,
     desc=lambda student: f"student ({student.student.method})",

@@ -51,11 +51,7 @@ FAMILY = ModelFamily(
     what="set flow",
     check_data=check_data,
     describe=lambda flow: {"set_flow_config": flow.config, **widths(flow)},
-    build=lambda state: SetFlow(
-        SetFlowConfig(**state["set_flow_config"]),
-        features=state["features"],
-        context=state["context"],
-    ),
+    build=lambda state: SetFlow(SetFlowConfig(**state["set_flow_config"]), **widths(state)),
     objective=flow_matching_objective,
     desc=lambda flow: f"set flow {flow.config.network}",
 )

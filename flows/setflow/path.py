@@ -52,32 +52,40 @@ def loss_weights(config: SetFlowConfig, features: int, like: torch.Tensor) -> to
 
 
 def flow_matching_loss(
-    output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    output: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     config: SetFlowConfig,
     x: torch.Tensor,
     mask: torch.Tensor,
     *,
     path: Any,
     training: bool,
+    cut: bool = False,
 ) -> torch.Tensor:
     """The conditional flow-matching loss: mean squared error of the network's ``output``
-    (x_t (B, P, F), t (B,) -> (B, P, F)) against the straight path's velocity x1 - x0
-    (``config.predict`` data: against x1), over the real particles' coordinates only.
+    (x_t (B, P', F), t (B,), mask (B, P') -> (B, P', F)) against the straight path's velocity
+    x1 - x0 (``config.predict`` data: against x1), over the real particles' coordinates only.
 
     x: (B, P, F) data (x1), mask (B, P); noise x0 (paired with x1 as ``config.coupling``
     says) and t (density (1 + a) t^a, a = ``config.time_power``) from torch's global stream
     while ``training``, else from a fixed seed (a validation loss that does not jitter with
-    the draw, nor consume the training stream).
+    the draw, nor consume the training stream). ``cut``: the network sees only the slots up to
+    the batch's longest jet (P' <= P; pt-sorted jets fill their first slots), which changes
+    nothing for a network whose padding reaches no real particle and saves most of a 150-slot
+    batch's attention; the noise is drawn for every slot first, so the random stream is that
+    of the uncut batch.
     """
     g = None if training else torch.Generator(device=x.device).manual_seed(0)
     x0 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
     u = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
+    if cut and mask.any():
+        slots = int(mask.any(0).nonzero()[-1]) + 1
+        x, mask, x0 = x[:, :slots], mask[:, :slots], x0[:, :slots]
     t = u ** (1.0 / (1.0 + config.time_power))  # density (1 + a) t^a
     if config.coupling == "particles":
         x0 = pair_noise(x0, x, mask)
     sample = path.sample(x_0=x0, x_1=x, t=t)
     want = sample.dx_t if config.predict == "velocity" else x
-    squared = (output(sample.x_t, t) - want) ** 2  # (B, P, F)
+    squared = (output(sample.x_t, t, mask) - want) ** 2  # (B, P, F)
     features = x.shape[-1]
     error = (squared * loss_weights(config, features, x)).sum(-1)  # (B, P)
     real = mask.to(x.dtype)

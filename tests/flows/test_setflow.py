@@ -16,6 +16,7 @@ from flows.setflow import (
     pair_noise,
     set_flow_from_state,
 )
+from flows.setflow import path as path_lib
 from jetflows.physics import nsubjettiness
 from jetflows.training import TrainConfig
 from tests.conftest import prong_jets
@@ -71,6 +72,64 @@ def test_velocity_is_permutation_equivariant_and_blind_to_padding(options):
         assert torch.allclose(flow.eval().velocity(x, t, mask, c), v, atol=1e-5)
         fast = flow.velocity(x[full], t[full], mask[full], c[full])
         assert torch.allclose(fast, alone, atol=1e-5)
+
+
+def _wide_batch(n: int = 8, P: int = 150, seed: int = 0):
+    """Jets of 2..60 particles in 150 slots: most of every jet is padding, as at JetNet150."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(2, 61, (n,), generator=g)
+    mask = torch.arange(P)[None] < counts[:, None]
+    x = torch.randn(n, P, 3, generator=g) * mask[..., None]
+    return x, mask, torch.randn(n, 2, generator=g)
+
+
+@pytest.mark.parametrize("network", ["epic", "transformer"])
+def test_at_150_slots_padding_gives_no_output_gradient_or_loss(network):
+    """Issue 38: the set flow at P = 150 with most slots padded: equivariant, its velocity and
+    its loss blind to what padding holds, no gradient reaching a padded slot, and the
+    transformer's loss on the slots up to the longest jet equal to the loss on all 150."""
+    torch.manual_seed(0)
+    flow = SetFlow(SetFlowConfig(network=network, **TINY), context=2).eval()
+    x, mask, c = _wide_batch()
+    t = torch.rand(len(x))
+    v = flow.velocity(x, t, mask, c)
+    perm = torch.randperm(x.shape[1])
+    assert torch.allclose(flow.velocity(x[:, perm], t, mask[:, perm], c), v[:, perm], atol=1e-5)
+    junk = torch.where(mask[..., None], x, 100 * torch.randn_like(x))
+    assert torch.allclose(flow.velocity(junk, t, mask, c), v, atol=1e-5)
+    assert (v[~mask] == 0).all()
+    inputs = junk.clone().requires_grad_(True)
+    loss = flow.loss(inputs, mask, c)
+    loss.backward()
+    assert torch.isfinite(loss) and (inputs.grad[~mask] == 0).all()
+    assert inputs.grad[mask].abs().sum() > 0
+    assert torch.allclose(flow.loss(x, mask, c), loss.detach(), atol=1e-6)
+    uncut = path_lib.flow_matching_loss(
+        lambda x_t, t, real: flow._output(x_t, t, real, c),
+        flow.config,
+        x,
+        mask,
+        path=flow.path,
+        training=False,
+        cut=False,
+    )
+    assert torch.allclose(uncut, loss.detach(), atol=1e-5)
+
+
+def test_log_prob_at_150_slots_is_finite_and_counts_the_real_particles_only():
+    """The transformer's log p at P = 150 is taken on the slots up to the longest jet: the same
+    density as on all 150 (padding moves with zero velocity), whatever the padding holds."""
+    config = SetFlowConfig(network="transformer", **{**TINY, "steps": 2, "solver": "euler"})
+    flow = SetFlow(config, context=2).eval()
+    x, mask, c = _wide_batch(n=3)
+    junk = torch.where(mask[..., None], x, 50 * torch.randn_like(x))
+    with torch.no_grad():
+        assert torch.isfinite(flow.log_prob(x, mask, c, divergence="hutchinson")).all()
+    cut = flow.log_prob(junk, mask, c, divergence="exact")
+    assert torch.isfinite(cut).all() and (cut < 0).all()
+    assert torch.allclose(flow.log_prob(x, mask, c, divergence="exact"), cut, atol=1e-4)
+    flow.net.cuts_padding = False  # every one of the 450 coordinates
+    assert torch.allclose(flow.log_prob(x, mask, c, divergence="exact"), cut, atol=1e-3)
 
 
 class _Linear(torch.nn.Module):

@@ -8,12 +8,20 @@ multiplicities (the transformer runs each batch on the slots up to its longest j
 pools divide by every slot, so it runs on all 150). The seconds per epoch are extrapolated to
 ``--n-train`` jets. The same at P = 30 is printed beside it, so the cost of 150 is a ratio.
 
+``--sample``: the seconds and peak memory of sampling ``--n`` jets (the real jets' masks) with
+the set flow's ODE as `configs/standard_cloud150.yaml` samples (8 midpoint steps; guided by a
+width-48 x 2 guide from t = 0.3, as the config's calibration may choose), at P = 30 and 150: the
+network's cost does not depend on its weights, so untrained ones time the same. Peak memory is
+the process's maximum resident set so far (it only grows), so run ``--sample`` alone.
+
     python benchmarks/cloud150.py --class t --threads 2
+    python benchmarks/cloud150.py --class t --threads 2 --sample --n 10000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import time
 
@@ -60,6 +68,23 @@ def _seconds_per_epoch(net: str, x, mask, batch: int, steps: int, n_train: int) 
     return per_step * n_train / batch
 
 
+def _sampling_seconds(mask: torch.Tensor, guided: bool) -> float:
+    """Seconds to sample jets of ``mask`` with the transformer set flow, fp32, guided or not."""
+    torch.manual_seed(0)
+    config = SetFlowConfig(**NETWORKS["transformer"], precision="fp32", steps=8)
+    if guided:
+        config = dataclasses.replace(config, guidance=1.5, guidance_from=0.3)
+    flow = SetFlow(config, context=3).eval()
+    guide = None
+    if guided:
+        guide_config = dataclasses.replace(config, width=48, layers=2, guidance=1.0)
+        guide = SetFlow(guide_config, context=3).eval()
+    context = torch.randn(len(mask), 3)
+    start = time.perf_counter()
+    flow.sample(mask, context, generator=torch.Generator().manual_seed(0), guide=guide)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--class", dest="jet_class", default="t")
@@ -68,6 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sample", action="store_true", help="time sampling --n jets instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line(), f"torch threads {args.threads}", flush=True)
@@ -77,6 +103,16 @@ def main() -> None:
         f"{args.jet_class}: {args.n} jets at P = 150, multiplicity mean {n.mean():.1f}, "
         f"median {np.median(n):.0f}, 90% {np.percentile(n, 90):.0f}, max {n.max()}"
     )
+    if args.sample:
+        print(f"| P | guided | s for {args.n} jets | peak RSS GB |")
+        print("|---|---|---|---|")
+        for P in (30, 150):
+            mask = torch.from_numpy(jets.mask[:, :P].copy())
+            for guided in (False, True):
+                sec = _sampling_seconds(mask, guided)
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                print(f"| {P} | {guided} | {sec:.1f} | {rss:.2f} |", flush=True)
+        return
     print(f"| network | P | s / epoch ({args.n_train} jets, batch {args.batch}) | peak RSS GB |")
     print("|---|---|---|---|")
     for net in NETWORKS:

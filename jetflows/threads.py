@@ -176,3 +176,12 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def peak_memory_gb() -> float:
+    """This process's peak resident memory so far, in GB (it only grows; children apart)."""
+    import resource  # Unix only: kept off the import path of other platforms
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, else KB

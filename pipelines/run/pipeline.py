@@ -81,7 +81,14 @@ class Stages:
         if is_main():  # data-parallel: one process writes
             write_json(self.path, self.done)
         now = time.perf_counter()
-        LOG.info("%s: %s done in %.1f s (config %s)", self.name, stage, now - self.clock, key)
+        LOG.info(
+            "%s: %s done in %.1f s (config %s; peak memory so far %.2f GB)",
+            self.name,
+            stage,
+            now - self.clock,
+            key,
+            threads.peak_memory_gb(),
+        )
         self.clock = now
 
 

@@ -50,3 +50,13 @@ def test_cli_applies_and_reports_threads(capsys, tmp_path):
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and "--threads" in err, err
     threads.apply_threads(choose_threads(1, usable=2))
     assert torch.get_num_threads() == 1 and threads.applied().source == "--threads"
+
+
+def test_peak_memory_grows_with_what_the_process_holds():
+    import numpy as np
+
+    from jetflows.threads import peak_memory_gb
+
+    before = peak_memory_gb()
+    block = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+    assert block.sum() > 0 and peak_memory_gb() >= max(before, 0.3)

@@ -5,6 +5,7 @@ particles than the data hold, or comparing a run's jets with real jets of anothe
 line and exit 2."""
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -63,6 +64,10 @@ def test_a_set_flow_pipeline_and_sampling_at_150_particles(data_dir, tmp_path, c
     assert multiplicity["floor"] > 0  # beside its floor
     assert "150" in metrics["skipped"]["fpnd"]  # not defined there: said, not computed
     assert (run / "g" / "plots" / "jet_multiplicity.png").is_file()
+    memory = re.findall(
+        r"flow done in .* peak memory so far ([0-9.]+) GB", (run / "pipeline.log").read_text()
+    )
+    assert memory and 0.05 < float(memory[0]) < 8  # printed with every stage
     out = tmp_path / "g150_generated.hdf5"
     argv = ["sample", "--run", str(run), "--class", "g", "--n", "300", "--out", str(out)]
     assert main([*argv, "--quiet"]) == 0

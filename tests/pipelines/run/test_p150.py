@@ -38,6 +38,8 @@ P150 = [
     "--set", "set_flow.layers=1",
     "--set", "set_flow.heads=2",
     "--set", "set_flow.steps=2",
+    "--set", "student.steps=[2]",
+    "--set", "student_train.epochs=1",
 ]  # fmt: skip
 
 
@@ -74,6 +76,7 @@ def test_a_set_flow_pipeline_and_sampling_at_150_particles(data_dir, tmp_path, c
     capsys.readouterr()
     with h5py.File(out) as f:
         particles = f["particle_features"][:]
+        assert "few-step student" in f.attrs["model"]  # the student at 150 slots too
     n = particles[..., 3].sum(1)
     assert particles.shape == (300, 150, 4) and np.isfinite(particles).all()
     assert n.max() > 30 and n.std() > 5  # jets past the 30 slots, of varied size

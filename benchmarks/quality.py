@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from common import cpu_model
 
+from flows.setflow.student import CHECKPOINT_KIND as STUDENT_KIND
 from jetflows.classes import canonical_class
 from pipelines.data.jetnet import Jets, write_jetnet_file
 from pipelines.evaluation.evaluate import evaluate_files
 from pipelines.io import atomic_path, write_json
 from pipelines.run.checkpoints import load_checkpoint
 from pipelines.run.config import load_config
-from pipelines.run.generators import GENERATORS, build_sampler, sampled_kinds
+from pipelines.run.generators import GENERATORS, STUDENT, build_sampler, sampled_kinds
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sample_jets
 
@@ -56,17 +57,24 @@ NO_RATIO = ("fpd", "kpd")  # floors ~0: value +- error beside the floor
 TARGETS = {"w1m": 2.0, "w1p": 2.0, "w1efp": 2.0}  # the issue's: <= 2x the floor; COV >= 0.9x
 
 
-def unprojected(class_dir: Path, jet_class: str, n: int, seed: int, cfg: Any) -> dict:
+def unprojected(class_dir: Path, jet_class: str, n: int, seed: int, cfg: Any) -> dict | None:
     """A jet-level generator's raw jets (not projected onto the mass and sum pt its jet flow
     sampled), scored like the pipeline scores the projected ones; written under
     ``class_dir/unprojected``. The projection is a field of the record (`ParticleTarget`),
-    so the run's own sampler, rebuilt through the registry, draws them."""
+    so the run's own sampler, rebuilt through the registry with what it samples beside (a
+    guide, a student), draws them. None: a generator whose projection is not a jet-level
+    record's (the latent flow samples its projection targets with z)."""
     states = {"flow.pt": load_checkpoint(class_dir / "flow.pt", sampled_kinds())}
     extra = states["flow.pt"]["extra"]
     if "particle_target" not in extra:
-        raise SystemExit(f"{class_dir}: the {extra['target']} generator projects no jet rows")
-    for name, kind in GENERATORS[extra["target"]].inputs:
+        return None
+    gen = GENERATORS[extra["target"]]
+    for name, kind in gen.inputs:
         states[name] = load_checkpoint(class_dir / name, kind)
+    beside = [*gen.companions, *([(STUDENT, STUDENT_KIND)] if gen.distil else [])]
+    for name, kind in beside:
+        if (class_dir / name).is_file():
+            states[name] = load_checkpoint(class_dir / name, kind)
     raw = {**extra, "particle_target": {**extra["particle_target"], "project": False}}
     states["flow.pt"] = {**states["flow.pt"], "extra": raw}
     pf, jf = next(sample_jets(build_sampler(states), n, seed=seed, batch_size=n))
@@ -105,6 +113,8 @@ def run_one(config: str, jet_class: str, overrides: list[str], root: str, thread
     if not GENERATORS[cfg.target].target.projected(cfg):
         return [row]
     raw = unprojected(d, jet_class, cfg.n_generate, cfg.data.seed, cfg.evaluate)
+    if raw is None:
+        return [row]
     return [row, {**row, "name": f"{cfg.name} (unprojected)", "metrics": raw}]
 
 

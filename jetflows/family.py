@@ -94,6 +94,9 @@ class ModelFamily:
             ValueError: bad data, a resume state of another model or config, or an
                 ``extra`` given to a family that records none.
         """
+        objective = objective or self.objective
+        if objective is None:
+            raise ValueError(f"fitting a {self.what} needs its objective (the family has none)")
         if not checked:
             self.check(model, train, valid)
         described = {**self.describe(model), **(describe or {})}
@@ -104,7 +107,7 @@ class ModelFamily:
             raise UserError(f"a {self.what} records no generator extra")
         return fit_loop(
             model,
-            objective or self.objective,
+            objective,
             train,
             valid,
             config=options.pop("config", None) or TrainConfig(),

@@ -330,8 +330,8 @@ class PipelineConfig(TwoStageConfig):
     per_class: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        targets.target_of(self)  # first: an unknown target is the news, not its options
         super().__post_init__()
-        targets.target_of(self)
         if not self.classes:
             raise UserError("classes must name at least one jet class")
         check_name(self.name, "name")

@@ -88,7 +88,7 @@ def check(cfg: PipelineConfig) -> None:
     own = target_of(cfg)
     for other in TARGETS.values():
         for key in other.owns:
-            if other is not own and option(cfg, key):
+            if key not in own.owns and option(cfg, key):
                 raise UserError(
                     f"{key} belongs to target {other.name}: target {own.name} has none "
                     f"(use target {other.name}, or {key}: [])"

@@ -145,6 +145,27 @@ def test_the_toys_config_check_and_kinematics_are_its_own(toy, data_dir):
         load_config("configs/quickstart.yaml", [*TINY, "calibrate.settings=[{guidance: 2}]"])
 
 
+def test_an_option_two_generators_own_is_refused_for_neither(toy, data_dir):
+    """A second generator owning the set flow's calibration (a variant of it) leaves the cloud
+    configs that calibrate as they were, and calibrates itself; the toy still may not."""
+    owner = Target("variant", owns=("calibrate.settings",))
+    variant = Generator(owner, TOY.checkpoints, TOY.train, TOY.sampler)
+    register(variant)
+    try:
+        calibrated = [
+            "calibrate.settings=[{guidance: 2}]",
+            "set_flow.guide_epochs=1",
+            "data.n_jets=1000",
+        ]
+        for target in ("cloud", "variant"):
+            cfg = load_config("configs/quickstart.yaml", [*TINY, f"target={target}", *calibrated])
+            assert cfg.calibrate.settings
+        with pytest.raises(UserError, match=r"belongs to target (cloud|variant)"):
+            load_config("configs/quickstart.yaml", [*TINY, *calibrated])
+    finally:
+        unregister("variant")
+
+
 def test_a_name_is_registered_once(toy):
     with pytest.raises(ValueError, match="registered already"):
         register(TOY)

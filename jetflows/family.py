@@ -146,7 +146,7 @@ def check_context(
     width: int, context: torch.Tensor | None, n: int, name: str, what: str = "the model"
 ) -> None:
     """UserError unless ``context`` is what a model conditioned on ``width`` numbers needs for
-    ``n`` inputs: (n, width) and finite (nothing when ``width`` is 0, then any is ignored)."""
+    ``n`` inputs: (n, width) when ``width`` > 0, and finite whenever one is given."""
     if width and (context is None or context.shape != (n, width)):
         raise UserError(f"{name}: {what} needs context of shape ({n}, {width})")
     if context is not None and not torch.isfinite(context).all():

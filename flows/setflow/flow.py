@@ -238,7 +238,7 @@ class SetFlow(nn.Module):
             # padded coordinates move with zero velocity and add nothing to log p0: dropping
             # the slots past the longest jet changes no density, and at 150 slots spares the
             # exact divergence most of its 450 backward passes
-            slots = int(mask.any(0).nonzero()[-1]) + 1
+            slots = path.occupied_slots(mask)
             x, mask = x[:, :slots], mask[:, :slots]
         field = self._flat_velocity(x.shape, mask, context, guide)
         return sampling.log_likelihood(field, x, mask, self.config, exact=divergence == "exact")

@@ -44,6 +44,13 @@ def pair_noise(x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor) -> torch.
     return x0.gather(1, order[..., None].expand_as(x0))
 
 
+def occupied_slots(mask: torch.Tensor) -> int:
+    """P' such that every slot from P' on is padding in every jet of ``mask`` (B, P) (jets are
+    pt-sorted, so their particles fill the first slots); 0 when no jet has a particle."""
+    real = mask.any(0)
+    return int(real.nonzero()[-1]) + 1 if real.any() else 0
+
+
 def loss_weights(config: SetFlowConfig, features: int, like: torch.Tensor) -> torch.Tensor:
     """(F,) loss weights, mean 1: ``position_weight`` on (eta, phi), 1 on the rest."""
     w = torch.ones(features, dtype=like.dtype, device=like.device)
@@ -78,7 +85,7 @@ def flow_matching_loss(
     x0 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
     u = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
     if cut and mask.any():
-        slots = int(mask.any(0).nonzero()[-1]) + 1
+        slots = occupied_slots(mask)
         x, mask, x0 = x[:, :slots], mask[:, :slots], x0[:, :slots]
     t = u ** (1.0 / (1.0 + config.time_power))  # density (1 + a) t^a
     if config.coupling == "particles":

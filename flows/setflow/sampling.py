@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from flows.setflow.config import SAMPLE_CHUNK, SetFlowConfig
+from flows.setflow.path import occupied_slots
 
 #: a velocity on a flat state: (x (B, P * F), t) -> (B, P * F), as flow_matching calls it
 FlatField = Callable[..., torch.Tensor]
@@ -93,10 +94,10 @@ def chunked(
     x = torch.zeros_like(x0)
     order = mask.sum(1).argsort(stable=True)
     for rows in order.split(SAMPLE_CHUNK):
-        real = mask[rows].any(0)  # (P,) slots real in some jet of the chunk
-        if not real.any():  # jets without particles: nothing to integrate
+        occupied = occupied_slots(mask[rows])
+        if not occupied:  # jets without particles: nothing to integrate
             continue
-        slots = int(real.nonzero()[-1]) + 1 if cut else mask.shape[1]
+        slots = occupied if cut else mask.shape[1]
         x[rows, :slots] = solve(x0[rows, :slots], mask[rows, :slots], rows).to(x.dtype)
     return x * mask[..., None]
 

@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine_line
+from common import machine_line, run_states
 
 from flows.setflow import SetFlowConfig
 from pipelines.data.jetnet import read_jetnet_file
 from pipelines.evaluation.evaluate import EvalConfig, evaluate
 from pipelines.io import atomic_path, write_json
-from pipelines.run.checkpoints import load_checkpoint
-from pipelines.run.generators import GENERATORS, build_sampler, sampled_kinds
+from pipelines.run.generators import GENERATORS, build_sampler
 from pipelines.run.sample import sampled_jets
 
 GRID = ("euler:4,8,16", "midpoint:4,8,20", "rk4:2,4,8")
@@ -34,19 +33,13 @@ SHOWN = ("w1m", "w1p", "emd_tau21", "emd_tau32", "emd_d2")
 
 
 def states_of(class_dir: Path) -> dict[str, dict]:
-    """The run's checkpoints by file name (flow.pt, what it was fitted on and, when there,
-    its companions such as a set flow's guide.pt), read as the registry lists them; a run
-    whose generator takes no ODE options (not a set flow) is refused."""
-    flow = load_checkpoint(class_dir / "flow.pt", sampled_kinds())
-    gen = GENERATORS[flow["extra"]["target"]]
+    """The run's checkpoints by file name (`common.run_states`: flow.pt, what it was fitted
+    on and, when there, its guide.pt); a run whose generator takes no ODE options (not a set
+    flow) is refused."""
+    states = run_states(class_dir)
+    gen = GENERATORS[states["flow.pt"]["extra"]["target"]]
     if gen.options is None:
         raise SystemExit(f"{class_dir}: a {gen.name} run, which has no ODE to solve")
-    states = {"flow.pt": flow}
-    for name, kind in gen.inputs:
-        states[name] = load_checkpoint(class_dir / name, kind)
-    for name, kind in gen.companions:
-        if (class_dir / name).is_file():
-            states[name] = load_checkpoint(class_dir / name, kind)
     return states
 
 

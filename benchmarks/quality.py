@@ -31,16 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import cpu_model
+from common import cpu_model, run_states
 
-from flows.setflow.student import CHECKPOINT_KIND as STUDENT_KIND
 from jetflows.classes import canonical_class
 from pipelines.data.jetnet import Jets, write_jetnet_file
 from pipelines.evaluation.evaluate import evaluate_files
 from pipelines.io import atomic_path, write_json
-from pipelines.run.checkpoints import load_checkpoint
 from pipelines.run.config import load_config
-from pipelines.run.generators import GENERATORS, STUDENT, build_sampler, sampled_kinds
+from pipelines.run.generators import GENERATORS, build_sampler
 from pipelines.run.pipeline import run_pipeline
 from pipelines.run.sample import sample_jets
 
@@ -64,17 +62,10 @@ def unprojected(class_dir: Path, jet_class: str, n: int, seed: int, cfg: Any) ->
     so the run's own sampler, rebuilt through the registry with what it samples beside (a
     guide, a student), draws them. None: a generator whose projection is not a jet-level
     record's (the latent flow samples its projection targets with z)."""
-    states = {"flow.pt": load_checkpoint(class_dir / "flow.pt", sampled_kinds())}
+    states = run_states(class_dir, student=True)
     extra = states["flow.pt"]["extra"]
     if "particle_target" not in extra:
         return None
-    gen = GENERATORS[extra["target"]]
-    for name, kind in gen.inputs:
-        states[name] = load_checkpoint(class_dir / name, kind)
-    beside = [*gen.companions, *([(STUDENT, STUDENT_KIND)] if gen.distil else [])]
-    for name, kind in beside:
-        if (class_dir / name).is_file():
-            states[name] = load_checkpoint(class_dir / name, kind)
     raw = {**extra, "particle_target": {**extra["particle_target"], "project": False}}
     states["flow.pt"] = {**states["flow.pt"], "extra": raw}
     pf, jf = next(sample_jets(build_sampler(states), n, seed=seed, batch_size=n))

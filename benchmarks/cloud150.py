@@ -2,7 +2,8 @@
 transformer (attention: P^2) against EPiC (linear in P), on real jets.
 
 Takes the class's Pythia jets at P = 150 from the chunk cache (the standard configs' seed 42,
-generated once otherwise), standardizes them as the pipeline does, and times a few hundred
+generated once otherwise), standardizes (eta, phi, log pt) over their real particles (the
+networks' cost does not depend on the values), and times a few hundred
 optimizer steps of each network at the batch size and widths asked for, on the jets' own
 multiplicities (the transformer runs each batch on the slots up to its longest jet; EPiC's
 pools divide by every slot, so it runs on all 150). The seconds per epoch are extrapolated to

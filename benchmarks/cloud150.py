@@ -10,7 +10,8 @@ pools divide by every slot, so it runs on all 150). The seconds per epoch are ex
 ``--n-train`` jets. The same at P = 30 is printed beside it, so the cost of 150 is a ratio.
 
 ``--sample``: the seconds and peak memory of sampling ``--n`` jets (the real jets' masks) with
-the set flow's ODE as `configs/standard_cloud150.yaml` samples (8 midpoint steps; guided by a
+the set flow's ODE as `configs/standard_cloud150.yaml` samples (8 midpoint steps, ``--precision``
+auto as the config; guided by a
 width-48 x 2 guide from t = 0.3, as the config's calibration may choose), at P = 30 and 150: the
 network's cost does not depend on its weights, so untrained ones time the same. Peak memory is
 the process's maximum resident set so far (it only grows), so run ``--sample`` alone.
@@ -69,10 +70,12 @@ def _seconds_per_epoch(net: str, x, mask, batch: int, steps: int, n_train: int) 
     return per_step * n_train / batch
 
 
-def _sampling_seconds(mask: torch.Tensor, guided: bool) -> float:
-    """Seconds to sample jets of ``mask`` with the transformer set flow, fp32, guided or not."""
+def _sampling_seconds(mask: torch.Tensor, guided: bool, precision: str) -> float:
+    """Seconds to sample jets of ``mask`` with the transformer set flow, guided or not, in
+    ``precision`` ("auto": as the config, bf16 where this CPU runs the network faster in it;
+    its timing is inside the seconds)."""
     torch.manual_seed(0)
-    config = SetFlowConfig(**NETWORKS["transformer"], precision="fp32", steps=8)
+    config = SetFlowConfig(**NETWORKS["transformer"], precision=precision, steps=8)
     if guided:
         config = dataclasses.replace(config, guidance=1.5, guidance_from=0.3)
     flow = SetFlow(config, context=3).eval()
@@ -95,6 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sample", action="store_true", help="time sampling --n jets instead")
+    parser.add_argument(
+        "--precision", default="auto", help="sampling arithmetic: auto (the config's), fp32, bf16"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line(), f"torch threads {args.threads}", flush=True)
@@ -105,12 +111,13 @@ def main() -> None:
         f"median {np.median(n):.0f}, 90% {np.percentile(n, 90):.0f}, max {n.max()}"
     )
     if args.sample:
+        print(f"precision {args.precision}")
         print(f"| P | guided | s for {args.n} jets | peak RSS GB |")
         print("|---|---|---|---|")
         for P in (30, 150):
             mask = torch.from_numpy(jets.mask[:, :P].copy())
             for guided in (False, True):
-                sec = _sampling_seconds(mask, guided)
+                sec = _sampling_seconds(mask, guided, args.precision)
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
                 print(f"| {P} | {guided} | {sec:.1f} | {rss:.2f} |", flush=True)
         return

@@ -69,6 +69,24 @@ MAX_TEACHER_STEPS = 256
 STRUCTURE_SCALE = 0.3
 
 
+def _by_count(steps: torch.Tensor, n: int, g: torch.Generator | None) -> torch.Tensor:
+    """n indices into ``steps`` (the trained step counts), each count equally likely."""
+    return torch.randint(len(steps), (n,), generator=g, device=steps.device)
+
+
+def _by_jump(steps: torch.Tensor, n: int, g: torch.Generator | None) -> torch.Tensor:
+    """n indices into ``steps``, a count k drawn with probability proportional to k: every
+    jump of every count equally likely."""
+    return torch.multinomial(steps.float(), n, replacement=True, generator=g)
+
+
+#: student.balance -> (trained step counts (S,), n, generator) -> n indices into them
+BALANCES: dict[str, Callable[[torch.Tensor, int, torch.Generator | None], torch.Tensor]] = {
+    "counts": _by_count,
+    "jumps": _by_jump,
+}
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     """How a few-step student is distilled from its teacher.
@@ -88,6 +106,10 @@ class StudentConfig:
             ``teacher_steps``.
         structure_weight: the weight of `structure_error` (the relative angles of nearby
             particles where each jump lands) beside the jumps' own error (0: none).
+        balance: how often each jump is trained (a key of `BALANCES`): "counts", every step
+            count equally often (a 1-step student's one jump as often as all four of the
+            4-step grid together); "jumps", every jump of every step count equally often
+            (a step count k drawn with probability proportional to k).
     """
 
     method: str = "trajectory"
@@ -97,8 +119,11 @@ class StudentConfig:
     teacher_solver: str = ""
     teacher_steps: int = 0
     structure_weight: float = 0.0
+    balance: str = "counts"
 
     def __post_init__(self) -> None:
+        if self.balance not in BALANCES:
+            raise UserError(f"unknown student.balance {self.balance!r}: use {sorted(BALANCES)}")
         if self.method not in METHODS:
             raise UserError(f"unknown student.method {self.method!r}: use {sorted(METHODS)}")
         if self.init not in ("teacher", "scratch"):
@@ -340,11 +365,12 @@ def _masked_mse(got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def _draws(student: Student, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per jet: a trained step count's jump size d (B,) and a uniform u (B,), from torch's
-    global stream while training, a fixed seed in eval mode (a steady validation loss)."""
+    """Per jet: a trained step count k (B,), drawn as ``student.balance`` weighs them, and a
+    uniform u (B,), from torch's global stream while training, a fixed seed in eval mode (a
+    steady validation loss)."""
     g = None if student.training else torch.Generator(device=device).manual_seed(0)
     steps = torch.tensor(student.student.steps, device=device)
-    pick = torch.randint(len(steps), (n,), generator=g, device=device)
+    pick = BALANCES[student.student.balance](steps, n, g)
     u = torch.rand(n, generator=g, device=device)
     return steps[pick], u
 

@@ -641,6 +641,7 @@ ADDED_FIELDS: dict[type, tuple[str, ...]] = {
     TrainConfig: ("ema",),
     ConVAEConfig: ("condition",),
     LossConfig: ("gamma_d2",),
+    StudentConfig: ("balance",),
 }
 
 

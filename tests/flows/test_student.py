@@ -95,11 +95,24 @@ def test_trajectories_end_at_the_guided_teachers_jets():
         ({"steps": (4,), "teacher_steps": 6}, "divide"),
         ({"teacher_solver": "heun"}, "teacher_solver"),
         ({"teacher_steps": -1}, "teacher_steps"),
+        ({"balance": "even"}, "student.balance"),
     ],
 )
 def test_bad_student_configs_are_refused(values, match):
     with pytest.raises(ValueError, match=match):
         StudentConfig(**values)
+
+
+@pytest.mark.parametrize(
+    ("balance", "want"), [("counts", [1 / 3, 1 / 3, 1 / 3]), ("jumps", [4 / 7, 2 / 7, 1 / 7])]
+)
+def test_the_step_counts_are_drawn_as_the_balance_says(balance, want):
+    student = Student.from_teacher(_teacher(), StudentConfig(steps=(4, 2, 1), balance=balance))
+    torch.manual_seed(0)
+    k, u = student_lib._draws(student.train(), 20_000, torch.device("cpu"))
+    got = [(k == s).float().mean().item() for s in (4, 2, 1)]
+    assert got == pytest.approx(want, abs=0.015)
+    assert 0 <= u.min() and u.max() < 1
 
 
 def test_a_student_refuses_steps_it_was_not_trained_for_and_a_guide():

@@ -242,11 +242,12 @@ def test_digest_changes_with_what_a_stage_depends_on():
         ("flow_train", "ema", 0.999),
         ("convae", "condition", ("tau21", "tau32")),
         ("loss", "gamma_d2", 1.0),
+        ("student", "balance", "jumps"),
     ],
 )
 def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, field, value):
-    """Runs made before `TrainConfig.ema` or `ConVAEConfig.condition` existed keep their
-    finished stages; setting it makes a new stage."""
+    """Runs made before `TrainConfig.ema`, `ConVAEConfig.condition` or
+    `StudentConfig.balance` existed keep their finished stages; setting it makes a new stage."""
     from dataclasses import replace
 
     from pipelines.io import stable_hash

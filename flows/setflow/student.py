@@ -110,6 +110,11 @@ class StudentConfig:
             count equally often (a 1-step student's one jump as often as all four of the
             4-step grid together); "jumps", every jump of every step count equally often
             (a step count k drawn with probability proportional to k).
+        teacher_guidance: the guidance weight w of the teacher's path as the student learns
+            it (0: the teacher's as it samples; its ``guidance_from`` and ``until`` kept). A
+            few-step student keeps only part of its teacher's sharpening (top: tau32 4.9x the
+            floor at 4 calls from a teacher at 1.8x guided, 6.3x unguided), so a student may
+            learn from a more strongly guided path than its teacher samples.
     """
 
     method: str = "trajectory"
@@ -120,8 +125,14 @@ class StudentConfig:
     teacher_steps: int = 0
     structure_weight: float = 0.0
     balance: str = "counts"
+    teacher_guidance: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (self.teacher_guidance == 0.0 or 1.0 <= self.teacher_guidance <= 10.0):
+            raise UserError(
+                "student.teacher_guidance must be 0 (the teacher's) or lie in [1, 10], "
+                f"got {self.teacher_guidance}"
+            )
         if self.balance not in BALANCES:
             raise UserError(f"unknown student.balance {self.balance!r}: use {sorted(BALANCES)}")
         if self.method not in METHODS:
@@ -153,12 +164,14 @@ class StudentConfig:
             self.check_teacher_steps(self.teacher_steps, "student.teacher_steps")
 
     def teacher(self, config: SetFlowConfig) -> SetFlowConfig:
-        """The teacher's config as the student learns it: its solver and steps replaced where
-        these say, in fp32 (its exact map, whatever precision it samples with)."""
+        """The teacher's config as the student learns it: its solver, steps and guidance
+        weight replaced where these say, in fp32 (its exact map, whatever precision it
+        samples with)."""
         return replace(
             config,
             solver=self.teacher_solver or config.solver,
             steps=self.teacher_steps or config.steps,
+            guidance=self.teacher_guidance or config.guidance,
             precision="fp32",
         )
 

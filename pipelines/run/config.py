@@ -641,7 +641,7 @@ ADDED_FIELDS: dict[type, tuple[str, ...]] = {
     TrainConfig: ("ema",),
     ConVAEConfig: ("condition",),
     LossConfig: ("gamma_d2",),
-    StudentConfig: ("balance",),
+    StudentConfig: ("balance", "teacher_guidance"),
 }
 
 

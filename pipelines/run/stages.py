@@ -450,7 +450,7 @@ def train_student(
     ``record`` in ``extra``."""
     device = resolve_device(cfg.device)
     teacher = setflow.set_flow_from_state(states["flow.pt"]).to(device)
-    guided = teacher.config.guidance != 1.0
+    guided = cfg.student.teacher(teacher.config).guidance != 1.0
     guide = setflow.set_flow_from_state(states["guide.pt"]).to(device) if guided else None
     data = tuple(tuple(None if t is None else t.to(device) for t in part) for part in data)
     train, valid = distillation_data(cfg, data, teacher, guide, progress=fit.get("progress", False))

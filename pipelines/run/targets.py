@@ -146,7 +146,12 @@ def _check_calibration(cfg: PipelineConfig) -> None:
 def _check_student(cfg: PipelineConfig) -> None:
     """A student's steps must divide every step count the teacher may be sampled with (the
     config's, and each calibration candidate's), unless it learns the teacher on a grid of
-    its own."""
+    its own; a student taught a guided path needs the guide."""
+    if cfg.student.steps:
+        check_guided(
+            cfg.student.teacher(cfg.set_flow),
+            f"student.teacher_guidance {cfg.student.teacher_guidance} needs a guide",
+        )
     if not cfg.student.steps or cfg.student.teacher_steps:
         return
     cfg.student.check_teacher_steps(cfg.set_flow.steps, "set_flow.steps")

@@ -96,11 +96,22 @@ def test_trajectories_end_at_the_guided_teachers_jets():
         ({"teacher_solver": "heun"}, "teacher_solver"),
         ({"teacher_steps": -1}, "teacher_steps"),
         ({"balance": "even"}, "student.balance"),
+        ({"teacher_guidance": 0.5}, "teacher_guidance"),
+        ({"teacher_guidance": 11.0}, "teacher_guidance"),
     ],
 )
 def test_bad_student_configs_are_refused(values, match):
     with pytest.raises(ValueError, match=match):
         StudentConfig(**values)
+
+
+def test_the_teacher_is_learnt_as_the_student_config_says():
+    sampled = SetFlowConfig(**TINY, solver="midpoint", guidance=2.0, guidance_from=0.5)
+    same = StudentConfig(steps=(2,)).teacher(sampled)
+    assert (same.solver, same.steps, same.guidance, same.precision) == ("midpoint", 4, 2.0, "fp32")
+    other = StudentConfig(steps=(2,), teacher_solver="rk4", teacher_steps=8, teacher_guidance=3.0)
+    got = other.teacher(sampled)
+    assert (got.solver, got.steps, got.guidance, got.guidance_from) == ("rk4", 8, 3.0, 0.5)
 
 
 @pytest.mark.parametrize(

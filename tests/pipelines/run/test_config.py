@@ -134,6 +134,11 @@ def test_overrides_are_typed_and_nested():
         (["name=!!python/object/apply:os.system [true]"], "--set name: the value"),
         (["target=cloud", "particle.centroid=true"], "centroid must be false for target cloud"),
         (["target=cloud", "set_flow.guidance=2"], "needs a guide"),
+        (
+            ["target=cloud", "student.steps=[2]", "student.teacher_guidance=3"],
+            "student.teacher_guidance 3.0 needs a guide: set set_flow.guide_epochs",
+        ),
+        (["target=cloud", "student.teacher_guidance=0.5"], "teacher_guidance must be 0"),
         (["set_flow.guidance_from=0.5", "set_flow.guidance_until=0.5"], "guidance_until must"),
         (["target=cloud", "calibrate.settings=[{steps: 4}]"], "each entry sets some of"),
         (["target=cloud", "calibrate.settings=[{}]"], "each entry sets some of"),
@@ -243,6 +248,7 @@ def test_digest_changes_with_what_a_stage_depends_on():
         ("convae", "condition", ("tau21", "tau32")),
         ("loss", "gamma_d2", 1.0),
         ("student", "balance", "jumps"),
+        ("student", "teacher_guidance", 3.0),
     ],
 )
 def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, field, value):
@@ -251,10 +257,12 @@ def test_a_field_added_later_keeps_old_stage_digests_while_at_its_default(part, 
     from dataclasses import replace
 
     from pipelines.io import stable_hash
-    from pipelines.run.config import to_dict
+    from pipelines.run.config import ADDED_FIELDS, to_dict
 
     config = getattr(PipelineConfig(), part)
-    before = {k: v for k, v in to_dict(config).items() if k != field}  # as such runs hashed it
+    added = ADDED_FIELDS[type(config)]
+    assert field in added
+    before = {k: v for k, v in to_dict(config).items() if k not in added}  # as such runs hashed it
     assert digest(config) == stable_hash([before])
     assert digest(replace(config, **{field: value})) != digest(config)
 

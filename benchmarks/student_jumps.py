@@ -22,15 +22,17 @@ of its particles against the teacher's from the same noise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import machine_line
 
-from flows.setflow import SetFlow, SetFlowConfig, set_flow_from_state
+from flows.particle import ParticleTarget, decode
+from flows.setflow import set_flow_from_state
 from flows.setflow import student as student_lib
-from flows.setflow.sampling import ode_solver
+from flows.setflow.sampling import integrate
 from jetflows.physics import jet_quantities
 from pipelines.evaluation.metrics import wasserstein_1d
 from pipelines.run import stages
@@ -41,27 +43,14 @@ from pipelines.run.generators import STUDENT
 NAMES = ("mass", "tau21", "tau32")
 
 
-def physical(x: torch.Tensor, mask: torch.Tensor, features: dict) -> torch.Tensor:
-    """Standardized (eta, phi, log pt) (B, P, 3) -> (eta_rel, phi_rel, pt_rel), 0 on padding."""
-    shift, scale = torch.tensor(features["shift"]), torch.tensor(features["scale"])
-    out = x.double() * scale + shift
-    out[..., 2] = out[..., 2].exp()
-    return out * mask[..., None]
-
-
-def observables(x: torch.Tensor, mask: torch.Tensor, features: dict) -> dict[str, np.ndarray]:
-    """Per jet: log mass/pt, tau21, tau32 of standardized particles x (B, P, 3)."""
-    q = jet_quantities(physical(x, mask, features), mask, NAMES).numpy()
+def observables(
+    x: torch.Tensor, mask: torch.Tensor, target: ParticleTarget
+) -> dict[str, np.ndarray]:
+    """Per jet: log mass/pt, tau21, tau32 of the set flow's particles x (B, P, 3), decoded
+    as the run decodes them (the mask's jets fill their first slots)."""
+    particles, real = decode(x.flatten(1), mask.sum(1), target)
+    q = jet_quantities(particles.double(), real, NAMES).numpy()
     return {name: q[:, i] for i, name in enumerate(NAMES)}
-
-
-def teacher_to_end(field, x: torch.Tensor, start: float, steps: int, solver: str) -> torch.Tensor:
-    """The teacher's ODE from x (B, P, F) at t = ``start`` to 1 in ``steps`` steps."""
-    grid = torch.linspace(start, 1.0, steps + 1)
-    out = ode_solver(field).sample(
-        x_init=x.flatten(1), step_size=None, method=solver, time_grid=grid
-    )
-    return out.reshape(x.shape)
 
 
 def main() -> None:
@@ -80,21 +69,21 @@ def main() -> None:
     record, _, (_, (real_x, mask, context)) = stages.set_flow_data(cfg, c, (train, valid))
     rows = slice(0, args.n)
     real_x, mask, context = real_x[rows], mask[rows], context[rows]
-    features = record.particle_target["features"]
+    target = ParticleTarget.from_dict(record.particle_target)
 
     state = torch.load(run / c / STUDENT, weights_only=False)
     student = student_lib.student_from_state(state)
-    sampled = SetFlowConfig(**state["set_flow_config"])  # the teacher as it samples
-    exact_cfg = student.student.teacher(sampled)
-    trained = set_flow_from_state(load_checkpoint(run / c / "flow.pt", "jetflows.setflow"))
-    teacher = SetFlow(exact_cfg, features=trained.features, context=trained.context).eval()
-    teacher.load_state_dict(trained.state_dict())
+    flow = load_checkpoint(run / c / "flow.pt", "jetflows.setflow")
+    # the teacher as it sampled for its student (the run's chosen guidance), as learnt
+    sampled = set_flow_from_state({**flow, "set_flow_config": state["set_flow_config"]})
+    teacher = student_lib.learnt_teacher(sampled, student.student)
+    exact_cfg = teacher.config
     guide = None
-    if sampled.guidance != 1.0:
+    if exact_cfg.guidance != 1.0:
         guide = set_flow_from_state(load_checkpoint(run / c / "guide.pt", "jetflows.setflow"))
     print(
         f"{c}: {args.n} validation jets; teacher {exact_cfg.solver} x {exact_cfg.steps}, "
-        f"guidance {sampled.guidance:g} from t = {sampled.guidance_from:g}; "
+        f"guidance {exact_cfg.guidance:g} from t = {exact_cfg.guidance_from:g}; "
         f"student {args.steps} calls ({student.student.balance} balance)",
         flush=True,
     )
@@ -105,29 +94,25 @@ def main() -> None:
     k, grid = args.steps, exact_cfg.steps
     stride, d = grid // k, torch.tensor(1.0 / k)
 
-    def jump(x: torch.Tensor, j: int) -> torch.Tensor:
-        with torch.no_grad():
-            return x + d * student.mean_velocity(x, torch.tensor(j / k), d, mask, context)
-
     with torch.no_grad():
         made = {"teacher": traj[:, -1], "student": student.jumps(traj[:, 0], mask, context, k)}
         for j in range(k):
-            x = jump(traj[:, j * stride], j)
-            left = grid - (j + 1) * stride
-            made[f"only {j}"] = (
-                teacher_to_end(field, x, (j + 1) / k, left, exact_cfg.solver) if left else x
-            )
-            for i in range(j + 1, k):
-                x = jump(x, i)
-            made[f"from {j}"] = x
-    real = observables(real_x, mask, features)
+            start = traj[:, j * stride]
+            x = start + d * student.mean_velocity(start, torch.tensor(j / k), d, mask, context)
+            left = grid - (j + 1) * stride  # the teacher's steps after jump j
+            if left:
+                rest = dataclasses.replace(exact_cfg, steps=left)
+                x = integrate(field, x, rest, start=(j + 1) / k)
+            made[f"only {j}"] = x
+            made[f"from {j}"] = student.jumps(start, mask, context, k, first=j)
+    real = observables(real_x, mask, target)
     half = args.n // 2
     floor = {n: wasserstein_1d(real[n][:half], real[n][half:]) for n in NAMES}
-    ref = observables(made["teacher"], mask, features)
+    ref = observables(made["teacher"], mask, target)
     print("| jets | rms vs teacher | " + " | ".join(f"{n}: vs teacher, vs real" for n in NAMES))
     print("|---" * (len(NAMES) + 2) + "|")
     for name, x in made.items():
-        obs = observables(x, mask, features)
+        obs = observables(x, mask, target)
         rms = float(student_lib._masked_mse(x, made["teacher"], mask).sqrt())
         cells = [
             f"{wasserstein_1d(obs[n][:half], ref[n][half:]) / floor[n]:.2f}, "

@@ -35,24 +35,32 @@ def ode_solver(field: FlatField) -> Any:
     return ODESolver(velocity_model=field)
 
 
-def time_grid(steps: int, device: torch.device, *, backwards: bool = False) -> torch.Tensor:
-    """The (steps + 1,) grid from 0 to 1 (``backwards``: 1 to 0)."""
+def time_grid(
+    steps: int, device: torch.device, *, backwards: bool = False, start: float = 0.0
+) -> torch.Tensor:
+    """The (steps + 1,) grid from ``start`` to 1 (``backwards``: 1 to ``start``)."""
     # an explicit grid, not step_size=1/steps: torchdiffeq's ceil() of a rounded 1/steps can
     # add a step
-    grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
+    grid = torch.linspace(start, 1.0, steps + 1, device=device)
     return grid.flip(0) if backwards else grid
 
 
 def integrate(
-    field: FlatField, x0: torch.Tensor, config: SetFlowConfig, *, path: bool = False
+    field: FlatField,
+    x0: torch.Tensor,
+    config: SetFlowConfig,
+    *,
+    path: bool = False,
+    start: float = 0.0,
 ) -> torch.Tensor:
-    """x(1) from x(0) = x0 (B, P, F) along ``field`` with ``config``'s solver and steps;
-    ``path``: every state of the grid instead, (steps + 1, B, P, F), x0 first."""
+    """x(1) from x(``start``) = x0 (B, P, F) along ``field`` with ``config``'s solver and
+    steps (over [start, 1]); ``path``: every state of the grid instead, (steps + 1, B, P, F),
+    x0 first."""
     states = ode_solver(field).sample(
         x_init=x0.flatten(1),
         step_size=None,
         method=config.solver,
-        time_grid=time_grid(config.steps, x0.device),
+        time_grid=time_grid(config.steps, x0.device, start=start),
         return_intermediates=path,
     )
     return states.reshape(*states.shape[:-1], *x0.shape[1:])

@@ -285,10 +285,13 @@ class Student(nn.Module):
         mask: torch.Tensor,
         context: torch.Tensor | None,
         steps: int,
+        *,
+        first: int = 0,
     ) -> torch.Tensor:
-        """x(1) (B, P, F) from x0 (B, P, F) in ``steps`` jumps of size 1 / steps."""
+        """x(1) (B, P, F) from x0 (B, P, F) in ``steps`` jumps of size 1 / steps; ``first``:
+        x0 is the state at t = first / steps, and the jumps from there are made."""
         x, d = x0, torch.tensor(1.0 / steps, device=x0.device)
-        for k in range(steps):
+        for k in range(first, steps):
             t = torch.tensor(k / steps, device=x0.device)
             x = x + d * self.mean_velocity(x, t, d, mask, context).to(x.dtype)
         return x * mask[..., None].to(x.dtype)
@@ -333,6 +336,15 @@ class Student(nn.Module):
 
 
 # ------------------------------------------------------------------------------ the teacher
+
+
+def learnt_teacher(teacher: SetFlow, student: StudentConfig) -> SetFlow:
+    """``teacher``'s weights with the ODE, guidance and arithmetic a student of ``student``
+    learns it with (`StudentConfig.teacher`), in eval mode."""
+    config = student.teacher(teacher.config)
+    exact = SetFlow(config, features=teacher.features, context=teacher.context)
+    exact.load_state_dict(teacher.state_dict())
+    return exact.eval()
 
 
 @torch.no_grad()

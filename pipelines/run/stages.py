@@ -418,10 +418,7 @@ def distillation_data(
     """The teacher's trajectories for the training jets (``student.draws`` noise draws each)
     and the validation jets (one each), guidance included, with the ODE and arithmetic the
     student learns it with (`flows.setflow.student.StudentConfig.teacher`)."""
-    config = cfg.student.teacher(teacher.config)
-    exact = setflow.SetFlow(config, features=teacher.features, context=teacher.context)
-    exact.load_state_dict(teacher.state_dict())
-    exact.eval()
+    exact = student_lib.learnt_teacher(teacher, cfg.student)
     g = torch.Generator().manual_seed(cfg.student_train.seed + STUDENT_SEED_OFFSET)
     out = []
     for part, draws in zip(data, (cfg.student.draws, 1), strict=True):

@@ -67,6 +67,30 @@ def test_a_student_starts_as_its_teacher_sampled_by_euler_steps(steps):
     assert not torch.allclose(scratch.jumps(x0, mask, c, steps), want, atol=1e-3)
 
 
+def test_a_path_resumed_midway_ends_where_the_whole_one_does():
+    """`Student.jumps` from its state at t = first / steps, and the ODE from t = start
+    (`sampling.integrate`), end at the jets of the whole path (student_jumps.py splices
+    them)."""
+    from flows.setflow import sampling
+
+    teacher = _teacher()
+    student = Student.from_teacher(teacher, StudentConfig(steps=(4,), init="scratch"))
+    x0, mask, c = _batch(seed=3)
+    with torch.no_grad():
+        whole = student.jumps(x0, mask, c, 4)
+        d = torch.tensor(0.25)
+        x = x0
+        for j in range(2):
+            x = x + d * student.mean_velocity(x, torch.tensor(j / 4), d, mask, c)
+        assert torch.allclose(student.jumps(x, mask, c, 4, first=2), whole, atol=1e-6)
+        field = teacher._flat_velocity(x0.shape, mask, c)
+        states = sampling.integrate(field, x0, teacher.config, path=True)  # 4 steps
+        half = dataclasses.replace(teacher.config, steps=2)
+        resumed = sampling.integrate(field, states[2], half, start=0.5)
+    assert torch.allclose(resumed, states[-1], atol=1e-6)
+    assert not torch.allclose(states[2], states[-1], atol=1e-3)
+
+
 def test_trajectories_end_at_the_guided_teachers_jets():
     teacher = _teacher(guidance=2.0, guidance_from=0.25)
     torch.manual_seed(1)
